@@ -1,0 +1,1 @@
+"""Compatibility fixes for the OpenMMLab 2.0 stack, applied on import."""

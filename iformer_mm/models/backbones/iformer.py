@@ -1,0 +1,724 @@
+"""iFormer backbone (Zheng, ICLR 2025) for OpenMMLab 2.0.
+
+The file reads top to bottom: layers that fold for deployment (``ConvNorm``,
+``NormLinear``), the residual wrapper, the four block types of the paper
+(``ConvBlock``, ``RepCPE``, ``SHMABlock``, ``FFN``), window partitioning with
+channel chunking (paper Appendix F), the attention layouts, the stage, and the
+network.
+
+Parameter names follow the layout used by timm's ``iformer_*`` models
+(``stem.conv1.c``, ``stages.2.blocks.9.mixer.module.q.bn`` ...), so timm
+weights load without renaming and the authors' release format maps onto them
+with a fixed set of rules (see :mod:`iformer_mm.models.checkpoint`).
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmengine.model import BaseModule
+from mmengine.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
+
+# --------------------------------------------------------------------------
+# Variants as data (paper Table 15 and the authors' release).
+# ``attn_groups``: CPE + SHMA + FFN groups per stage; ``qk_reduction``: R,
+# the query/key width is C / R.
+# --------------------------------------------------------------------------
+ARCH_ZOO: Dict[str, dict] = {
+    't': dict(dims=(32, 64, 128, 256), depths=(2, 2, 16, 6),
+              attn_groups=(0, 0, 3, 2), qk_reduction=(0, 0, 2, 4),
+              conv_ratio=3, ffn_ratio=2, layer_scale_init_value=0.),
+    's': dict(dims=(32, 64, 176, 320), depths=(2, 2, 19, 6),
+              attn_groups=(0, 0, 3, 2), qk_reduction=(0, 0, 2, 4),
+              conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
+    'm': dict(dims=(48, 96, 192, 384), depths=(2, 2, 22, 6),
+              attn_groups=(0, 0, 4, 2), qk_reduction=(0, 0, 2, 4),
+              conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
+    'l': dict(dims=(48, 96, 256, 384), depths=(2, 2, 33, 6),
+              attn_groups=(0, 0, 8, 2), qk_reduction=(0, 0, 2, 4),
+              conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
+    'l2': dict(dims=(64, 128, 256, 512), depths=(3, 3, 46, 9),
+               attn_groups=(0, 0, 11, 3), qk_reduction=(0, 0, 2, 4),
+               conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
+    'h': dict(dims=(96, 192, 384, 768), depths=(5, 5, 60, 18),
+              attn_groups=(0, 0, 15, 6), qk_reduction=(0, 0, 1, 1),
+              conv_ratio=4, ffn_ratio=4, layer_scale_init_value=1e-6),
+}
+
+# Layout of the authors' released detection/segmentation code: which stage-3
+# SHMA blocks attend in windows; the window is reversed right after the SHMA
+# of the last windowed block, stage 4 stays global. M windows all four
+# stage-3 blocks, L and L2 all but the last. The authors released no dense
+# models for T, S and H; for them the preset follows L (all but the last).
+AUTHORS_WINDOWED_STAGE3 = {'m': 'all', 'l': 'all_but_last',
+                           'l2': 'all_but_last', 't': 'all_but_last',
+                           's': 'all_but_last', 'h': 'all_but_last'}
+
+ATTENTION_MODES = ('global', 'window', 'hybrid')
+
+
+# --------------------------------------------------------------------------
+# Layers that fold for deployment.
+# --------------------------------------------------------------------------
+def _fold_bn(bn: nn.BatchNorm1d | nn.BatchNorm2d):
+    """Return (scale, shift) such that ``bn(x) == x * scale + shift``."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    shift = bn.bias - bn.running_mean * scale
+    return scale, shift
+
+
+class ConvNorm(nn.Sequential):
+    """Bias-free convolution followed by BatchNorm (``c``, ``bn``)."""
+
+    def __init__(self, in_channels: int, out_channels: int,
+                 kernel_size: int = 1, stride: int = 1, padding: int = 0,
+                 groups: int = 1) -> None:
+        super().__init__()
+        self.add_module('c', nn.Conv2d(in_channels, out_channels, kernel_size,
+                                       stride, padding, groups=groups,
+                                       bias=False))
+        self.add_module('bn', nn.BatchNorm2d(out_channels))
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        conv, bn = self.c, self.bn
+        scale, shift = _fold_bn(bn)
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels,
+                          conv.kernel_size, conv.stride, conv.padding,
+                          conv.dilation, conv.groups, bias=True,
+                          device=conv.weight.device, dtype=conv.weight.dtype)
+        fused.weight.copy_(conv.weight * scale[:, None, None, None])
+        fused.bias.copy_(shift)
+        return fused
+
+
+class NormLinear(nn.Sequential):
+    """BatchNorm1d followed by Linear (``bn``, ``l``): the authors' head."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.add_module('bn', nn.BatchNorm1d(in_features))
+        self.add_module('l', nn.Linear(in_features, out_features))
+        nn.init.trunc_normal_(self.l.weight, std=0.02)
+        nn.init.zeros_(self.l.bias)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Linear:
+        scale, shift = _fold_bn(self.bn)
+        fused = nn.Linear(self.l.in_features, self.l.out_features,
+                          device=self.l.weight.device,
+                          dtype=self.l.weight.dtype)
+        fused.weight.copy_(self.l.weight * scale[None, :])
+        fused.bias.copy_(self.l.weight @ shift + self.l.bias)
+        return fused
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode)."""
+
+    def __init__(self, drop_prob: float = 0.) -> None:
+        super().__init__()
+        self.drop_prob = float(drop_prob)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.drop_prob == 0. or not self.training:
+            return x
+        keep = 1. - self.drop_prob
+        mask = x.new_empty((x.shape[0], ) + (1, ) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f'drop_prob={self.drop_prob}'
+
+
+class Residual(nn.Module):
+    """``x + drop_path(gamma * module(x))``; ``gamma`` only with layer scale."""
+
+    def __init__(self, module: nn.Module, drop_path: float = 0.,
+                 layer_scale_init_value: float = 0.,
+                 dim: Optional[int] = None) -> None:
+        super().__init__()
+        self.module = module
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        if layer_scale_init_value > 0:
+            assert dim is not None
+            self.gamma = nn.Parameter(
+                torch.full((1, dim, 1, 1), float(layer_scale_init_value)))
+        else:
+            self.gamma = None
+
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        y = self.module(x, *args)
+        if self.gamma is not None:
+            y = self.gamma * y
+        return x + self.drop_path(y)
+
+
+# --------------------------------------------------------------------------
+# The four block types.
+# --------------------------------------------------------------------------
+class ConvBlock(nn.Module):
+    """Depthwise 7x7 Conv-BN, 1x1 Conv-BN to r*C, GELU, 1x1 Conv-BN to C."""
+
+    def __init__(self, dim: int, ratio: int, kernel_size: int = 7,
+                 drop_path: float = 0., layer_scale_init_value: float = 0.):
+        super().__init__()
+        self.mixer = Residual(
+            nn.Sequential(
+                ConvNorm(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim),
+                ConvNorm(dim, dim * ratio), nn.GELU(),
+                ConvNorm(dim * ratio, dim)),
+            drop_path, layer_scale_init_value, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x)
+
+
+class FFN(nn.Module):
+    """1x1 Conv-BN to r*C, GELU, 1x1 Conv-BN to C, residual."""
+
+    def __init__(self, dim: int, ratio: int, drop_path: float = 0.,
+                 layer_scale_init_value: float = 0.) -> None:
+        super().__init__()
+        self.mixer = Residual(
+            nn.Sequential(ConvNorm(dim, dim * ratio), nn.GELU(),
+                          ConvNorm(dim * ratio, dim)),
+            drop_path, layer_scale_init_value, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mixer(x)
+
+
+class RepCPE(nn.Module):
+    """Conditional positional encoding: residual depthwise 3x3 Conv-BN.
+
+    ``fuse()`` folds BN and the identity into one depthwise convolution.
+    """
+
+    def __init__(self, dim: int, kernel_size: int = 3) -> None:
+        super().__init__()
+        self.cpe = Residual(
+            ConvNorm(dim, dim, kernel_size, 1, kernel_size // 2, groups=dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cpe(x)
+
+    @torch.no_grad()
+    def fuse(self) -> nn.Conv2d:
+        conv = self.cpe.module.fuse()
+        kh, kw = conv.kernel_size
+        conv.weight[:, 0, kh // 2, kw // 2] += 1
+        return conv
+
+
+class SHMA(nn.Module):
+    """Single-head modulation attention.
+
+    ``[V, G] = sigmoid(BN(W_vg x))``, ``Q, K = BN(W_q x), BN(W_k x)`` of width
+    ``C / R``, ``A = softmax(Q^T K / sqrt(C / R))``,
+    ``out = BN(W_o ((V A^T) * G))``.
+
+    The module works on any batch of maps, so a batch of windows is simply a
+    larger batch. ``key_valid`` (``[B, 1, N]`` bool) masks padded tokens out
+    of the keys.
+    """
+
+    def __init__(self, dim: int, qk_reduction: int, ratio: int = 1) -> None:
+        super().__init__()
+        mid = dim * ratio
+        dim_qk = dim // qk_reduction
+        self.scale = dim_qk ** -0.5
+        self.q = ConvNorm(dim, dim_qk)
+        self.k = ConvNorm(dim, dim_qk)
+        self.v_gate = ConvNorm(dim, 2 * mid)
+        self.proj = ConvNorm(mid, dim)
+
+    def forward(self, x: torch.Tensor,
+                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        v, gate = torch.sigmoid(self.v_gate(x)).chunk(2, dim=1)
+        q = self.q(x).flatten(2)  # B, Cqk, N
+        k = self.k(x).flatten(2)
+        attn = (q.transpose(1, 2) * self.scale) @ k  # B, N, N
+        if key_valid is not None:
+            attn = attn.masked_fill(~key_valid, torch.finfo(attn.dtype).min)
+        attn = attn.softmax(dim=-1)
+        out = (v.flatten(2) @ attn.transpose(1, 2)).view(b, -1, h, w)
+        return self.proj(out * gate)
+
+
+class SHMABlock(nn.Module):
+    """Residual SHMA with optional drop path and layer scale."""
+
+    def __init__(self, dim: int, qk_reduction: int, drop_path: float = 0.,
+                 layer_scale_init_value: float = 0.) -> None:
+        super().__init__()
+        self.mixer = Residual(SHMA(dim, qk_reduction), drop_path,
+                              layer_scale_init_value, dim)
+
+    def forward(self, x: torch.Tensor,
+                key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return self.mixer(x, key_valid)
+
+
+# --------------------------------------------------------------------------
+# Window partitioning with channel chunking (paper Appendix F).
+# --------------------------------------------------------------------------
+def window_partition(x: torch.Tensor, window_size: int,
+                     chunks: int = 1) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B * H/ws * W/ws, C, ws, ws]``.
+
+    With ``chunks > 1`` the channels are split into ``chunks`` groups that are
+    rearranged one after the other and concatenated (channel chunking); the
+    result is identical, only the size of each reshape changes.
+    """
+    if chunks > 1:
+        return torch.cat([window_partition(part, window_size)
+                          for part in x.chunk(chunks, dim=1)], dim=1)
+    b, c, h, w = x.shape
+    ws = window_size
+    x = x.view(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(-1, c, ws, ws)
+
+
+def window_reverse(windows: torch.Tensor, window_size: int, height: int,
+                   width: int, chunks: int = 1) -> torch.Tensor:
+    """Inverse of :func:`window_partition` for a padded ``height x width``."""
+    if chunks > 1:
+        return torch.cat([window_reverse(part, window_size, height, width)
+                          for part in windows.chunk(chunks, dim=1)], dim=1)
+    ws = window_size
+    nh, nw = height // ws, width // ws
+    c = windows.shape[1]
+    x = windows.view(-1, nh, nw, c, ws, ws).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(-1, c, height, width)
+
+
+@dataclass
+class _WindowState:
+    """What the reverse needs, and the padding masks (None when unpadded)."""
+    height: int
+    width: int
+    padded_height: int
+    padded_width: int
+    valid: Optional[torch.Tensor] = None      # [B*nW, 1, ws, ws] float
+    key_valid: Optional[torch.Tensor] = None  # [B*nW, 1, ws*ws] bool
+
+
+@dataclass(frozen=True)
+class StageLayout:
+    """Where a stage partitions into windows and where it reverses.
+
+    Block indices refer to the stage's block list; ``partition_before`` and
+    ``reverse_before`` are None for a global stage. ``reverse_before`` equal
+    to the number of blocks means "at the end of the stage".
+    """
+    partition_before: Optional[int] = None
+    reverse_before: Optional[int] = None
+
+    @property
+    def windowed(self) -> bool:
+        return self.partition_before is not None
+
+
+def _resolve_layout(spec, num_prefix: int, num_groups: int,
+                    num_blocks: int) -> StageLayout:
+    """Turn a per-stage attention spec into block indices.
+
+    ``spec`` is ``'global'``, ``'window'``, ``'hybrid'`` or a dict
+    ``dict(windowed=[bool per attention group], reverse='before_next_attn'
+    | 'after_attn')``. The windowed groups must be consecutive.
+    """
+    if num_groups == 0:
+        return StageLayout()
+    if isinstance(spec, str):
+        if spec == 'global':
+            return StageLayout()
+        if spec == 'window':
+            spec = dict(windowed=[True] * num_groups, reverse='after_attn')
+        elif spec == 'hybrid':
+            spec = dict(windowed=[True] * (num_groups - 1) + [False],
+                        reverse='before_next_attn')
+        else:
+            raise ValueError(f'Unknown attention mode {spec!r}; expected one '
+                             f'of {ATTENTION_MODES} or a dict.')
+    if not isinstance(spec, dict) or 'windowed' not in spec:
+        raise TypeError('A per-stage attention layout must be a string or a '
+                        "dict(windowed=[...], reverse='before_next_attn' | "
+                        f"'after_attn'), got {spec!r}.")
+    windowed = [bool(v) for v in spec['windowed']]
+    reverse = spec.get('reverse', 'before_next_attn')
+    if len(windowed) != num_groups:
+        raise ValueError(f'Layout {spec!r} lists {len(windowed)} attention '
+                         f'blocks but the stage has {num_groups}.')
+    if reverse not in ('before_next_attn', 'after_attn'):
+        raise ValueError(f"reverse must be 'before_next_attn' or "
+                         f"'after_attn', got {reverse!r}.")
+    idx = [i for i, v in enumerate(windowed) if v]
+    if not idx:
+        return StageLayout()
+    first, last = idx[0], idx[-1]
+    if idx != list(range(first, last + 1)):
+        raise ValueError(f'Windowed attention blocks must be consecutive, got '
+                         f'{windowed}.')
+
+    def shma_index(g):  # block index of group g's SHMA (CPE, SHMA, FFN)
+        return num_prefix + 3 * g + 1
+
+    if reverse == 'before_next_attn' and last + 1 < num_groups:
+        reverse_before = shma_index(last + 1)
+    else:
+        reverse_before = shma_index(last) + 1
+    return StageLayout(shma_index(first), min(reverse_before, num_blocks))
+
+
+def resolve_attention(attention, arch_name: Optional[str],
+                      attn_groups: Sequence[int]) -> List:
+    """Expand ``attention`` into one spec per stage."""
+    if isinstance(attention, str) and attention == 'authors':
+        if arch_name not in AUTHORS_WINDOWED_STAGE3:
+            raise ValueError("attention='authors' needs a named arch, one of "
+                             f'{sorted(AUTHORS_WINDOWED_STAGE3)}.')
+        n3 = attn_groups[2]
+        kind = AUTHORS_WINDOWED_STAGE3[arch_name]
+        windowed = [True] * n3 if kind == 'all' else [True] * (n3 - 1) + [False]
+        stage3 = dict(windowed=windowed, reverse='after_attn')
+        return ['global', 'global', stage3, 'global']
+    if isinstance(attention, (str, dict)):
+        return [attention] * len(attn_groups)
+    attention = list(attention)
+    if len(attention) != len(attn_groups):
+        raise ValueError(f'attention lists {len(attention)} stages, the '
+                         f'network has {len(attn_groups)}.')
+    return attention
+
+
+# --------------------------------------------------------------------------
+# Stem, stage and network.
+# --------------------------------------------------------------------------
+class Stem(nn.Module):
+    """Conv-BN 5x5 s2 to d/2, GELU, Conv-BN 5x5 s2 to 2d, GELU, Conv-BN 1x1."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        mid = out_channels // 2
+        self.conv1 = ConvNorm(in_channels, mid, 5, 2, 2)
+        self.act1 = nn.GELU()
+        self.conv2 = ConvNorm(mid, 2 * out_channels, 5, 2, 2)
+        self.act2 = nn.GELU()
+        self.conv3 = ConvNorm(2 * out_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
+
+
+class IFormerStage(nn.Module):
+    """Optional Conv-BN 3x3 s2 downsample, then the stage's blocks.
+
+    Blocks: ConvBlocks, then ``num_groups`` x (CPE, SHMA, FFN), then one
+    ConvBlock (stages with attention); ConvBlocks only otherwise. Window
+    partition / reverse happen at the positions given by ``layout``.
+    """
+
+    def __init__(self, in_dim: int, dim: int, depth: int, num_groups: int,
+                 qk_reduction: int, conv_ratio: int, ffn_ratio: int,
+                 drop_path_rates: Sequence[float],
+                 layer_scale_init_value: float, attention='global',
+                 window_size: int = 16, window_chunks: int = 1,
+                 with_cp: bool = False) -> None:
+        super().__init__()
+        if depth < 3 * num_groups:
+            raise ValueError(f'A stage of depth {depth} cannot hold '
+                             f'{num_groups} attention groups (3 blocks each).')
+        self.downsample = (nn.Identity() if in_dim == dim else
+                           ConvNorm(in_dim, dim, 3, 2, 1))
+        self.window_size = window_size
+        self.window_chunks = window_chunks
+        self.with_cp = with_cp
+        dpr, ls = list(drop_path_rates), layer_scale_init_value
+        blocks, roles = [], []
+        if num_groups == 0:
+            num_prefix, num_suffix = depth, 0
+        else:
+            num_conv = depth - 3 * num_groups
+            num_prefix, num_suffix = (num_conv - 1, 1) if num_conv else (0, 0)
+        for j in range(num_prefix):
+            blocks.append(ConvBlock(dim, conv_ratio, 7, dpr[j], ls))
+            roles.append('conv')
+        for g in range(num_groups):
+            o = num_prefix + 3 * g
+            blocks += [RepCPE(dim, 3),
+                       SHMABlock(dim, qk_reduction, dpr[o + 1], ls),
+                       FFN(dim, ffn_ratio, dpr[o + 2], ls)]
+            roles += ['cpe', 'attn', 'ffn']
+        if num_suffix:
+            blocks.append(ConvBlock(dim, conv_ratio, 7, dpr[-1], ls))
+            roles.append('conv')
+        self.blocks = nn.Sequential(*blocks)
+        self.roles = tuple(roles)
+        self.layout = _resolve_layout(attention, num_prefix, num_groups,
+                                      len(blocks))
+
+    # -- windows -----------------------------------------------------------
+    def _partition(self, x: torch.Tensor):
+        ws = self.window_size
+        b, _, h, w = x.shape
+        pad_b, pad_r = (-h) % ws, (-w) % ws
+        state = _WindowState(h, w, h + pad_b, w + pad_r)
+        if pad_b or pad_r:
+            x = F.pad(x, (0, pad_r, 0, pad_b))
+            valid = x.new_zeros((b, 1, h + pad_b, w + pad_r))
+            valid[:, :, :h, :w] = 1
+            state.valid = window_partition(valid, ws)
+            state.key_valid = state.valid.flatten(2).bool()
+        return window_partition(x, ws, self.window_chunks), state
+
+    def _reverse(self, x: torch.Tensor, state: _WindowState) -> torch.Tensor:
+        x = window_reverse(x, self.window_size, state.padded_height,
+                           state.padded_width, self.window_chunks)
+        if state.valid is not None:
+            x = x[:, :, :state.height, :state.width].contiguous()
+        return x
+
+    def _run(self, block: nn.Module, x: torch.Tensor, *args) -> torch.Tensor:
+        if self.with_cp and self.training and torch.is_grad_enabled():
+            return cp.checkpoint(block, x, *args, use_reentrant=False)
+        return block(x, *args)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.downsample(x)
+        layout, state = self.layout, None
+        for i, (block, role) in enumerate(zip(self.blocks, self.roles)):
+            if i == layout.partition_before:
+                x, state = self._partition(x)
+            elif i == layout.reverse_before and state is not None:
+                x, state = self._reverse(x, state), None
+            if role == 'attn':
+                key_valid = state.key_valid if state is not None else None
+                x = self._run(block, x, key_valid)
+            else:
+                if role == 'cpe' and state is not None and \
+                        state.valid is not None:
+                    # Padded positions read as zeros, as at the map's edge.
+                    x = x * state.valid
+                x = self._run(block, x)
+        if state is not None:
+            x = self._reverse(x, state)
+        return x
+
+
+@MODELS.register_module()
+class IFormer(BaseModule):
+    """iFormer backbone: ConvNet early stages, SHMA in stages 3 and 4.
+
+    Args:
+        arch (str | dict): ``'t'``, ``'s'``, ``'m'``, ``'l'``, ``'l2'``,
+            ``'h'``, or a dict with the keys of :data:`ARCH_ZOO` entries
+            (``dims``, ``depths``, ``attn_groups``, ``qk_reduction``,
+            ``conv_ratio``, ``ffn_ratio``, optional
+            ``layer_scale_init_value``). Defaults to ``'t'``.
+        in_channels (int): Input channels. Defaults to 3.
+        out_indices (Sequence[int]): Stages whose outputs are returned, a
+            subset of ``(0, 1, 2, 3)``. Defaults to ``(0, 1, 2, 3)``.
+        attention (str | dict | Sequence): Attention layout for dense
+            prediction. ``'global'`` (classification), ``'window'`` (every
+            SHMA in windows), ``'hybrid'`` (the paper's Table 16: every SHMA
+            of a stage but the last in windows, partition once per stage
+            between the first group's CPE and SHMA, reverse once between the
+            last group's CPE and its global SHMA), ``'authors'`` (the layout
+            of the authors' released detection/segmentation code, see
+            :data:`AUTHORS_WINDOWED_STAGE3`), or per stage a list of those
+            strings or ``dict(windowed=[bool per SHMA block],
+            reverse='before_next_attn' | 'after_attn')``.
+            Defaults to ``'global'``.
+        window_size (int): Window side in tokens. Defaults to 16.
+        window_chunks (int): Channel chunks for window partition / reverse
+            (Appendix F); must divide the channels of every stage. 1 means
+            no chunking. Defaults to 1.
+        drop_path_rate (float): Stochastic depth, linearly increasing over
+            all blocks. Defaults to 0.
+        layer_scale_init_value (float, optional): Overrides the arch's layer
+            scale (0 disables it). Defaults to None (use the arch's).
+        frozen_stages (int): Freeze the stem and the first ``frozen_stages``
+            stages (their parameters stop requiring gradients and they stay
+            in eval mode); -1 freezes nothing, 0 only the stem.
+            Defaults to -1.
+        norm_eval (bool): Keep every BatchNorm in eval mode (frozen
+            statistics) during training. Defaults to False.
+        with_cp (bool): Gradient checkpointing per block. Defaults to False.
+        init_cfg (dict, optional): ``dict(type='Pretrained',
+            checkpoint=...)`` accepts the authors' release format, timm's
+            ``iformer_*`` format and our own. Defaults to None.
+    """
+
+    arch_zoo = ARCH_ZOO
+    num_stages = 4
+
+    def __init__(self, arch: Union[str, dict] = 't', in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 attention='global', window_size: int = 16,
+                 window_chunks: int = 1, drop_path_rate: float = 0.,
+                 layer_scale_init_value: Optional[float] = None,
+                 frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        self.arch_name, arch = self._parse_arch(arch)
+        self.arch_settings = arch
+        self.dims = tuple(arch['dims'])
+        depths, groups = arch['depths'], arch['attn_groups']
+        if layer_scale_init_value is None:
+            layer_scale_init_value = arch.get('layer_scale_init_value', 0.)
+
+        self.out_indices = self._check_out_indices(out_indices)
+        if not isinstance(window_size, int) or isinstance(window_size, bool) \
+                or window_size < 1:
+            raise ValueError(f'window_size must be a positive int, got '
+                             f'{window_size!r}.')
+        if not isinstance(window_chunks, int) or window_chunks < 1 or any(
+                d % window_chunks for d in self.dims):
+            raise ValueError(
+                f'window_chunks must be a positive int that divides the '
+                f'channels of every stage {self.dims}, got {window_chunks!r}.')
+        if not -1 <= frozen_stages <= self.num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, 4], got '
+                             f'{frozen_stages}.')
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.window_size = window_size
+        self.window_chunks = window_chunks
+        stage_attention = resolve_attention(attention, self.arch_name, groups)
+
+        self.stem = Stem(in_channels, self.dims[0])
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        stages, prev, start = [], self.dims[0], 0
+        for i in range(self.num_stages):
+            stages.append(IFormerStage(
+                prev, self.dims[i], depths[i], groups[i],
+                arch['qk_reduction'][i], arch['conv_ratio'],
+                arch['ffn_ratio'], dpr[start:start + depths[i]],
+                layer_scale_init_value, stage_attention[i], window_size,
+                window_chunks, with_cp))
+            prev, start = self.dims[i], start + depths[i]
+        self.stages = nn.Sequential(*stages)
+        self._freeze_stages()
+
+    # -- argument checks -----------------------------------------------------
+    @classmethod
+    def _parse_arch(cls, arch) -> Tuple[Optional[str], dict]:
+        if isinstance(arch, str):
+            key = arch.lower()
+            if key not in cls.arch_zoo:
+                raise ValueError(f'Unknown iFormer arch {arch!r}; valid '
+                                 f'archs are {sorted(cls.arch_zoo)} or a '
+                                 f'dict with keys {sorted(ARCH_ZOO["t"])}.')
+            return key, copy.deepcopy(cls.arch_zoo[key])
+        if isinstance(arch, dict):
+            required = {'dims', 'depths', 'attn_groups', 'qk_reduction',
+                        'conv_ratio', 'ffn_ratio'}
+            missing = required - set(arch)
+            if missing:
+                raise ValueError(f'Custom arch is missing {sorted(missing)}.')
+            for key in ('dims', 'depths', 'attn_groups', 'qk_reduction'):
+                if len(arch[key]) != cls.num_stages:
+                    raise ValueError(f'Custom arch {key} must have 4 entries.')
+            return None, copy.deepcopy(dict(arch))
+        raise TypeError(f'arch must be a str or dict, got {type(arch)}.')
+
+    @classmethod
+    def _check_out_indices(cls, out_indices) -> Tuple[int, ...]:
+        if isinstance(out_indices, int):
+            out_indices = (out_indices, )
+        out_indices = tuple(out_indices)
+        bad = [i for i in out_indices
+               if not isinstance(i, int) or not -cls.num_stages <= i < cls.num_stages]
+        if not out_indices or bad:
+            raise ValueError(f'out_indices must be a non-empty subset of '
+                             f'(0, 1, 2, 3), got {out_indices}.')
+        return tuple(sorted({i % cls.num_stages for i in out_indices}))
+
+    # -- freezing ------------------------------------------------------------
+    def _frozen_modules(self) -> List[nn.Module]:
+        if self.frozen_stages < 0:
+            return []
+        return [self.stem] + list(self.stages[:self.frozen_stages])
+
+    def _freeze_stages(self) -> None:
+        for module in self._frozen_modules():
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # -- weights -------------------------------------------------------------
+    def init_weights(self) -> None:
+        if self.init_cfg is not None and \
+                self.init_cfg.get('type') == 'Pretrained':
+            from ..checkpoint import load_iformer_checkpoint
+            load_iformer_checkpoint(
+                self, self.init_cfg['checkpoint'],
+                prefix=self.init_cfg.get('prefix'),
+                map_location=self.init_cfg.get('map_location', 'cpu'))
+            self._is_init = True
+            return
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        super().init_weights()
+
+    # -- forward -------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x)
+            raise ValueError(f'IFormer expects a 4D NCHW tensor, got {shape}.')
+        if x.shape[-1] < 32 or x.shape[-2] < 32:
+            raise ValueError(f'IFormer needs inputs of at least 32x32, got '
+                             f'{tuple(x.shape[-2:])}.')
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(x)
+            if i == self.out_indices[-1]:
+                break
+        return tuple(outs)
+
+    # -- deployment ----------------------------------------------------------
+    @torch.no_grad()
+    def switch_to_deploy(self) -> 'IFormer':
+        """Fold every Conv-BN pair and the CPE identity (eval mode only)."""
+        fuse_modules(self)
+        self.eval()
+        return self
+
+
+def fuse_modules(module: nn.Module) -> nn.Module:
+    """Replace, depth first, every child that has ``fuse()`` by its result."""
+    for name, child in list(module.named_children()):
+        if hasattr(child, 'fuse'):
+            setattr(module, name, child.fuse())
+        else:
+            fuse_modules(child)
+    return module
+
+
+def switch_to_deploy_all(model: nn.Module) -> nn.Module:
+    """Fold BN in every iFormer part of ``model`` (backbone and heads)."""
+    model.eval()
+    return fuse_modules(model)
