@@ -9,5 +9,7 @@ scopes.
 from .version import __version__
 from . import compat  # noqa: F401  (stack fixes first)
 from . import models  # noqa: F401
+from . import datasets  # noqa: F401
+from . import engine  # noqa: F401
 
 __all__ = ['__version__']

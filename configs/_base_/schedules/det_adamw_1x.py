@@ -1,0 +1,26 @@
+# 1x schedule (12 epochs) with AdamW: LinearLR warmup over the first 500
+# iterations, then x0.1 at epochs 8 and 11. lr 2e-4 for a total batch of 16.
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+
+param_scheduler = [
+    dict(
+        type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=500),
+    dict(
+        type='MultiStepLR',
+        begin=0,
+        end=12,
+        by_epoch=True,
+        milestones=[8, 11],
+        gamma=0.1)
+]
+
+optim_wrapper = dict(
+    type='OptimWrapper',
+    optimizer=dict(
+        type='AdamW', lr=0.0002, betas=(0.9, 0.999), weight_decay=0.05))
+
+# lr above is for 2 images/GPU x 8 GPUs; `--auto-scale-lr` rescales it
+# linearly to the batch of the run.
+auto_scale_lr = dict(enable=False, base_batch_size=16)

@@ -1,0 +1,141 @@
+"""Check a config's datasets before anything is built.
+
+A real dataset that is not on disk (``data/coco``,
+``data/ade/ADEChallengeData2016``, ``data/imagenet``) stops the run with a
+:class:`DatasetNotFoundError` that names the missing path, the expected
+layout and the documentation section, instead of a traceback from deep in a
+loader. Toy datasets (:data:`~iformer_mm.datasets.builders.TOY_DATASETS`)
+are generated here instead.
+"""
+from __future__ import annotations
+
+import os.path as osp
+from typing import Iterable, List, Optional, Sequence, Tuple
+
+DOC = 'docs/getting_started.md'
+
+LAYOUTS = {
+    'coco': ('#coco-data-layout', """\
+data/coco/
+├── annotations/
+│   ├── instances_train2017.json
+│   └── instances_val2017.json
+├── train2017/   (118k images)
+└── val2017/     (5k images)"""),
+    'ade': ('#ade20k-data-layout', """\
+data/ade/ADEChallengeData2016/
+├── images/
+│   ├── training/      (*.jpg)
+│   └── validation/    (*.jpg)
+└── annotations/
+    ├── training/      (*.png)
+    └── validation/    (*.png)"""),
+    'imagenet': ('#imagenet-data-layout', """\
+data/imagenet/
+├── train/   (one folder per class: n01440764/*.JPEG ...)
+├── val/     (class folders, or flat images listed in meta/val.txt)
+└── meta/    (optional: train.txt, val.txt, "<relative path> <label>")"""),
+}
+
+# dataset type -> layout key
+_KIND = {
+    'CocoDataset': 'coco',
+    'ADE20KDataset': 'ade',
+    'ImageNet': 'imagenet',
+    'ImageNet21k': 'imagenet',
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset a config needs is not on disk."""
+
+
+def _iter_datasets(cfg: dict) -> Iterable[dict]:
+    """Leaf dataset configs, through wrappers (Repeat/Concat/ClassBalanced)."""
+    if not isinstance(cfg, dict):
+        return
+    if 'dataset' in cfg and isinstance(cfg['dataset'], dict):
+        yield from _iter_datasets(cfg['dataset'])
+    elif 'datasets' in cfg:
+        for sub in cfg['datasets']:
+            yield from _iter_datasets(sub)
+    else:
+        yield cfg
+
+
+def _prefix(data_prefix, key: str) -> str:
+    if isinstance(data_prefix, dict):
+        return data_prefix.get(key, '') or ''
+    return data_prefix or ''
+
+
+def _join(root: str, path: str) -> str:
+    if not path:
+        return root
+    return path if osp.isabs(path) or not root else osp.join(root, path)
+
+
+def _required_paths(ds: dict) -> Tuple[Optional[str], List[str]]:
+    """(layout kind, paths that must exist) for one dataset config."""
+    type_name = ds.get('type', '')
+    if not isinstance(type_name, str):
+        type_name = getattr(type_name, '__name__', '')
+    type_name = type_name.split('.')[-1]
+    root = ds.get('data_root', '') or ''
+    kind = _KIND.get(type_name)
+    paths: List[str] = []
+    if kind == 'coco':
+        if ds.get('ann_file'):
+            paths.append(_join(root, ds['ann_file']))
+        paths.append(_join(root, _prefix(ds.get('data_prefix'), 'img')))
+    elif kind == 'ade':
+        prefix = ds.get('data_prefix', {})
+        paths.append(_join(root, _prefix(prefix, 'img_path')))
+        paths.append(_join(root, _prefix(prefix, 'seg_map_path')))
+    elif kind == 'imagenet':
+        split = ds.get('split', '')
+        prefix = _prefix(ds.get('data_prefix'), 'img_path') or split
+        if ds.get('ann_file'):
+            paths.append(_join(root, ds['ann_file']))
+        paths.append(_join(root, prefix))
+    elif root:
+        paths.append(root)
+    return kind, [p for p in paths if p]
+
+
+def _message(kind: Optional[str], missing: str, split: str) -> str:
+    lines = [f'The {split} dataset is missing: {missing!r} does not exist.']
+    if kind in LAYOUTS:
+        anchor, tree = LAYOUTS[kind]
+        lines += ['Expected layout (relative to the directory you run from, '
+                  'or set data_root with --cfg-options):', tree,
+                  f'See {DOC}{anchor} for how to download and arrange it.']
+    else:
+        lines.append(f'See {DOC} for the expected data layouts.')
+    lines.append('To try the pipeline without real data, use the toy '
+                 'configs in configs/toy/, which generate their data.')
+    return '\n'.join(lines)
+
+
+def check_datasets(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
+    """Generate toy datasets and check real ones for ``splits``' loaders.
+
+    Raises:
+        DatasetNotFoundError: a real dataset's files are not on disk.
+    """
+    from .builders import TOY_DATASETS, prepare_toy_dataset
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader', None)
+        if not loader or (split == 'val' and not cfg.get('val_cfg', None)):
+            continue
+        for ds in _iter_datasets(loader.get('dataset', {})):
+            type_name = ds.get('type', '')
+            if isinstance(type_name, str) and \
+                    type_name.split('.')[-1] in TOY_DATASETS:
+                prepare_toy_dataset(type_name.split('.')[-1],
+                                    ds.get('data_root'), ds.get('toy_cfg'))
+                continue
+            kind, paths = _required_paths(ds)
+            for path in paths:
+                if not osp.exists(path):
+                    raise DatasetNotFoundError(_message(kind, path, split))

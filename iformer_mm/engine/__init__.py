@@ -1,0 +1,5 @@
+"""Runner set-up for the tools: CPU-aware distributed runs, config
+adaptation to the machine, dataset checks."""
+from .dist import DeviceAwareDDP, init_dist_env  # noqa: F401
+from .runner import (adapt_to_machine, build_runner,  # noqa: F401
+                     config_scope, load_config)

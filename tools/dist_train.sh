@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Distributed training with torchrun, one process per GPU (or per CPU worker
+# on a machine without CUDA, where the gloo backend is used).
+#   bash tools/dist_train.sh CONFIG NPROC [train.py options]
+# Several nodes: run the same command on every node with
+#   NNODES=<nodes> NODE_RANK=<0..NNODES-1> MASTER_ADDR=<node 0's address> \
+#   [PORT=29500] bash tools/dist_train.sh ...
+set -e
+if [ $# -lt 2 ]; then
+    echo "usage: bash tools/dist_train.sh CONFIG NPROC [train.py options]" >&2
+    exit 2
+fi
+CONFIG=$1
+NPROC=$2
+shift 2
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
+TOOLS_DIR=$(cd "$(dirname "$0")" && pwd)
+
+PYTHONPATH="$TOOLS_DIR/..":$PYTHONPATH \
+python -m torch.distributed.run \
+    --nnodes="$NNODES" \
+    --node_rank="$NODE_RANK" \
+    --master_addr="$MASTER_ADDR" \
+    --master_port="$PORT" \
+    --nproc_per_node="$NPROC" \
+    "$TOOLS_DIR/train.py" "$CONFIG" --launcher pytorch "$@"
