@@ -1,0 +1,1 @@
+from .complexity import backbone_complexity, count_macs, count_params  # noqa: F401

@@ -595,7 +595,8 @@ class IFormer(BaseModule):
         stage_attention = resolve_attention(attention, self.arch_name, groups)
 
         self.stem = Stem(in_channels, self.dims[0])
-        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        total = sum(depths)
+        dpr = [drop_path_rate * i / max(total - 1, 1) for i in range(total)]
         stages, prev, start = [], self.dims[0], 0
         for i in range(self.num_stages):
             stages.append(IFormerStage(

@@ -1,0 +1,3 @@
+from .iformer_head import IFormerClsHead  # noqa: F401
+
+__all__ = ['IFormerClsHead']

@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""Parameters and GMACs of an iFormer variant or of a config's model.
+
+Examples::
+
+    python tools/get_flops.py m                          # iFormer-M + head, 224
+    python tools/get_flops.py l --shape 512 --no-head    # backbone at 512x512
+    python tools/get_flops.py configs/maskrcnn_iformer_m_coco.py --shape 800 1333
+    python tools/get_flops.py configs/fpn_iformer_t_ade20k_40k.py --backbone-only
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import Config, DictAction
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('target', help='an iFormer arch (t, s, m, l, l2, h) or a '
+                   'config file')
+    p.add_argument('--shape', type=int, nargs='+', default=None,
+                   help='input size: H [W] (224 for an arch, 512 for seg, '
+                   '800 1333 for det configs by default)')
+    p.add_argument('--no-head', action='store_true',
+                   help='arch only: count the backbone without the '
+                   '1000-class head')
+    p.add_argument('--attention', default='global',
+                   help="arch only: 'global', 'window', 'hybrid' or "
+                   "'authors'")
+    p.add_argument('--window-chunks', type=int, default=1)
+    p.add_argument('--backbone-only', action='store_true',
+                   help="config only: count the config's backbone")
+    p.add_argument('--no-fuse', action='store_true',
+                   help='count BatchNorm too (default: BN folded, as '
+                   'deployed and as the paper counts)')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config settings, key=value')
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
+    import iformer_mm  # noqa: F401
+    from iformer_mm.models.backbones.iformer import ARCH_ZOO
+    from iformer_mm.utils.complexity import (backbone_complexity,
+                                             config_complexity)
+    if args.target.lower() in ARCH_ZOO:
+        shape = args.shape or [224]
+        shape = shape * 2 if len(shape) == 1 else shape
+        res = backbone_complexity(args.target.lower(), shape,
+                                  with_head=not args.no_head,
+                                  attention=args.attention,
+                                  window_chunks=args.window_chunks)
+        what = f'iFormer-{args.target.upper()}' + \
+            ('' if args.no_head else ' + 1000-class head')
+    else:
+        if not osp.isfile(args.target):
+            sys.exit(f'error: {args.target!r} is neither an iFormer arch '
+                     f'({", ".join(ARCH_ZOO)}) nor an existing config file.')
+        cfg = Config.fromfile(args.target)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
+        scope = cfg.get('default_scope', '')
+        default = {'mmdet': [800, 1333], 'mmseg': [512, 512]}.get(
+            scope, [224, 224])
+        shape = args.shape or default
+        shape = shape * 2 if len(shape) == 1 else shape
+        res = config_complexity(cfg, shape, backbone_only=args.backbone_only,
+                                deploy=not args.no_fuse)
+        what = f'{osp.basename(args.target)} ' + \
+            ('backbone' if args.backbone_only else 'whole model')
+    split = '=' * 30
+    print(f'{split}\nModel: {what}\nInput shape: (3, {shape[0]}, {shape[1]})'
+          f'\nFlops: {res["macs"] / 1e9:.3f} GMACs'
+          f'{" (BN folded)" if not args.no_fuse else ""}'
+          f'\nParams: {res["params"] / 1e6:.3f} M\n{split}')
+    print('!!!MACs are counted with mmengine.analysis.FlopAnalyzer; '
+          'verify before citing them in a paper.')
+
+
+if __name__ == '__main__':
+    main()
