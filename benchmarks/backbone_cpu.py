@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""iFormer backbone on this CPU at 512x512, batch 1, side by side.
+
+For each arch (default ``m`` and ``l``) it measures, in one run:
+
+* fused (``switch_to_deploy()``) vs unfused latency, hybrid chunked layout;
+* global SHMA vs hybrid window SHMA without chunking vs channel-chunked
+  hybrid SHMA (Table 17's three settings): latency and peak memory.
+
+Every setting runs in its own fresh subprocess, so peak memory (the growth
+of the process's maximum resident set over the model alone) is not polluted
+by the settings before it. Latency is the median of ``--runs`` timed
+forwards after ``--warmup`` untimed ones. Ratios are printed against the
+first setting of each group.
+
+    python benchmarks/backbone_cpu.py --archs m l --runs 20
+"""
+import argparse
+import json
+import os.path as osp
+import subprocess
+import sys
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+SETTINGS = {
+    'unfused': dict(attention='hybrid', window_chunks=16, fuse=False),
+    'fused': dict(attention='hybrid', window_chunks=16, fuse=True),
+    'global': dict(attention='global', window_chunks=1, fuse=True),
+    'hybrid': dict(attention='hybrid', window_chunks=1, fuse=True),
+    'hybrid+chunks16': dict(attention='hybrid', window_chunks=16, fuse=True),
+}
+GROUPS = [('BN folding', ['unfused', 'fused']),
+          ('attention (Table 17)', ['global', 'hybrid', 'hybrid+chunks16'])]
+
+
+def measure(arch, setting, size, warmup, runs, threads):
+    """Runs in the child process: prints one JSON line."""
+    import resource
+    import time
+
+    import torch
+    sys.path.insert(0, ROOT)
+    from iformer_mm.models.backbones import IFormer
+    torch.set_num_threads(threads)
+    cfg = dict(SETTINGS[setting])
+    fuse = cfg.pop('fuse')
+    torch.manual_seed(0)
+    net = IFormer(arch, **cfg).eval()
+    if fuse:
+        net.switch_to_deploy()
+    x = torch.randn(1, 3, size, size)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times = []
+    with torch.inference_mode():
+        for i in range(warmup + runs):
+            t = time.perf_counter()
+            net(x)
+            if i >= warmup:
+                times.append((time.perf_counter() - t) * 1e3)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    times.sort()
+    print(json.dumps(dict(median_ms=times[len(times) // 2], min_ms=times[0],
+                          peak_mem_mb=(peak - base) / 1024)))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument('--archs', nargs='+', default=['m', 'l'])
+    p.add_argument('--size', type=int, default=512)
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--runs', type=int, default=10)
+    p.add_argument('--threads', type=int, default=2)
+    p.add_argument('--out', default=None, help='write the results as JSON')
+    p.add_argument('--child', nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return measure(*args.child, args.size, args.warmup, args.runs,
+                       args.threads)
+
+    import platform
+    import torch
+    print(f'iFormer backbones at {args.size}x{args.size}, batch 1, '
+          f'{args.threads} threads, torch {torch.__version__}, '
+          f'{platform.processor() or platform.machine()}; median of '
+          f'{args.runs} runs after {args.warmup} warm-up')
+    results = {}
+    for arch in args.archs:
+        results[arch] = {}
+        for name in SETTINGS:
+            out = subprocess.run(
+                [sys.executable, __file__, '--child', arch, name, '--size',
+                 str(args.size), '--warmup', str(args.warmup), '--runs',
+                 str(args.runs), '--threads', str(args.threads)],
+                capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f'{arch}/{name} failed:\n{out.stderr}')
+            results[arch][name] = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f'  measured iFormer-{arch.upper()} {name}', flush=True)
+    print()
+    print('| arch | comparison | setting | median ms | ratio | peak MB | ratio |')
+    print('|---|---|---|---|---|---|---|')
+    for arch, res in results.items():
+        for title, names in GROUPS:
+            ref = res[names[0]]
+            for name in names:
+                r = res[name]
+                print(f'| {arch.upper()} | {title} | {name} | '
+                      f'{r["median_ms"]:.1f} | '
+                      f'{r["median_ms"] / ref["median_ms"]:.2f} | '
+                      f'{r["peak_mem_mb"]:.0f} | '
+                      f'{r["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9):.2f} |')
+    if args.out:
+        with open(args.out, 'w') as f:
+            json.dump(dict(size=args.size, threads=args.threads,
+                           runs=args.runs, results=results), f, indent=2)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,207 @@
+"""Checkpoints: timm and the authors' release format, against timm's network.
+
+timm (a test-only dependency) ships an independent implementation of the
+iFormer classifier; the same random weights must give the same logits.
+"""
+import argparse
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import iformer_mm  # noqa: F401
+from iformer_mm.models.backbones import IFormer
+from iformer_mm.models.checkpoint import (convert_to_ours,
+                                          load_state_dict_reporting,
+                                          safe_torch_load, to_openmmlab)
+
+timm = pytest.importorskip('timm', reason='timm is the reference network')
+pytest.importorskip('mmpretrain')
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+
+def _randomize(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.dtype.is_floating_point:
+                if 'running_var' in name:
+                    t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+                elif name.endswith('bn.weight'):
+                    t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def timm_model(arch, distilled=False):
+    name = f'iformer_{arch}' + ('_distilled' if distilled else '')
+    return _randomize(timm.create_model(name, pretrained=False))
+
+
+def classifier(arch, distilled=False):
+    from mmengine.registry import MODELS, init_default_scope
+    init_default_scope('mmpretrain')
+    dim = IFormer.arch_zoo[arch]['dims'][-1]
+    return MODELS.build(dict(
+        type='ImageClassifier',
+        backbone=dict(type='IFormer', arch=arch, out_indices=(3, )),
+        neck=dict(type='GlobalAveragePooling'),
+        head=dict(type='IFormerClsHead', num_classes=1000, in_channels=dim,
+                  distillation=distilled))).eval()
+
+
+# The authors' names, spelled out independently of the converter's rules.
+def _release_block_name(state, si, bi):
+    prefix = f'stages.{si}.blocks.{bi}.mixer.module.'
+    if prefix + 'q.c.weight' in state:
+        return 'token_mixer'  # SHMA
+    first = state.get(prefix + '0.c.weight')
+    if first is not None and first.shape[-1] == 7:
+        return 'token_channel_mixer'  # ConvBlock
+    return 'channel_mixer'  # FFN
+
+
+def to_release(state):
+    out = {}
+    for k, v in state.items():
+        m = re.match(r'stages\.(\d+)\.blocks\.(\d+)\.(mixer|cpe)\.(.*)', k)
+        d = re.match(r'stages\.(\d+)\.downsample\.(.*)', k)
+        if k.startswith('stem.'):
+            k = k.replace('stem.conv1.', 'downsample_layers.0.0.').replace(
+                'stem.conv2.', 'downsample_layers.0.2.conv_exp_bn1.').replace(
+                'stem.conv3.', 'downsample_layers.0.2.conv_pwl_bn2.')
+        elif d:
+            k = f'downsample_layers.{d.group(1)}.0.{d.group(2)}'
+        elif m:
+            si, bi, kind, rest = m.groups()
+            rest = re.sub(r'^module\.', 'm.', rest)
+            name = 'cpe' if kind == 'cpe' else _release_block_name(state, si, bi)
+            k = f'stages.{si}.{bi}.block.{name}.{rest}'
+        elif k.startswith('head.head_dist.'):
+            k = k.replace('head.head_dist.', 'classifier.classifier_dist.')
+        elif k.startswith('head.head.'):
+            k = k.replace('head.head.', 'classifier.classifier.')
+        out[k] = v
+    return out
+
+
+def save_release(state, path):
+    torch.save({'model': to_release(state), 'epoch': np.int64(299),
+                'max_accuracy': np.float64(80.4),
+                'args': argparse.Namespace(model='iFormer', lr=4e-3)}, path)
+
+
+@pytest.mark.parametrize('arch', ['t', 'm', 'l'])
+def test_classifier_matches_timm(arch):
+    ref = timm_model(arch)
+    ours = classifier(arch)
+    missing, unexpected = ours.load_state_dict(to_openmmlab(ref.state_dict()),
+                                               strict=True)
+    assert not missing and not unexpected
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert (ours(x, mode='tensor') - ref(x)).abs().max() <= 1e-4
+        feat = ours.backbone(x)[-1]
+        assert (feat - ref.forward_features(x)).abs().max() <= 1e-4
+
+
+def test_release_file_loads_everywhere(tmp_path):
+    ref = timm_model('m', distilled=True)
+    path = str(tmp_path / 'iFormer_m_distill.pth')
+    save_release(ref.state_dict(), path)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        expected_logits, expected_feat = ref(x), ref.forward_features(x)
+
+    # 1. backbone init_cfg (what the mmdet/mmseg configs do)
+    backbone = IFormer('m', init_cfg=dict(type='Pretrained', checkpoint=path))
+    backbone.init_weights()
+    with torch.no_grad():
+        assert (backbone.eval()(x)[-1] - expected_feat).abs().max() <= 1e-4
+
+    # 2. tools/convert_checkpoint.py -> a full mmpretrain classifier
+    out = str(tmp_path / 'converted.pth')
+    subprocess.run([sys.executable, osp.join(ROOT, 'tools/convert_checkpoint.py'),
+                    path, out], check=True, cwd=ROOT)
+    model = classifier('m', distilled=True)
+    state = safe_torch_load(out)['state_dict']
+    missing, unexpected = model.load_state_dict(state, strict=True)
+    assert not missing and not unexpected
+    with torch.no_grad():
+        assert (model(x, mode='tensor') - expected_logits).abs().max() <= 1e-4
+        # the distilled pair folds into one linear
+        from iformer_mm.models.backbones import switch_to_deploy_all
+        switch_to_deploy_all(model)
+        assert model.head.head_dist is None
+        assert (model(x, mode='tensor') - expected_logits).abs().max() <= 1e-4
+
+
+def test_timm_file_loads_via_init_cfg(tmp_path):
+    ref = timm_model('t')
+    path = str(tmp_path / 'timm_t.pth')
+    torch.save(ref.state_dict(), path)
+    net = IFormer('t', init_cfg=dict(type='Pretrained', checkpoint=path))
+    net.init_weights()
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        assert torch.allclose(net.eval()(x)[-1], ref.forward_features(x),
+                              atol=1e-5)
+
+
+def test_missing_and_unexpected_keys_are_named(capsys):
+    net = IFormer('t')
+    state = convert_to_ours(timm_model('t').state_dict())
+    state = {k: v for k, v in state.items() if not k.startswith('head.')}
+    del state['stages.3.blocks.1.mixer.module.q.c.weight']
+    state['stages.3.blocks.99.bogus'] = torch.zeros(1)
+    missing, unexpected = load_state_dict_reporting(net, state)
+    assert missing == ['stages.3.blocks.1.mixer.module.q.c.weight']
+    assert unexpected == ['stages.3.blocks.99.bogus']
+    printed = capsys.readouterr().out
+    assert 'stages.3.blocks.1.mixer.module.q.c.weight' in printed
+    assert 'stages.3.blocks.99.bogus' in printed
+
+
+def test_shape_mismatch_names_key_and_shapes(tmp_path):
+    path = str(tmp_path / 'm.pth')
+    save_release(timm_model('m').state_dict(), path)
+    net = IFormer('t', init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(ValueError) as err:
+        net.init_weights()
+    msg = str(err.value)
+    assert 'stem.conv1.c.weight' in msg
+    assert '(24, 3, 5, 5)' in msg and '(16, 3, 5, 5)' in msg
+
+
+class _Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = str(tmp_path / 'evil.pth')
+    state = convert_to_ours(timm_model('t').state_dict())
+    torch.save({'model': state, 'payload': _Evil(str(marker))}, path)
+    with pytest.raises(Exception, match='(?i)weights.only|unsupported global'):
+        safe_torch_load(path)
+    net = IFormer('t', init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(Exception, match='(?i)weights.only|unsupported global'):
+        net.init_weights()
+    assert not marker.exists()
+
+
+def test_missing_checkpoint_file_is_clear(tmp_path):
+    net = IFormer('t', init_cfg=dict(type='Pretrained',
+                                     checkpoint=str(tmp_path / 'nope.pth')))
+    with pytest.raises(FileNotFoundError, match='nope.pth'):
+        net.init_weights()
