@@ -1,0 +1,483 @@
+"""The latency benchmark: export, convert, census, time, report.
+
+``tools/benchmark_latency.py`` is a thin wrapper around :func:`main`;
+:func:`run_benchmark` is the library entry point.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import report
+from .backbones import (DEFAULT_PEERS, PEERS, BackboneError, BackboneSpec,
+                        all_variant_specs, check_resolution,
+                        resolve_backbone, table17_specs)
+from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, IOS_TARGETS,
+                     CoreMLToolsMissing, coreml_runtime_status,
+                     convert_exported_program, import_coremltools,
+                     save_package, time_coreml, validate_package)
+from .export import (TupleOutputs, count_parameters, export_onnx,
+                     export_program, flatten_outputs, prepare_for_deploy)
+from .latency import max_abs_diff, time_onnxruntime, time_torch
+
+DEFAULT_BACKBONES = ('iformer-m', )
+DEFAULT_OUT = os.path.join('work_dirs', 'latency')
+
+
+@dataclass
+class BenchmarkConfig:
+    backbones: Sequence[str] = DEFAULT_BACKBONES
+    resolution: Sequence[int] = (512, 512)
+    warmup: int = 3
+    runs: int = 10
+    out_dir: str = DEFAULT_OUT
+    compute_unit: str = 'ALL'
+    ios_target: str = DEFAULT_IOS_TARGET
+    precision: str = 'fp16'
+    threads: Optional[int] = None
+    coreml: bool = True
+    onnx: bool = True
+    timing: bool = True
+    chart: bool = True
+    seed: int = 0
+    specs: List[BackboneSpec] = field(default_factory=list, repr=False)
+
+
+# --------------------------------------------------------------------------
+# Progress display.
+# --------------------------------------------------------------------------
+class Progress:
+    """A rich progress bar on a terminal, one plain line per step otherwise."""
+
+    def __init__(self, total: int, enabled: bool = True) -> None:
+        self.total, self.done = total, 0
+        self._bar = None
+        self.enabled = enabled
+        if enabled and sys.stderr.isatty():
+            try:
+                from rich.console import Console
+                from rich.progress import (BarColumn, MofNCompleteColumn,
+                                           Progress as RichProgress,
+                                           TextColumn, TimeElapsedColumn)
+                self._bar = RichProgress(
+                    TextColumn('{task.description}'), BarColumn(),
+                    MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=Console(stderr=True), transient=True)
+                self._task = self._bar.add_task('starting', total=total)
+                self._bar.start()
+            except ImportError:
+                self._bar = None
+
+    def step(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, description=text)
+        elif self.enabled:
+            print(f'[{self.done + 1}/{self.total}] {text}', file=sys.stderr,
+                  flush=True)
+
+    def advance(self) -> None:
+        self.done += 1
+        if self._bar is not None:
+            self._bar.update(self._task, completed=self.done)
+
+    def log(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.console.print(text)
+        elif self.enabled:
+            print(text, file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+# --------------------------------------------------------------------------
+# Environment.
+# --------------------------------------------------------------------------
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    if platform.system() == 'Darwin':
+        import subprocess
+        try:
+            return subprocess.run(
+                ['sysctl', '-n', 'machdep.cpu.brand_string'],
+                capture_output=True, text=True, check=True).stdout.strip()
+        except (OSError, subprocess.CalledProcessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+def _version(module: str) -> Optional[str]:
+    try:
+        from importlib.metadata import version
+        return version(module)
+    except Exception:  # noqa: BLE001  (not installed)
+        return None
+
+
+def environment(threads: int) -> Dict[str, Any]:
+    return dict(
+        os=f'{platform.system()} {platform.release()}',
+        platform=platform.platform(), machine=platform.machine(),
+        cpu=_cpu_name(), logical_cpus=os.cpu_count(), threads=threads,
+        python=platform.python_version(),
+        versions={name: _version(name) for name in (
+            'torch', 'numpy', 'coremltools', 'onnx', 'onnxruntime',
+            'mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'mmpretrain',
+            'matplotlib')})
+
+
+# --------------------------------------------------------------------------
+# One backbone.
+# --------------------------------------------------------------------------
+_STEPS = ('build', 'export', 'coreml', 'onnx', 'time')
+
+
+def _slug(key: str) -> str:
+    return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in key)
+
+
+def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
+                  coreml_runtime: bool, progress: Progress) -> Dict[str, Any]:
+    """Export, convert, census and time one backbone; never raises for a
+    model failure (the failure is recorded and the run goes on)."""
+    h, w = cfg.resolution
+    shape = (1, 3, h, w)
+    folder = os.path.join(cfg.out_dir, _slug(spec.key))
+    os.makedirs(folder, exist_ok=True)
+    result: Dict[str, Any] = dict(key=spec.key, label=spec.label,
+                                  family=spec.family, source=spec.source,
+                                  paper=spec.paper, status='ok',
+                                  input_shape=list(shape))
+    stage = 'build'
+    done_steps = 0
+
+    def step(name: str, text: str) -> None:
+        nonlocal stage
+        stage = name
+        progress.step(f'{spec.label}: {text}')
+
+    def advance() -> None:
+        nonlocal done_steps
+        done_steps += 1
+        progress.advance()
+
+    try:
+        step('build', 'building')
+        torch.manual_seed(cfg.seed)
+        raw = spec.build()
+        result['params_m'] = count_parameters(raw) / 1e6
+        example = torch.randn(shape, generator=torch.Generator().manual_seed(
+            cfg.seed))
+        raw.eval()
+        with torch.inference_mode():
+            before = [t.numpy().copy() for t in flatten_outputs(raw(example))]
+        model, fold = prepare_for_deploy(raw)
+        model = TupleOutputs(model).eval()
+        with torch.inference_mode():
+            reference = [t.numpy().copy() for t in model(example)]
+        result['deploy'] = fold
+        result['fold_max_abs_diff'] = max_abs_diff(reference, before)
+        result['output_shapes'] = [list(r.shape) for r in reference]
+        advance()
+
+        step('export', 'torch.export')
+        coreml: Dict[str, Any] = {}
+        exported = mlmodel = None
+        if cfg.coreml:
+            result['coreml'] = coreml
+            coreml['status'] = 'failed'
+            try:
+                t0 = time.perf_counter()
+                exported = export_program(model, example)
+                coreml['torch_export_s'] = time.perf_counter() - t0
+            except Exception as exc:  # noqa: BLE001  (reported, run goes on)
+                coreml['error'] = (f'torch.export failed: '
+                                   f'{type(exc).__name__}: {exc}')
+                coreml['traceback'] = traceback.format_exc(limit=6)
+                progress.log(f'  {spec.label}: '
+                             f'{coreml["error"].splitlines()[0][:200]}')
+        advance()
+
+        step('coreml', 'converting to Core ML')
+        if exported is not None:
+            try:
+                t0 = time.perf_counter()
+                mlmodel = convert_exported_program(
+                    exported, shape, len(reference), cfg.ios_target,
+                    fp16=cfg.precision == 'fp16')
+                coreml['convert_s'] = time.perf_counter() - t0
+                package = save_package(mlmodel, os.path.join(
+                    folder, 'model.mlpackage'))
+                coreml['package'] = package
+                coreml['status'] = 'converted'
+                check = validate_package(package, shape,
+                                         result['output_shapes'],
+                                         fp16=cfg.precision == 'fp16')
+                coreml['census'] = check.pop('census')
+                coreml['validation'] = check
+                coreml['status'] = 'validated'
+            except Exception as exc:  # noqa: BLE001  (reported, run goes on)
+                coreml['error'] = f'{type(exc).__name__}: {exc}'
+                coreml['traceback'] = traceback.format_exc(limit=6)
+                progress.log(f'  {spec.label}: Core ML conversion failed: '
+                             f'{coreml["error"].splitlines()[0][:200]}')
+        del exported, mlmodel
+        advance()
+
+        step('onnx', 'exporting ONNX')
+        onnx_path = None
+        if cfg.onnx:
+            onnx: Dict[str, Any] = dict(status='failed')
+            result['onnx'] = onnx
+            try:
+                t0 = time.perf_counter()
+                onnx_path = export_onnx(
+                    model, example, os.path.join(folder, 'model.onnx'),
+                    [f'out{i}' for i in range(len(reference))])
+                onnx.update(status='exported', path=onnx_path,
+                            export_s=time.perf_counter() - t0)
+            except Exception as exc:  # noqa: BLE001
+                onnx['error'] = f'{type(exc).__name__}: {exc}'
+                progress.log(f'  {spec.label}: ONNX export failed: '
+                             f'{onnx["error"].splitlines()[0][:200]}')
+                onnx_path = None
+        advance()
+
+        step('time', 'timing')
+        if cfg.timing:
+            threads = torch.get_num_threads()
+            progress.step(f'{spec.label}: timing PyTorch eager CPU')
+            result['torch'] = dict(backend='PyTorch eager CPU (fused), proxy',
+                                   timing=time_torch(model, example,
+                                                     cfg.warmup, cfg.runs))
+            if onnx_path:
+                progress.step(f'{spec.label}: timing ONNX Runtime CPU')
+                timing = time_onnxruntime(onnx_path, example.numpy(),
+                                          threads, cfg.warmup, cfg.runs,
+                                          reference)
+                result['onnx'].update(
+                    backend='ONNX Runtime CPU, proxy', status='timed',
+                    max_abs_diff=timing.pop('max_abs_diff'),
+                    load_s=timing.pop('load_s'), timing=timing)
+            coreml = result.get('coreml') or {}
+            if coreml_runtime and coreml.get('status') == 'validated':
+                progress.step(f'{spec.label}: timing Core ML '
+                              f'({cfg.compute_unit})')
+                timing = time_coreml(coreml['package'], example.numpy(),
+                                     cfg.compute_unit, cfg.warmup, cfg.runs,
+                                     reference)
+                coreml.update(status='timed',
+                              backend=f'Core ML ({cfg.compute_unit})',
+                              max_abs_diff=timing.pop('max_abs_diff'),
+                              load_s=timing.pop('load_s'), timing=timing)
+        elif cfg.onnx and onnx_path:
+            # Still check ONNX against PyTorch, once, without timing.
+            timing = time_onnxruntime(onnx_path, example.numpy(),
+                                      torch.get_num_threads(), 0, 1,
+                                      reference)
+            result['onnx']['max_abs_diff'] = timing['max_abs_diff']
+        advance()
+    except Exception as exc:  # noqa: BLE001  (reported, run goes on)
+        result.update(status='failed', failed_stage=stage,
+                      error=f'{type(exc).__name__}: {exc}',
+                      traceback=traceback.format_exc(limit=8))
+        progress.log(f'  {spec.label}: failed at {stage}: '
+                     f'{result["error"].splitlines()[0][:200]}')
+        for _ in range(len(_STEPS) - done_steps):
+            progress.advance()
+    return result
+
+
+# --------------------------------------------------------------------------
+# A whole run.
+# --------------------------------------------------------------------------
+def collect_specs(cfg: BenchmarkConfig) -> List[BackboneSpec]:
+    specs = [resolve_backbone(name) for name in cfg.backbones]
+    specs += list(cfg.specs)
+    seen, unique = set(), []
+    for spec in specs:
+        if spec.key not in seen:
+            seen.add(spec.key)
+            unique.append(spec)
+    return unique
+
+
+def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
+                  ) -> Dict[str, Any]:
+    """Run the benchmark and write ``latency.md``, ``latency.json`` and
+    ``latency.png`` to ``cfg.out_dir``. Returns the JSON-able run record.
+
+    Raises :class:`BackboneError` for bad names, configs and resolutions and
+    :class:`CoreMLToolsMissing` when conversion is asked for without
+    coremltools, before anything is built.
+    """
+    if len(cfg.resolution) != 2:
+        raise BackboneError(f'Resolution must be (height, width), got '
+                            f'{cfg.resolution}.')
+    h, w = (int(v) for v in cfg.resolution)
+    cfg.resolution = (h, w)
+    check_resolution(h, w)
+    if cfg.precision not in ('fp16', 'fp32'):
+        raise ValueError(f"precision must be 'fp16' or 'fp32', got "
+                         f'{cfg.precision!r}.')
+    if cfg.compute_unit not in COMPUTE_UNITS:
+        raise ValueError(f'Unknown compute unit {cfg.compute_unit!r}; '
+                         f'choose one of {COMPUTE_UNITS}.')
+    if cfg.ios_target not in IOS_TARGETS:
+        raise ValueError(f'Unknown iOS target {cfg.ios_target!r}; choose '
+                         f'one of {IOS_TARGETS}.')
+    if cfg.warmup < 0 or cfg.runs < 1:
+        raise ValueError('Need --warmup >= 0 and --runs >= 1.')
+    specs = collect_specs(cfg)
+    if not specs:
+        raise BackboneError('No backbone to benchmark.')
+    for spec in specs:
+        spec.check_size(h, w)
+    if cfg.coreml:
+        import_coremltools()  # raises CoreMLToolsMissing with the fix
+        runtime, line = coreml_runtime_status()
+    else:
+        runtime, line = False, 'Core ML conversion disabled (--no-coreml).'
+    if cfg.coreml and runtime and not cfg.timing:
+        line += ' Timing disabled (--no-timing).'
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    threads = torch.get_num_threads()
+    os.makedirs(cfg.out_dir, exist_ok=True)
+
+    progress = Progress(len(specs) * len(_STEPS), enabled=show_progress)
+    progress.log(f'Core ML: {line}')
+    results = []
+    started = time.perf_counter()
+    try:
+        for spec in specs:
+            results.append(benchmark_one(spec, cfg, runtime, progress))
+    finally:
+        progress.close()
+
+    config = {k: v for k, v in asdict(cfg).items() if k != 'specs'}
+    config['backbones'] = [s.key for s in specs]
+    config['batch'] = 1
+    run = dict(config=config, environment=environment(threads),
+               coreml_runtime=runtime, coreml_line=line, results=results,
+               wall_s=time.perf_counter() - started)
+    md = report.markdown_report(run)
+    run['outputs'] = dict(
+        markdown=os.path.join(cfg.out_dir, 'latency.md'),
+        json=os.path.join(cfg.out_dir, 'latency.json'),
+        chart=os.path.join(cfg.out_dir, 'latency.png') if cfg.chart
+        else None)
+    with open(run['outputs']['markdown'], 'w') as f:
+        f.write(md)
+    if cfg.chart:
+        run['outputs']['chart'] = report.write_chart(
+            run, run['outputs']['chart'])
+    report.write_json(run, run['outputs']['json'])
+    run['markdown'] = md
+    return run
+
+
+# --------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='benchmark_latency.py',
+        description='Export backbones to Core ML (.mlpackage) and ONNX, '
+        'count the Core ML ops, and time them: Core ML on macOS, labelled '
+        'CPU proxies (PyTorch eager, ONNX Runtime) elsewhere.',
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('backbones', nargs='*', default=list(DEFAULT_BACKBONES),
+                   help='iFormer archs (iformer-m, iformer-m:hybrid, '
+                   'iformer-l:global, ...), config files, peer presets ('
+                   + ', '.join(sorted(PEERS)) + ') or SCOPE.Type '
+                   'registry names.')
+    p.add_argument('--resolution', '--size', nargs='+', type=int,
+                   default=[512], metavar='H [W]', help='input size')
+    p.add_argument('--table17', action='store_true',
+                   help="add Table 17's attention comparison: iFormer-M "
+                   'with global, hybrid and channel-chunked hybrid SHMA')
+    p.add_argument('--peers', nargs='*', default=None, metavar='PEER',
+                   help='add peers; with no names the Table 5 set: '
+                   + ', '.join(DEFAULT_PEERS))
+    p.add_argument('--all-variants', action='store_true',
+                   help='add every iFormer arch in the three Table 17 '
+                   'layouts')
+    p.add_argument('--warmup', type=int, default=3)
+    p.add_argument('--runs', type=int, default=10)
+    p.add_argument('--out', default=DEFAULT_OUT, help='output folder')
+    p.add_argument('--compute-unit', default='ALL', choices=COMPUTE_UNITS,
+                   help='Core ML compute unit (macOS)')
+    p.add_argument('--ios-target', default=DEFAULT_IOS_TARGET,
+                   choices=IOS_TARGETS,
+                   help='minimum deployment target of the package')
+    p.add_argument('--precision', default='fp16', choices=('fp16', 'fp32'),
+                   help='Core ML compute precision')
+    p.add_argument('--threads', type=int, default=None,
+                   help='CPU threads for the proxies (default: torch\'s)')
+    p.add_argument('--no-coreml', action='store_true',
+                   help='skip Core ML conversion (proxies only)')
+    p.add_argument('--no-onnx', action='store_true', help='skip ONNX')
+    p.add_argument('--no-timing', action='store_true',
+                   help='export, validate and count ops only')
+    p.add_argument('--no-chart', action='store_true')
+    p.add_argument('--quiet', action='store_true', help='no progress display')
+    p.add_argument('--seed', type=int, default=0)
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    res = args.resolution
+    if len(res) == 1:
+        res = [res[0], res[0]]
+    elif len(res) != 2:
+        raise BackboneError(f'--resolution takes H or H W, got {res}.')
+    specs: List[BackboneSpec] = []
+    if args.table17:
+        specs += table17_specs('m')
+    if args.all_variants:
+        specs += all_variant_specs()
+    if args.peers is not None:
+        specs += [resolve_backbone(n) for n in (args.peers or DEFAULT_PEERS)]
+    return BenchmarkConfig(
+        backbones=list(args.backbones), resolution=res, warmup=args.warmup,
+        runs=args.runs, out_dir=args.out, compute_unit=args.compute_unit,
+        ios_target=args.ios_target, precision=args.precision,
+        threads=args.threads, coreml=not args.no_coreml,
+        onnx=not args.no_onnx, timing=not args.no_timing,
+        chart=not args.no_chart, seed=args.seed, specs=specs)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        run = run_benchmark(cfg, show_progress=not args.quiet)
+    except (BackboneError, CoreMLToolsMissing, ValueError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 2
+    print(run['markdown'])
+    outputs = run['outputs']
+    print('Wrote ' + ', '.join(p for p in outputs.values() if p))
+    failed = [r['label'] for r in run['results'] if r['status'] == 'failed']
+    if failed:
+        print(f'{len(failed)} backbone(s) failed: {", ".join(failed)} '
+              '(see the table and latency.json).')
+    return 0

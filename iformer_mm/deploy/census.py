@@ -1,0 +1,138 @@
+"""Op census of a converted Core ML ML program.
+
+The census is the device-independent side of the latency story: it counts
+the operations of the MIL program that Core ML would run, and in particular
+the memory-bound rearrangements (``reshape``, ``transpose``, ``concat``,
+``split``) that the paper's channel chunking targets (Appendix F). It reads
+the program's protobuf only, so it works on any OS.
+
+``total_ops`` counts every operation except ``const`` (constants are data,
+not work); ``const_ops`` is reported beside it. ``weight_bytes`` is the size
+of the constants stored in the package's weight file (computed from their
+declared shape and data type), ``const_bytes`` the size of all constants.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from typing import Any, Dict, Iterable, Optional
+
+#: The rearrangement ops the census reports one by one.
+REARRANGE_OPS = ('reshape', 'transpose', 'concat', 'split')
+
+# MIL DataType enum value -> bits per element (coremltools' MIL.proto).
+_DTYPE_BITS = {
+    1: 8,     # BOOL
+    10: 16,   # FLOAT16
+    11: 32,   # FLOAT32
+    12: 64,   # FLOAT64
+    13: 16,   # BFLOAT16
+    21: 8, 22: 16, 23: 32, 24: 64, 25: 4,          # INT8..INT64, INT4
+    31: 8, 32: 16, 33: 32, 34: 64, 35: 4,          # UINT8..UINT64, UINT4
+    36: 2, 37: 1, 38: 6, 39: 3,                    # UINT2, UINT1, UINT6, UINT3
+    40: 8, 41: 8,                                  # FLOAT8 variants
+}
+_DTYPE_NAMES = {1: 'bool', 10: 'fp16', 11: 'fp32', 12: 'fp64', 13: 'bf16',
+                21: 'int8', 22: 'int16', 23: 'int32', 24: 'int64',
+                25: 'int4', 31: 'uint8', 32: 'uint16', 33: 'uint32',
+                34: 'uint64', 35: 'uint4'}
+
+
+def _tensor_bytes(value_type) -> int:
+    """Bytes of a ``ValueType`` holding a tensor with known dimensions."""
+    if not value_type.HasField('tensorType'):
+        return 0
+    tensor = value_type.tensorType
+    numel = 1
+    for dim in tensor.dimensions:
+        if not dim.HasField('constant'):
+            return 0
+        numel *= dim.constant.size
+    bits = _DTYPE_BITS.get(tensor.dataType, 0)
+    return (numel * bits + 7) // 8
+
+
+def _iter_ops(block) -> Iterable[Any]:
+    for op in block.operations:
+        yield op
+        for inner in op.blocks:
+            yield from _iter_ops(inner)
+
+
+def _load_spec(model_or_spec_or_path):
+    """Accept an ``MLModel``, a ``Model_pb2.Model`` spec or a package path."""
+    if isinstance(model_or_spec_or_path, (str, os.PathLike)):
+        from .coreml import load_package_spec
+        return load_package_spec(os.fspath(model_or_spec_or_path))
+    get_spec = getattr(model_or_spec_or_path, 'get_spec', None)
+    if callable(get_spec):
+        return get_spec()
+    return model_or_spec_or_path
+
+
+def census_from_spec(spec, weights_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Count the operations of the ``main`` function of an ML program spec.
+
+    Args:
+        spec: a ``coremltools.proto.Model_pb2.Model`` whose type is
+            ``mlProgram``.
+        weights_dir: the package's weights folder, to report the size of the
+            weight file on disk as well.
+    """
+    if spec.WhichOneof('Type') != 'mlProgram':
+        raise ValueError('The op census needs an ML program (convert_to='
+                         f"'mlprogram'), got a {spec.WhichOneof('Type')!r} "
+                         'model.')
+    program = spec.mlProgram
+    if 'main' not in program.functions:
+        raise ValueError('The ML program has no "main" function; functions: '
+                         f'{sorted(program.functions)}.')
+    function = program.functions['main']
+    opset = function.opset
+    block = function.block_specializations[opset]
+
+    counts: Counter = Counter()
+    weight_bytes = const_bytes = 0
+    weight_dtypes: Counter = Counter()
+    for op in _iter_ops(block):
+        counts[op.type] += 1
+        if op.type != 'const' or not op.outputs:
+            continue
+        nbytes = _tensor_bytes(op.outputs[0].type)
+        const_bytes += nbytes
+        val = op.attributes.get('val') if 'val' in op.attributes else None
+        if val is not None and val.HasField('blobFileValue'):
+            weight_bytes += nbytes
+            dtype = op.outputs[0].type.tensorType.dataType
+            weight_dtypes[_DTYPE_NAMES.get(dtype, str(dtype))] += nbytes
+
+    const_ops = counts.get('const', 0)
+    total_ops = sum(counts.values()) - const_ops
+    result: Dict[str, Any] = dict(
+        opset=opset,
+        total_ops=total_ops,
+        const_ops=const_ops,
+        **{op: counts.get(op, 0) for op in REARRANGE_OPS},
+        rearrange_ops=sum(counts.get(op, 0) for op in REARRANGE_OPS),
+        weight_bytes=weight_bytes,
+        weight_mib=round(weight_bytes / 2**20, 3),
+        weight_bytes_by_dtype=dict(weight_dtypes),
+        const_bytes=const_bytes,
+        op_counts=dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    )
+    if weights_dir and os.path.isdir(weights_dir):
+        result['weights_file_bytes'] = sum(
+            os.path.getsize(os.path.join(weights_dir, name))
+            for name in os.listdir(weights_dir))
+    return result
+
+
+def op_census(model_or_spec_or_path) -> Dict[str, Any]:
+    """Census of an ``MLModel``, a spec, or a saved ``.mlpackage`` path."""
+    weights_dir = None
+    if isinstance(model_or_spec_or_path, (str, os.PathLike)):
+        from .coreml import package_weights_dir
+        weights_dir = package_weights_dir(os.fspath(model_or_spec_or_path))
+    else:
+        weights_dir = getattr(model_or_spec_or_path, 'weights_dir', None)
+    return census_from_spec(_load_spec(model_or_spec_or_path), weights_dir)

@@ -1,0 +1,233 @@
+"""Core ML conversion, package validation and (on macOS) timing.
+
+coremltools converts on any OS, but only macOS has the Core ML runtime that
+compiles and runs a package. This module keeps that line sharp: conversion
+and structural validation everywhere, ``predict`` only where
+:func:`coreml_runtime_status` says the runtime is there.
+
+Conversion goes through ``torch.export`` (coremltools' TorchScript path
+fails with numpy >= 2.4), then ``ct.convert`` to an ML program with FP16
+compute precision and an explicit minimum iOS deployment target.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import platform
+import sys
+import time
+import warnings
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+COMPUTE_UNITS = ('ALL', 'CPU_ONLY', 'CPU_AND_GPU', 'CPU_AND_NE')
+IOS_TARGETS = ('iOS16', 'iOS17', 'iOS18')
+DEFAULT_IOS_TARGET = 'iOS17'
+INPUT_NAME = 'image'
+
+
+class CoreMLToolsMissing(ImportError):
+    """coremltools is needed but not importable."""
+
+
+# coremltools modules that draw tqdm bars during conversion (per op, per
+# pass); the tool has its own progress display.
+_TQDM_USERS = (('coremltools.converters.mil.mil.passes.pass_pipeline', 'tqdm'),
+               ('coremltools.converters.mil.frontend.torch.ops', '_tqdm'))
+
+
+@contextlib.contextmanager
+def _quiet_coremltools():
+    """Silence coremltools' chatter (untested torch version, missing native
+    runtime on Linux, per-pass progress bars): the tool reports what
+    matters itself."""
+    logger = logging.getLogger('coremltools')
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    patched = []
+    for module_name, attr in _TQDM_USERS:
+        module = sys.modules.get(module_name)
+        bar = getattr(module, attr, None)
+        if bar is not None:
+            patched.append((module, attr, bar))
+            setattr(module, attr, functools.partial(bar, disable=True))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            yield
+    finally:
+        logger.setLevel(level)
+        for module, attr, bar in patched:
+            setattr(module, attr, bar)
+
+
+def import_coremltools():
+    """Return the ``coremltools`` module or raise a clear error."""
+    try:
+        with _quiet_coremltools():
+            import coremltools as ct  # noqa: F401
+    except ImportError as exc:
+        raise CoreMLToolsMissing(
+            'coremltools is not installed, so nothing can be converted to '
+            f'Core ML ({exc}). Install it with `pip install coremltools` '
+            '(or pass --no-coreml to benchmark the proxies only).') from exc
+    return ct
+
+
+def coreml_runtime_status() -> Tuple[bool, str]:
+    """``(available, reason)``: can this machine run Core ML ``predict``?"""
+    system = platform.system()
+    if system != 'Darwin':
+        return False, (f'Core ML cannot run on {system}: the Core ML runtime '
+                       'exists only on Apple platforms; the .mlpackage is '
+                       'converted and validated here, but no Core ML latency '
+                       'is measured.')
+    try:
+        ct = import_coremltools()
+    except CoreMLToolsMissing as exc:
+        return False, str(exc)
+    try:
+        from coremltools.models import model as _model
+        if getattr(_model, '_MLModelProxy', None) is None:
+            raise ImportError('coremltools.libcoremlpython did not load')
+    except ImportError as exc:
+        return False, (f'Core ML runtime bindings of coremltools '
+                       f'{ct.__version__} are unavailable on this Mac: {exc}.')
+    return True, f'Core ML runtime available (macOS {platform.mac_ver()[0]}).'
+
+
+def _target(ct, name: str):
+    if name not in IOS_TARGETS:
+        raise ValueError(f'Unknown iOS deployment target {name!r}; choose '
+                         f'one of {IOS_TARGETS}.')
+    return getattr(ct.target, name)
+
+
+def convert_exported_program(exported, input_shape: Sequence[int],
+                             num_outputs: int,
+                             ios_target: str = DEFAULT_IOS_TARGET,
+                             fp16: bool = True):
+    """Convert a ``torch.export.ExportedProgram`` to an ML program.
+
+    Inputs and outputs stay FP32 tensors (what an app feeds in and reads);
+    compute and weights are FP16 when ``fp16``.
+    """
+    ct = import_coremltools()
+    outputs = [ct.TensorType(name=f'out{i}', dtype=np.float32)
+               for i in range(num_outputs)]
+    with _quiet_coremltools():
+        mlmodel = ct.convert(
+            exported,
+            convert_to='mlprogram',
+            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(input_shape),
+                                  dtype=np.float32)],
+            outputs=outputs,
+            compute_precision=(ct.precision.FLOAT16 if fp16 else
+                               ct.precision.FLOAT32),
+            minimum_deployment_target=_target(ct, ios_target),
+            skip_model_load=True)
+    return mlmodel
+
+
+def save_package(mlmodel, path: str) -> str:
+    if not path.endswith('.mlpackage'):
+        raise ValueError(f'A Core ML ML program is saved as .mlpackage, got '
+                         f'{path!r}.')
+    if os.path.isdir(path):
+        import shutil
+        shutil.rmtree(path)
+    mlmodel.save(path)
+    return path
+
+
+def package_weights_dir(path: str) -> Optional[str]:
+    weights = os.path.join(path, 'Data', 'com.apple.CoreML', 'weights')
+    return weights if os.path.isdir(weights) else None
+
+
+def package_size_bytes(path: str) -> int:
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total
+
+
+def load_package_spec(path: str):
+    """The protobuf spec of a saved package, without compiling it."""
+    ct = import_coremltools()
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f'No .mlpackage at {path!r}.')
+    with _quiet_coremltools():
+        return ct.utils.load_spec(path)
+
+
+def _shape_of(feature) -> Tuple[int, ...]:
+    return tuple(int(d) for d in feature.type.multiArrayType.shape)
+
+
+def validate_package(path: str, input_shape: Sequence[int],
+                     output_shapes: Sequence[Sequence[int]],
+                     fp16: bool = True) -> Dict[str, Any]:
+    """Check a saved package without running it (works on any OS).
+
+    Re-reads the package from disk and checks: it is an ML program; its
+    input and outputs have the names and shapes of the PyTorch model; the
+    weights are stored at the requested precision; the program's opset
+    matches the deployment target. Raises ``ValueError`` on a mismatch and
+    returns what it checked.
+    """
+    spec = load_package_spec(path)
+    problems: List[str] = []
+    kind = spec.WhichOneof('Type')
+    if kind != 'mlProgram':
+        problems.append(f'model type is {kind!r}, not an ML program')
+    inputs = {f.name: _shape_of(f) for f in spec.description.input}
+    outputs = [(f.name, _shape_of(f)) for f in spec.description.output]
+    if inputs != {INPUT_NAME: tuple(input_shape)}:
+        problems.append(f'inputs are {inputs}, expected '
+                        f'{{{INPUT_NAME!r}: {tuple(input_shape)}}}')
+    expected = [(f'out{i}', tuple(s)) for i, s in enumerate(output_shapes)]
+    if outputs != expected:
+        problems.append(f'outputs are {outputs}, expected {expected}')
+    from .census import census_from_spec
+    census = census_from_spec(spec, package_weights_dir(path))
+    by_dtype = census['weight_bytes_by_dtype']
+    want = 'fp16' if fp16 else 'fp32'
+    other = {k: v for k, v in by_dtype.items() if k != want}
+    if fp16 and other.get('fp32', 0) > 0.01 * max(census['weight_bytes'], 1):
+        problems.append(f'weights are not FP16: {by_dtype}')
+    if problems:
+        raise ValueError(f'Core ML package {path} failed validation: ' +
+                         '; '.join(problems) + '.')
+    return dict(ok=True, spec_version=int(spec.specificationVersion),
+                opset=census['opset'], inputs={k: list(v) for k, v in
+                                               inputs.items()},
+                outputs={k: list(v) for k, v in outputs},
+                weight_bytes_by_dtype=by_dtype,
+                package_bytes=package_size_bytes(path),
+                census=census)
+
+
+def time_coreml(path: str, inputs: np.ndarray, compute_unit: str,
+                warmup: int, runs: int, reference: Sequence[np.ndarray]
+                ) -> Dict[str, Any]:
+    """Load, compile and time a package with Core ML (macOS only)."""
+    from .latency import summarize, time_callable, max_abs_diff
+    ct = import_coremltools()
+    if compute_unit not in COMPUTE_UNITS:
+        raise ValueError(f'Unknown compute unit {compute_unit!r}; choose one '
+                         f'of {COMPUTE_UNITS}.')
+    start = time.perf_counter()
+    with _quiet_coremltools():
+        model = ct.models.MLModel(
+            path, compute_units=getattr(ct.ComputeUnit, compute_unit))
+    feed = {INPUT_NAME: inputs.astype(np.float32)}
+    first = model.predict(feed)  # the first call finishes compilation
+    load_s = time.perf_counter() - start
+    times = time_callable(lambda: model.predict(feed), warmup, runs)
+    outs = [np.asarray(first[f'out{i}']) for i in range(len(reference))]
+    return dict(summarize(times), load_s=load_s,
+                max_abs_diff=max_abs_diff(outs, reference))

@@ -1,0 +1,312 @@
+"""Tests of the latency tool (issue #5): census, conversion, the tool end to
+end at a tiny size, and its error messages.
+
+Conversions here are small (iFormer-T at 128x128); the full 512x512 sweep of
+every variant is a benchmark run, recorded in the README.
+"""
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+HAS_COREMLTOOLS = importlib.util.find_spec('coremltools') is not None
+HAS_ORT = importlib.util.find_spec('onnxruntime') is not None
+needs_ct = pytest.mark.skipif(not HAS_COREMLTOOLS,
+                              reason='coremltools not installed')
+needs_ort = pytest.mark.skipif(not HAS_ORT, reason='onnxruntime missing')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _mmdet_ready():
+    try:
+        import mmcv  # noqa: F401
+        import mmdet.models  # noqa: F401
+    except Exception:  # noqa: BLE001  (missing or broken install)
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------
+# Op census on a toy ML program.
+# --------------------------------------------------------------------------
+@needs_ct
+def test_census_counts_a_toy_program():
+    from iformer_mm.deploy.coreml import import_coremltools
+    from iformer_mm.deploy.census import census_from_spec
+    ct = import_coremltools()
+    from coremltools.converters.mil import Builder as mb
+
+    weight = np.random.rand(8, 4, 3, 3).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 8, 8))],
+                opset_version=ct.target.iOS16)
+    def prog(x):
+        y = mb.conv(x=x, weight=weight, pad_type='same')   # 8 channels
+        a = mb.reshape(x=y, shape=[1, 8, 64])
+        b = mb.transpose(x=a, perm=[0, 2, 1])
+        c = mb.concat(values=[b, b], axis=2)
+        s1, s2 = mb.split(x=c, num_splits=2, axis=2)
+        r = mb.reshape(x=s1, shape=[1, 64, 8])
+        return mb.add(x=r, y=s2)
+
+    mlmodel = ct.convert(prog, convert_to='mlprogram',
+                         compute_precision=ct.precision.FLOAT16,
+                         minimum_deployment_target=ct.target.iOS16,
+                         pass_pipeline=ct.PassPipeline.EMPTY,
+                         skip_model_load=True)
+    census = census_from_spec(mlmodel.get_spec())
+    assert census['reshape'] == 2
+    assert census['transpose'] == 1
+    assert census['concat'] == 1
+    assert census['split'] == 1
+    assert census['rearrange_ops'] == 5
+    assert census['op_counts']['conv'] == 1
+    assert census['op_counts']['add'] == 1
+    # Every non-const op is counted, consts are not.
+    nonconst = sum(v for k, v in census['op_counts'].items() if k != 'const')
+    assert census['total_ops'] == nonconst >= 7
+    assert census['const_ops'] == census['op_counts']['const'] > 0
+    # The only blob-file weight is the conv kernel; the empty pass pipeline
+    # leaves it in FP32 (the FP16 cast is itself a pass).
+    assert census['weight_bytes'] == weight.size * 4
+    assert census['weight_bytes_by_dtype'] == {'fp32': weight.size * 4}
+
+
+def test_census_rejects_a_neural_network():
+    pytest.importorskip('coremltools')
+    from coremltools.proto import Model_pb2
+    from iformer_mm.deploy.census import census_from_spec
+    spec = Model_pb2.Model()
+    spec.neuralNetwork.SetInParent()
+    with pytest.raises(ValueError, match='ML program'):
+        census_from_spec(spec)
+
+
+# --------------------------------------------------------------------------
+# Conversion of one small variant in Table 17's three layouts.
+# --------------------------------------------------------------------------
+@needs_ct
+def test_iformer_t_converts_in_three_layouts(tmp_path):
+    from iformer_mm.deploy.backbones import table17_specs
+    from iformer_mm.deploy.coreml import (convert_exported_program,
+                                          save_package, validate_package)
+    from iformer_mm.deploy.export import (TupleOutputs, export_program,
+                                          prepare_for_deploy)
+    shape = (1, 3, 128, 128)
+    x = torch.randn(shape)
+    census = {}
+    for spec in table17_specs('t'):
+        model, fold = prepare_for_deploy(spec.build())
+        assert 'folded' in fold
+        model = TupleOutputs(model).eval()
+        with torch.no_grad():
+            outs = model(x)
+        ml = convert_exported_program(export_program(model, x), shape,
+                                      len(outs), 'iOS17')
+        path = save_package(ml, str(tmp_path / f'{spec.key[-9:]}.mlpackage'))
+        check = validate_package(path, shape, [o.shape for o in outs])
+        assert check['ok'] and check['opset'] == 'CoreML7'
+        assert list(check['outputs']) == ['out0', 'out1', 'out2', 'out3']
+        assert set(check['weight_bytes_by_dtype']) == {'fp16'}
+        census[spec.key.split(':')[1]] = check['census']
+    # Channel chunking multiplies the rearrangements, windows add some.
+    assert census['global']['reshape'] < census['hybrid']['reshape'] < \
+        census['cc-hybrid']['reshape']
+    assert census['cc-hybrid']['concat'] > census['hybrid']['concat']
+    # Same network, about the same weights whatever the layout (a few
+    # shape constants differ).
+    sizes = [c['weight_bytes'] for c in census.values()]
+    assert max(sizes) - min(sizes) < 0.001 * max(sizes)
+
+
+@needs_ct
+def test_validation_catches_wrong_shapes(tmp_path):
+    from iformer_mm.deploy.coreml import (convert_exported_program,
+                                          save_package, validate_package)
+    from iformer_mm.deploy.export import TupleOutputs, export_program
+    model = TupleOutputs(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = torch.randn(1, 3, 32, 32)
+    ml = convert_exported_program(export_program(model, x), x.shape, 1)
+    path = save_package(ml, str(tmp_path / 'conv.mlpackage'))
+    validate_package(path, x.shape, [(1, 4, 32, 32)])
+    with pytest.raises(ValueError, match='outputs are'):
+        validate_package(path, x.shape, [(1, 4, 16, 16)])
+
+
+# --------------------------------------------------------------------------
+# The tool end to end.
+# --------------------------------------------------------------------------
+@needs_ct
+@needs_ort
+def test_tool_end_to_end(tmp_path, capsys):
+    from iformer_mm.deploy.benchmark import main
+    out = tmp_path / 'lat'
+    rc = main(['iformer-t', 'iformer-t:global', '--size', '64',
+               '--warmup', '1', '--runs', '2', '--out', str(out),
+               '--quiet'])
+    printed = capsys.readouterr().out
+    assert rc == 0
+    for name in ('latency.md', 'latency.json', 'latency.png'):
+        assert (out / name).is_file()
+    run = json.loads((out / 'latency.json').read_text())
+    assert run['config']['resolution'] == [64, 64]
+    assert run['environment']['threads'] >= 1
+    assert run['environment']['versions']['coremltools']
+    keys = [r['key'] for r in run['results']]
+    assert keys == ['iformer-t:cc-hybrid', 'iformer-t:global']
+    for r in run['results']:
+        assert r['status'] == 'ok', r.get('error')
+        assert os.path.isdir(r['coreml']['package'])
+        assert r['coreml']['census']['total_ops'] > 0
+        assert r['onnx']['max_abs_diff'] <= 1e-3
+        assert r['fold_max_abs_diff'] <= 1e-3
+        for backend in ('torch', 'onnx'):
+            t = r[backend]['timing']
+            assert t['runs'] == 2 and t['min_ms'] <= t['median_ms'] <= \
+                t['p90_ms']
+        assert 'proxy' in r['torch']['backend']
+        assert 'proxy' in r['onnx']['backend']
+    if platform.system() != 'Darwin':
+        assert run['coreml_runtime'] is False
+        assert 'Core ML cannot run on' in printed
+        assert 'not timed (no Core ML runtime)' in printed
+        assert all(r['coreml']['status'] == 'validated'
+                   for r in run['results'])
+    assert 'PyTorch eager CPU (fused)' in printed
+    assert 'ONNX Runtime CPU' in printed
+
+
+@needs_ct
+@needs_ort
+def test_a_failing_model_is_reported_and_the_run_goes_on(tmp_path):
+    from iformer_mm.deploy.backbones import spec_from_module
+    from iformer_mm.deploy.benchmark import BenchmarkConfig, run_benchmark
+
+    class DataDependent(torch.nn.Module):
+        """Eager works, torch.export cannot trace the branch."""
+
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, stride=32)
+
+        def forward(self, x):
+            y = self.conv(x)
+            if y.sum() > 0:
+                return (y, )
+            return (-y, )
+
+    def broken():
+        raise RuntimeError('cannot build this one')
+
+    cfg = BenchmarkConfig(
+        backbones=[], resolution=(64, 64), warmup=0, runs=1,
+        out_dir=str(tmp_path), chart=False,
+        specs=[spec_from_module(broken, 'broken'),
+               spec_from_module(DataDependent(), 'data-dependent')])
+    run = run_benchmark(cfg, show_progress=False)
+    first, second = run['results']
+    assert first['status'] == 'failed' and first['failed_stage'] == 'build'
+    assert 'cannot build this one' in first['error']
+    assert second['status'] == 'ok'
+    assert second['coreml']['status'] == 'failed'
+    assert 'torch.export failed' in second['coreml']['error']
+    assert second['torch']['timing']['runs'] == 1
+    assert 'failed at build' in run['markdown']
+
+
+@pytest.mark.skipif(not (HAS_COREMLTOOLS and _mmdet_ready()),
+                    reason='needs coremltools and a working mmdet')
+def test_peer_from_the_mmdet_registry(tmp_path):
+    from iformer_mm.deploy.backbones import resolve_backbone
+    from iformer_mm.deploy.benchmark import BenchmarkConfig, run_benchmark
+    spec = resolve_backbone('resnet18')
+    assert spec.source == 'mmdet.ResNet' and spec.paper['iphone13_ms'] == 2.85
+    cfg = BenchmarkConfig(backbones=['resnet18'], resolution=(64, 64),
+                          warmup=0, runs=1, out_dir=str(tmp_path),
+                          chart=False, onnx=False)
+    (r, ) = run_benchmark(cfg, show_progress=False)['results']
+    assert r['status'] == 'ok', r.get('error')
+    assert r['deploy'].startswith('eval mode')
+    assert r['coreml']['status'] == 'validated'
+    assert len(r['output_shapes']) == 4
+
+
+# --------------------------------------------------------------------------
+# Errors.
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('args, message', [
+    (['not-a-backbone'], 'Unknown backbone'),
+    (['iformer-m:spiral'], 'Unknown iFormer attention layout'),
+    (['configs/does_not_exist.py'], 'Config file not found'),
+    (['iformer-t', '--size', '16'], 'too small'),
+    (['iformer-t', '--size', '500'], 'multiple of 32'),
+    (['iformer-t', '--size', '64', '96', '70'], 'takes H or H W'),
+    (['iformer-t', '--runs', '0'], 'runs >= 1'),
+])
+def test_clear_errors(args, message, capsys, tmp_path):
+    from iformer_mm.deploy.benchmark import main
+    rc = main(args + ['--out', str(tmp_path), '--quiet'])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert message in err
+    assert 'Traceback' not in err
+    assert not os.listdir(tmp_path)  # nothing was run
+
+
+def test_missing_coremltools_is_a_clear_error(monkeypatch, capsys, tmp_path):
+    from iformer_mm.deploy.benchmark import main
+    monkeypatch.setitem(sys.modules, 'coremltools', None)
+    rc = main(['iformer-t', '--size', '64', '--out', str(tmp_path),
+               '--quiet'])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert 'coremltools is not installed' in err
+    assert 'pip install coremltools' in err
+
+
+def test_resolution_rules():
+    from iformer_mm.deploy.backbones import (BackboneError,
+                                             check_resolution,
+                                             resolve_backbone)
+    check_resolution(32, 64, 32)
+    check_resolution(33, 47, 1)  # a model without a divisor
+    with pytest.raises(BackboneError, match='multiple of 32'):
+        resolve_backbone('iformer-s').check_size(512, 500)
+    with pytest.raises(BackboneError, match='too small'):
+        check_resolution(512, 31)
+
+
+def test_backbone_names():
+    from iformer_mm.deploy.backbones import resolve_backbone
+    spec = resolve_backbone('iformer-m')
+    assert spec.key == 'iformer-m:cc-hybrid'
+    assert spec.paper == dict(iphone13_ms=4.0, failed=False,
+                              source='Table 5 / Table 17')
+    assert resolve_backbone('M:global').paper['failed'] is True
+    assert resolve_backbone('iformer_l2:hybrid').key == 'iformer-l2:hybrid'
+    model = resolve_backbone('iformer-t:hybrid').build()
+    assert model.window_chunks == 1 and model.stages[2].layout.windowed
+
+
+def test_timing_summary():
+    from iformer_mm.deploy.latency import summarize, time_callable
+    s = summarize([5., 1., 3., 2., 4.])
+    assert (s['median_ms'], s['min_ms'], s['runs']) == (3., 1., 5)
+    assert s['p90_ms'] == pytest.approx(4.6)
+    calls = []
+    times = time_callable(lambda: calls.append(1), warmup=2, runs=3)
+    assert len(calls) == 5 and len(times) == 3
+
+
+def test_script_help_runs():
+    proc = subprocess.run([sys.executable, 'tools/benchmark_latency.py',
+                           '--help'], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0
+    assert '--table17' in proc.stdout and '--compute-unit' in proc.stdout
