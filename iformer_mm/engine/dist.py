@@ -20,7 +20,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as torch_dist
-from mmengine.model import MMDistributedDataParallel
+from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
 from mmengine.registry import MODEL_WRAPPERS
 
 LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
@@ -94,7 +94,8 @@ class DeviceAwareDDP(MMDistributedDataParallel):
     """``MMDistributedDataParallel`` that works on CPU as well as on GPU.
 
     The runner always passes ``device_ids=[LOCAL_RANK]``; DDP rejects
-    ``device_ids`` for a module on the CPU, so they are dropped there.
+    ``device_ids`` for a module on the CPU, so they are dropped there, and
+    SyncBatchNorm layers (no CPU kernel) go back to BatchNorm.
     """
 
     def __init__(self, module, device_ids=None, output_device=None,
@@ -103,5 +104,6 @@ class DeviceAwareDDP(MMDistributedDataParallel):
         on_gpu = param is not None and param.device.type == 'cuda'
         if not on_gpu:
             device_ids, output_device = None, None
+            module = revert_sync_batchnorm(module)
         super().__init__(module=module, device_ids=device_ids,
                          output_device=output_device, **kwargs)

@@ -1,0 +1,182 @@
+"""Every config parses and builds its model; dense configs build their data
+pipelines; the real configs carry the issue's recipe; missing data and
+machines without CUDA are handled."""
+import glob
+import os
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import iformer_mm  # noqa: F401  (registers IFormer, toy datasets, wrapper)
+from iformer_mm.engine import adapt_to_machine, config_scope
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIGS = sorted(
+    glob.glob(osp.join(ROOT, 'configs', '*.py')) +
+    glob.glob(osp.join(ROOT, 'configs', 'toy', '*.py')))
+DIMS = dict(t=(32, 64, 128, 256), s=(32, 64, 176, 320), m=(48, 96, 192, 384),
+            l=(48, 96, 256, 384), l2=(64, 128, 256, 512),
+            h=(96, 192, 384, 768))
+RELEASE = 'https://github.com/ChuanyangZheng/iFormer/releases/download/v0.9/'
+
+
+def _name(path):
+    return osp.relpath(path, osp.join(ROOT, 'configs'))
+
+
+def _load(name):
+    return Config.fromfile(osp.join(ROOT, 'configs', name))
+
+
+def _scope_modules(scope):
+    from mmengine.registry import init_default_scope
+    init_default_scope(scope)
+    if scope == 'mmdet':
+        from mmdet.registry import MODELS, TRANSFORMS
+        from mmdet.utils import register_all_modules
+    elif scope == 'mmseg':
+        from mmseg.registry import MODELS, TRANSFORMS
+        from mmseg.utils import register_all_modules
+    else:
+        from mmpretrain.registry import MODELS, TRANSFORMS
+        from mmpretrain.utils import register_all_modules
+    register_all_modules(init_default_scope=False)
+    return MODELS, TRANSFORMS
+
+
+def test_every_variant_has_its_configs():
+    names = {_name(p) for p in CONFIGS}
+    for arch in ('t', 's', 'm', 'l', 'l2'):
+        assert f'maskrcnn_iformer_{arch}_coco.py' in names
+        assert f'fpn_iformer_{arch}_ade20k_40k.py' in names
+    for arch in ('t', 's', 'm', 'l', 'l2', 'h'):
+        assert f'iformer_{arch}_in1k.py' in names
+    for toy in ('maskrcnn_iformer_t_toy.py', 'fpn_iformer_t_toy.py',
+                'iformer_t_toy_cls.py'):
+        assert osp.join('toy', toy) in names
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=_name)
+def test_config_builds_model_and_pipelines(path):
+    cfg = Config.fromfile(path)
+    scope = config_scope(cfg)
+    models, transforms = _scope_modules(scope)
+    model_cfg = cfg.model.copy()
+    if cfg.get('data_preprocessor') and 'data_preprocessor' not in model_cfg:
+        model_cfg.data_preprocessor = cfg.data_preprocessor
+    model = models.build(model_cfg)
+    backbone = model.backbone
+    assert type(backbone).__name__ == 'IFormer'
+    assert backbone.dims == DIMS[cfg.model.backbone.arch]
+    if scope in ('mmdet', 'mmseg'):
+        assert list(cfg.model.neck.in_channels) == list(backbone.dims)
+        from mmengine.dataset import Compose
+        for split in ('train', 'val', 'test'):
+            ds = cfg[f'{split}_dataloader'].dataset
+            pipeline = Compose(ds.pipeline)
+            assert len(pipeline.transforms) == len(ds.pipeline)
+    else:
+        assert cfg.model.head.in_channels == backbone.dims[-1]
+    del model
+
+
+@pytest.mark.parametrize('arch', ['t', 's', 'm', 'l', 'l2'])
+def test_maskrcnn_recipe(arch):
+    cfg = _load(f'maskrcnn_iformer_{arch}_coco.py')
+    bb = cfg.model.backbone
+    assert (bb.attention, bb.window_size, bb.window_chunks) == \
+        ('hybrid', 16, 16)
+    assert bb.norm_eval is True
+    expected = f'iFormer_{arch}_distill.pth' if arch in ('m', 'l', 'l2') \
+        else f'iFormer_{arch}.pth'
+    assert bb.init_cfg == dict(type='Pretrained',
+                               checkpoint=RELEASE + expected)
+    assert cfg.train_cfg.max_epochs == 12
+    warmup, steps = cfg.param_scheduler
+    assert (warmup.type, warmup.by_epoch, warmup.end) == \
+        ('LinearLR', False, 500)
+    assert (steps.type, steps.milestones) == ('MultiStepLR', [8, 11])
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 2e-4, 0.05)
+    assert cfg.train_dataloader.batch_size == 2
+    assert cfg.auto_scale_lr.base_batch_size == 16
+    assert cfg.train_dataloader.dataset.pipeline[2].scale == (1333, 800)
+    assert set(cfg.val_evaluator.metric) == {'bbox', 'segm'}
+
+
+@pytest.mark.parametrize('arch', ['t', 's', 'm', 'l', 'l2'])
+def test_semantic_fpn_recipe(arch):
+    cfg = _load(f'fpn_iformer_{arch}_ade20k_40k.py')
+    assert cfg.train_cfg.max_iters == 40000
+    opt = cfg.optim_wrapper.optimizer
+    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 2e-4, 1e-4)
+    (poly, ) = cfg.param_scheduler
+    assert (poly.type, poly.power, poly.end) == ('PolyLR', 0.9, 40000)
+    assert cfg.train_dataloader.batch_size == 4
+    assert cfg.model.decode_head.num_classes == 150
+    assert tuple(cfg.crop_size) == (512, 512)
+    assert cfg.model.backbone.init_cfg.checkpoint.startswith(RELEASE)
+
+
+@pytest.mark.parametrize('arch', ['t', 's', 'm', 'l', 'l2', 'h'])
+def test_imagenet_recipe(arch):
+    cfg = _load(f'iformer_{arch}_in1k.py')
+    opt = cfg.optim_wrapper.optimizer
+    lr, batch = (8e-3, 8192) if arch == 'h' else (4e-3, 4096)
+    assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', lr, 0.05)
+    assert cfg.auto_scale_lr.base_batch_size == batch
+    assert cfg.train_cfg.max_epochs == 300
+    warmup, cosine = cfg.param_scheduler
+    assert (warmup.type, warmup.end) == ('LinearLR', 20)
+    assert cosine.type == 'CosineAnnealingLR'
+    assert cfg.model.train_cfg.augments == [
+        dict(type='Mixup', alpha=0.8), dict(type='CutMix', alpha=1.0)]
+    assert cfg.model.head.loss == dict(
+        type='LabelSmoothLoss', label_smooth_val=0.1, mode='original')
+    randaug = [t for t in cfg.train_pipeline if t.type == 'RandAugment'][0]
+    assert (randaug.magnitude_level, randaug.magnitude_std) == (9, 0.5)
+    erasing = [t for t in cfg.train_pipeline if t.type == 'RandomErasing'][0]
+    assert erasing.erase_prob == 0.25
+    drop_path = dict(t=0.0, s=0.0, m=0.0, l=0.1, l2=0.1, h=0.6)[arch]
+    assert cfg.model.backbone.drop_path_rate == drop_path
+
+
+def test_syncbn_falls_back_to_bn_without_cuda():
+    cfg = _load('fpn_iformer_t_ade20k_40k.py')
+    cfg.launcher = 'pytorch'
+    notes = adapt_to_machine(cfg, cuda=False)
+    assert notes
+    models, _ = _scope_modules('mmseg')
+    model = models.build(cfg.model)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm)
+                   for m in model.modules())
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.model_wrapper_cfg.type == 'DeviceAwareDDP'
+    assert cfg.get('sync_bn') is None
+    # On a GPU machine the multi-GPU config is left as written.
+    gpu_cfg = _load('fpn_iformer_t_ade20k_40k.py')
+    assert adapt_to_machine(gpu_cfg, cuda=True) == []
+    assert gpu_cfg.model.decode_head.norm_cfg.type == 'SyncBN'
+
+
+@pytest.mark.parametrize('name,anchor', [
+    ('maskrcnn_iformer_t_coco.py', '#coco-data-layout'),
+    ('fpn_iformer_t_ade20k_40k.py', '#ade20k-data-layout'),
+    ('iformer_t_in1k.py', '#imagenet-data-layout'),
+])
+def test_missing_dataset_is_a_clear_error(name, anchor, tmp_path, capsys,
+                                          monkeypatch):
+    from iformer_mm.engine.cli import train_main
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    code = train_main([osp.join(ROOT, 'configs', name),
+                       '--work-dir', str(tmp_path / 'work')])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert 'docs/getting_started.md' + anchor in err
+    assert 'Expected layout' in err and 'Traceback' not in err
+    heading = anchor[1:].replace('-', ' ')
+    with open(osp.join(ROOT, 'docs', 'getting_started.md')) as f:
+        assert heading in f.read().lower()
+    assert not os.path.exists(tmp_path / 'work' / 'epoch_1.pth')
