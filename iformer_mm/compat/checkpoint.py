@@ -1,0 +1,339 @@
+"""Checkpoint loading that stays ``weights_only=True`` under torch >= 2.6.
+
+torch 2.6 made ``torch.load`` default to ``weights_only=True``. mmengine
+0.10.7 calls ``torch.load`` without that argument, so under torch 2.6+ its
+Runner cannot read back the checkpoints it wrote itself: besides tensors they
+carry the ``MessageHub`` state, whose ``HistoryBuffer`` objects hold numpy
+arrays and a table of statistics methods. The usual workaround
+(``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` or ``weights_only=False``) turns every
+checkpoint into arbitrary code execution.
+
+This module instead:
+
+* allow-lists exactly the globals that mmengine Runner checkpoints contain
+  (:data:`RUNNER_CHECKPOINT_GLOBALS`, found by saving real Runner
+  checkpoints and asking :func:`torch.serialization.get_unsafe_globals_in_checkpoint`
+  what was missing). ``builtins.getattr`` is among them, because the
+  statistics table pickles as ``getattr(HistoryBuffer, 'min')``; it is
+  registered as a narrowed getattr that only resolves HistoryBuffer's own
+  statistics methods, never a general ``getattr``;
+* re-registers mmengine's local-file and http(s) checkpoint loaders so they
+  pass ``weights_only=True`` explicitly (which ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``
+  cannot override) and turn a refusal into :class:`UnsafeCheckpointError`,
+  naming the offending globals; nothing from a refused file is executed and
+  there is no fallback to an unrestricted unpickle;
+* offers :func:`safe_load` and :func:`allow_globals` for files that need more
+  types in a limited scope, e.g. the authors' release checkpoints
+  (:data:`RELEASE_CHECKPOINT_GLOBALS`).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import os.path as osp
+import pickle
+from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple, \
+    Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    'UnsafeCheckpointError', 'RUNNER_CHECKPOINT_GLOBALS',
+    'RELEASE_CHECKPOINT_GLOBALS', 'safe_load', 'allow_globals',
+    'patch_mmengine_checkpoint_loaders', 'torch_defaults_to_weights_only'
+]
+
+SafeGlobal = Union[Callable, Tuple[Callable, str]]
+
+
+class UnsafeCheckpointError(pickle.UnpicklingError):
+    """A checkpoint references globals outside the allow-list.
+
+    Raised instead of unpickling it: nothing from the file has run.
+    """
+
+
+def torch_defaults_to_weights_only() -> bool:
+    """Whether this torch's ``torch.load`` defaults to ``weights_only=True``
+    (torch >= 2.6) and has the allow-list API this module relies on."""
+    if not hasattr(torch.serialization, 'add_safe_globals') or \
+            not hasattr(torch.serialization, 'safe_globals'):
+        return False
+    major, minor = (int(p) for p in torch.__version__.split('.')[:2])
+    return (major, minor) >= (2, 6)
+
+
+# --------------------------------------------------------------------------
+# numpy names. numpy 2 pickles ``numpy._core.multiarray.*``; checkpoints
+# written under numpy 1.x say ``numpy.core.multiarray.*``. Both spellings
+# resolve to the same (safe) numpy functions.
+# --------------------------------------------------------------------------
+def _numpy_multiarray():
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _both_spellings(fn: Callable, name: str) -> List[SafeGlobal]:
+    return [(fn, f'numpy._core.multiarray.{name}'),
+            (fn, f'numpy.core.multiarray.{name}')]
+
+
+_multiarray = _numpy_multiarray()
+NUMPY_ARRAY_GLOBALS: List[SafeGlobal] = [
+    *_both_spellings(_multiarray._reconstruct, '_reconstruct'),
+    np.ndarray,
+    np.dtype,
+]
+NUMPY_SCALAR_GLOBALS: List[SafeGlobal] = [
+    *_both_spellings(_multiarray.scalar, 'scalar'),
+    np.dtype,
+]
+# Unpickling a dtype ends in BUILD on an instance of its DType class, so the
+# classes of the dtypes that occur must be allowed too: HistoryBuffer keeps
+# float64/int64 arrays; metric values are float64/float32/int64/int32/bool.
+NUMPY_RUNNER_DTYPES: List[type] = [
+    type(np.dtype(t))
+    for t in ('float64', 'float32', 'int64', 'int32', 'bool')
+]
+
+
+# HistoryBuffer fills its class-level table lazily (on first instance), so
+# the defaults are listed here for a process that has not made one yet.
+_DEFAULT_STATISTICS = frozenset({'min', 'max', 'current', 'mean'})
+
+
+def _history_buffer_getattr() -> Tuple[Callable, str]:
+    """``getattr`` narrowed to ``HistoryBuffer``'s statistics methods.
+
+    ``HistoryBuffer.__getstate__`` stores its ``_statistics_methods`` table,
+    which pickles as ``builtins.getattr(HistoryBuffer, 'min')`` and so on.
+    Registering the real ``getattr`` would let a checkpoint fetch any
+    attribute of any allow-listed object; this one resolves only the
+    statistics methods registered on HistoryBuffer.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    def history_buffer_getattr(obj: Any, name: str) -> Any:
+        allowed = _DEFAULT_STATISTICS | set(HistoryBuffer._statistics_methods)
+        if obj is HistoryBuffer and isinstance(name, str) and \
+                name in allowed and not name.startswith('_'):
+            return getattr(obj, name)
+        raise UnsafeCheckpointError(
+            f'checkpoint asked for getattr({obj!r}, {name!r}); only '
+            'HistoryBuffer statistics methods may be resolved')
+
+    return (history_buffer_getattr, 'builtins.getattr')
+
+
+def _runner_checkpoint_globals() -> List[SafeGlobal]:
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return [
+        # MessageHub state: log_scalars are HistoryBuffers ...
+        HistoryBuffer,
+        _history_buffer_getattr(),
+        # ... holding numpy arrays (_log_history, _count_history)
+        *NUMPY_ARRAY_GLOBALS,
+        # runtime_info / best_score: metrics come back as numpy scalars
+        # (e.g. mmseg's IoUMetric) and CheckpointHook(save_best=...) keeps
+        # them in the message hub.
+        *NUMPY_SCALAR_GLOBALS,
+        *NUMPY_RUNNER_DTYPES,
+    ]
+
+
+#: What a checkpoint written by mmengine's Runner (``epoch_*.pth``,
+#: ``iter_*.pth``, ``best_*.pth``) contains beyond torch's own defaults.
+#: Added to torch's global allow-list on ``import iformer_mm``.
+RUNNER_CHECKPOINT_GLOBALS: List[SafeGlobal] = _runner_checkpoint_globals()
+
+
+def _numpy_dtype_classes() -> List[type]:
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is None:  # pragma: no cover - numpy < 1.25
+        return []
+    names = ['Float16DType', 'Float32DType', 'Float64DType', 'Int8DType',
+             'Int16DType', 'Int32DType', 'Int64DType', 'UInt8DType',
+             'UInt16DType', 'UInt32DType', 'UInt64DType', 'BoolDType']
+    return [getattr(dtypes, n) for n in names if hasattr(dtypes, n)] or \
+        NUMPY_RUNNER_DTYPES
+
+
+#: Extra globals for the iFormer authors' release checkpoints (training
+#: scripts saved ``args`` as an ``argparse.Namespace`` and metrics as numpy
+#: scalars). Use them in a scope only: ``safe_load(path,
+#: extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)`` or ``with
+#: allow_globals(RELEASE_CHECKPOINT_GLOBALS): ...``. Not added globally.
+RELEASE_CHECKPOINT_GLOBALS: List[SafeGlobal] = [
+    argparse.Namespace,
+    *NUMPY_SCALAR_GLOBALS,
+    *NUMPY_ARRAY_GLOBALS,
+    *_numpy_dtype_classes(),
+]
+
+
+@contextlib.contextmanager
+def allow_globals(extra: Iterable[SafeGlobal] = ()) -> Iterator[None]:
+    """Allow ``extra`` globals for ``weights_only`` loads inside the block.
+
+    The global allow-list is restored on exit.
+    """
+    extra = list(extra)
+    if not extra or not hasattr(torch.serialization, 'safe_globals'):
+        yield
+        return
+    with torch.serialization.safe_globals(extra):
+        yield
+
+
+def _unsafe_globals(source: Any) -> List[str]:
+    """Statically list the globals ``source`` needs that are not allowed.
+
+    Never unpickles anything. Returns [] when it cannot tell.
+    """
+    fn = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if fn is None:
+        return []
+    try:
+        if hasattr(source, 'seek'):
+            source.seek(0)
+        return list(fn(source))
+    except Exception:  # noqa: BLE001 - only used to improve a message
+        return []
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The specific line of torch's long weights_only error message."""
+    lines = [ln.strip() for ln in str(err).splitlines()]
+    for i, line in enumerate(lines):
+        if 'WeightsUnpickler error' in line:
+            rest = line.split('WeightsUnpickler error:', 1)[-1].strip()
+            following = [ln for ln in lines[i + 1:] if ln]
+            return rest or (following[0] if following else line)
+    return lines[0] if lines else repr(err)
+
+
+def _refusal(source: Any, name: str, err: BaseException,
+             extra: Sequence[SafeGlobal]) -> UnsafeCheckpointError:
+    with allow_globals(extra):
+        unsafe = _unsafe_globals(source)
+    if unsafe:
+        what = 'it references ' + ', '.join(unsafe)
+    else:
+        what = _unpickler_reason(err)
+    return UnsafeCheckpointError(
+        f'Refused to load checkpoint {name}: {what}, which is '
+        'not among the types an mmengine Runner checkpoint contains. It was '
+        'read with weights_only=True and nothing from it was executed. If '
+        'you trust this file and these types are plain data, load it with '
+        'iformer_mm.compat.safe_load(path, extra_safe_globals=[...]) naming '
+        'exactly those types; do not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.')
+
+
+def safe_load(f: Any, map_location: Any = 'cpu',
+              extra_safe_globals: Iterable[SafeGlobal] = (),
+              **kwargs) -> Any:
+    """``torch.load(f, weights_only=True)`` with ``extra_safe_globals``
+    allowed in this call only.
+
+    Args:
+        f: Path or file-like object written by ``torch.save``.
+        map_location: As for :func:`torch.load`. Defaults to ``'cpu'``.
+        extra_safe_globals: Classes/functions (or ``(obj, 'module.name')``
+            pairs) allowed in addition to torch's defaults and
+            :data:`RUNNER_CHECKPOINT_GLOBALS`, e.g.
+            :data:`RELEASE_CHECKPOINT_GLOBALS`.
+        **kwargs: Passed to :func:`torch.load` (``weights_only`` may not be
+            turned off).
+
+    Raises:
+        UnsafeCheckpointError: The file references other globals. Nothing in
+            it was executed.
+    """
+    if kwargs.pop('weights_only', True) is not True:
+        raise ValueError('safe_load always loads with weights_only=True')
+    extra = list(extra_safe_globals)
+    if isinstance(f, (str, os.PathLike)):
+        f = osp.expanduser(os.fspath(f))
+        name = repr(f)
+    else:
+        name = repr(getattr(f, 'name', f))
+    try:
+        with allow_globals(extra):
+            return torch.load(f, map_location=map_location,
+                              weights_only=True, **kwargs)
+    except pickle.UnpicklingError as err:
+        if isinstance(err, UnsafeCheckpointError):
+            raise
+        raise _refusal(f, name, err, extra) from err
+
+
+# --------------------------------------------------------------------------
+# mmengine integration
+# --------------------------------------------------------------------------
+def load_from_local(filename, map_location=None):
+    """mmengine's local checkpoint loader, with ``weights_only=True``."""
+    filename = osp.expanduser(filename)
+    if not osp.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return safe_load(filename, map_location=map_location)
+
+
+def load_from_http(filename, map_location=None, model_dir=None,
+                   progress=None):
+    """mmengine's http(s) checkpoint loader, with ``weights_only=True``.
+
+    Downloads like mmengine (local rank 0 first in distributed runs) into
+    torch hub's cache, then loads the file through :func:`safe_load`.
+    """
+    from mmengine.dist import get_dist_info
+    from torch.hub import download_url_to_file, get_dir
+    from urllib.parse import urlparse
+
+    if progress is None:
+        progress = os.isatty(0)
+    model_dir = model_dir or osp.join(get_dir(), 'checkpoints')
+    cached = osp.join(model_dir, osp.basename(urlparse(filename).path))
+
+    def fetch():
+        if not osp.exists(cached):
+            os.makedirs(model_dir, exist_ok=True)
+            download_url_to_file(filename, cached, progress=progress)
+
+    rank, world_size = get_dist_info()
+    if rank == 0:
+        fetch()
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            fetch()
+    return safe_load(cached, map_location=map_location)
+
+
+_PATCHED = False
+
+
+def patch_mmengine_checkpoint_loaders() -> bool:
+    """Register the allow-list and mmengine's weights_only loaders.
+
+    Idempotent. A no-op (returns False) on torch < 2.6, where ``torch.load``
+    has no default allow-list to extend.
+    """
+    global _PATCHED
+    if _PATCHED:
+        return True
+    if not torch_defaults_to_weights_only():
+        return False
+    torch.serialization.add_safe_globals(list(RUNNER_CHECKPOINT_GLOBALS))
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=load_from_local, force=True)
+    CheckpointLoader.register_scheme(
+        prefixes=('http://', 'https://'), loader=load_from_http, force=True)
+    _PATCHED = True
+    return True
