@@ -51,6 +51,7 @@ def _make_cast(ops):
         context.add(res, node.name)
 
     setattr(_cast, _MARK, True)
+    _cast._iformer_mm_original = getattr(ops, '_cast', None)
     return _cast
 
 

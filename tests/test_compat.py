@@ -1,0 +1,377 @@
+"""The stack fixes in iformer_mm.compat, each on the real code path."""
+import argparse
+import os
+import pickle
+import warnings
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+import iformer_mm  # noqa: F401  (applies the fixes)
+from iformer_mm.compat import (RELEASE_CHECKPOINT_GLOBALS,
+                               RUNNER_CHECKPOINT_GLOBALS,
+                               UnsafeCheckpointError, safe_load)
+from iformer_mm.compat.checkpoint import torch_defaults_to_weights_only
+
+pytestmark = pytest.mark.filterwarnings('ignore::DeprecationWarning')
+
+
+@pytest.fixture(autouse=True)
+def _no_force_env(monkeypatch):
+    """The fixes must work without torch's escape hatches."""
+    monkeypatch.delenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', raising=False)
+    monkeypatch.delenv('TORCH_FORCE_WEIGHTS_ONLY_LOAD', raising=False)
+
+
+# --------------------------------------------------------------------------
+# A tiny but complete mmengine Runner: training with validation, a numpy
+# metric kept by CheckpointHook(save_best), two param schedulers, EMA.
+# --------------------------------------------------------------------------
+def _runner(work_dir, max_epochs, **kwargs):
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    from torch.utils.data import Dataset
+
+    class ToyModel(BaseModel):
+
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, x, y, mode='tensor'):
+            out = self.linear(torch.stack(x))
+            if mode == 'loss':
+                return dict(loss=((out - torch.stack(y))**2).mean())
+            return list(out)
+
+    class ToyData(Dataset):
+        metainfo = dict(classes=('a', 'b'), palette=[(1, 2, 3), (4, 5, 6)])
+
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return dict(x=torch.tensor([i / 8., 1.]),
+                        y=torch.tensor([i / 4.]))
+
+    class NumpyMetric(BaseMetric):
+        """Returns numpy scalars, as e.g. mmseg's IoUMetric does."""
+
+        def process(self, data_batch, data_samples):
+            self.results.append(len(data_samples))
+
+        def compute_metrics(self, results):
+            return dict(score=np.float64(sum(results)) / 16,
+                        count=np.int64(len(results)))
+
+    loader = dict(dataset=ToyData(), batch_size=4, num_workers=0,
+                  sampler=dict(type='DefaultSampler', shuffle=False))
+    cfg = dict(
+        model=ToyModel(), work_dir=str(work_dir),
+        train_dataloader=loader, val_dataloader=loader,
+        val_evaluator=[NumpyMetric()], val_cfg=dict(),
+        train_cfg=dict(by_epoch=True, max_epochs=max_epochs, val_interval=1),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01,
+                                          momentum=0.9)),
+        param_scheduler=[
+            dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0,
+                 end=2),
+            dict(type='MultiStepLR', milestones=[1], by_epoch=True)
+        ],
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=1,
+                            save_best='score', rule='greater'),
+            logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=[dict(type='EMAHook')],
+        randomness=dict(seed=0), default_scope='mmengine')
+    cfg.update(kwargs)
+    return Runner(**cfg)
+
+
+@pytest.fixture(scope='module')
+def runner_checkpoints(tmp_path_factory):
+    work_dir = tmp_path_factory.mktemp('runner')
+    runner = _runner(work_dir, max_epochs=2)
+    runner.train()
+    return work_dir, runner
+
+
+def test_runner_checkpoints_need_more_than_torch_defaults(runner_checkpoints):
+    """Without the allow-list, torch 2.6+ refuses Runner checkpoints."""
+    if not torch_defaults_to_weights_only():
+        pytest.skip('torch < 2.6 does not default to weights_only=True')
+    work_dir, _ = runner_checkpoints
+    path = str(work_dir / 'epoch_2.pth')
+    saved = torch.serialization.get_safe_globals()
+    torch.serialization.clear_safe_globals()
+    try:
+        with pytest.raises(pickle.UnpicklingError):
+            torch.load(path, weights_only=True)
+    finally:
+        torch.serialization.add_safe_globals(saved)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+
+
+def test_allow_list_is_exactly_runner_types():
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    names = set()
+    for g in RUNNER_CHECKPOINT_GLOBALS:
+        obj, name = g if isinstance(g, tuple) else (
+            g, f'{g.__module__}.{g.__qualname__}')
+        names.add(name)
+        assert obj is HistoryBuffer or name.startswith(
+            ('numpy.', 'builtins.getattr')), name
+    assert 'builtins.getattr' in names
+    # no general-purpose callables
+    assert getattr not in [g[0] if isinstance(g, tuple) else g
+                           for g in RUNNER_CHECKPOINT_GLOBALS]
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+
+
+def test_runner_checkpoint_round_trip(runner_checkpoints):
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    work_dir, runner = runner_checkpoints
+    names = sorted(p.name for p in work_dir.iterdir() if p.suffix == '.pth')
+    assert 'epoch_1.pth' in names and 'epoch_2.pth' in names
+    assert any(n.startswith('best_score') for n in names)
+    for name in names:
+        ckpt = _load_checkpoint(str(work_dir / name), map_location='cpu')
+        hub = ckpt['message_hub']
+        assert type(hub['log_scalars']['train/loss']).__name__ == \
+            'HistoryBuffer'
+        assert isinstance(hub['runtime_info']['best_score'], np.floating)
+    # the weights_only load returns what an unrestricted unpickle of the
+    # same (trusted, self-written) file returns
+    path = str(work_dir / 'epoch_2.pth')
+    ckpt = _load_checkpoint(path, map_location='cpu')
+    _assert_same(ckpt, torch.load(path, map_location='cpu',
+                                  weights_only=False))
+    assert ckpt['meta']['epoch'] == 2
+    assert {'optimizer', 'param_schedulers', 'ema_state_dict'} <= set(ckpt)
+    # and the weights are the ones the Runner trained (EMAHook stores the
+    # averaged weights as 'state_dict' and the raw ones as 'ema_state_dict')
+    raw = {k.replace('module.', '', 1): v
+           for k, v in ckpt['ema_state_dict'].items() if k != 'steps'}
+    for k, v in runner.model.state_dict().items():
+        assert k in ckpt['state_dict']
+        assert torch.equal(v, raw[k]) or torch.equal(v, ckpt['state_dict'][k])
+
+
+def _assert_same(a, b, where='ckpt'):
+    assert type(a) is type(b), where
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f'{where}[{k!r}]')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f'{where}[{i}]')
+    elif isinstance(a, np.ndarray):
+        np.testing.assert_array_equal(a, b)
+    elif hasattr(a, '__dict__') and not callable(a):
+        _assert_same(vars(a), vars(b), f'{where}.__dict__')
+    else:
+        assert a == b, where
+
+
+def test_runner_resume(runner_checkpoints, tmp_path):
+    work_dir, first = runner_checkpoints
+    runner = _runner(tmp_path, max_epochs=3, resume=True,
+                     load_from=str(work_dir / 'epoch_2.pth'))
+    runner.train()
+    assert runner.epoch == 3
+    assert runner.iter == 6  # 2 epochs resumed + 1 trained, 2 iters each
+    hub = runner.message_hub
+    # the history of the first run came back and went on
+    assert hub.get_scalar('train/loss').data[0].size > 2
+
+
+def test_tools_test_style_load(runner_checkpoints):
+    """What tools/test.py does: load_from + runner.test() -> load_checkpoint."""
+    from mmengine.runner import load_checkpoint
+
+    work_dir, runner = runner_checkpoints
+    model = _runner(work_dir, max_epochs=1).model
+    ckpt = load_checkpoint(model, str(work_dir / 'epoch_1.pth'),
+                           map_location='cpu')
+    assert ckpt['meta']['epoch'] == 1
+
+
+# --------------------------------------------------------------------------
+# Refusing checkpoints that would run code
+# --------------------------------------------------------------------------
+class _Payload:
+    """Unpickling this runs a shell command that creates a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.system, (f'touch {self.marker}', )
+
+
+@pytest.fixture
+def malicious(tmp_path):
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1)},
+                'meta': {'x': _Payload(marker)}}, str(path))
+    return path, marker
+
+
+def test_payload_is_real(malicious):
+    """Sanity check of the test itself: an unrestricted load runs it."""
+    path, marker = malicious
+    torch.load(str(path), weights_only=False)
+    assert marker.exists()
+
+
+@pytest.mark.parametrize('force_env', [False, True])
+def test_malicious_checkpoint_refused(malicious, monkeypatch, force_env):
+    from mmengine.runner.checkpoint import _load_checkpoint, load_checkpoint
+
+    if not torch_defaults_to_weights_only():
+        pytest.skip('needs torch >= 2.6')
+    if force_env:  # the escape hatch does not open our loaders
+        monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    path, marker = malicious
+    for load in (lambda: _load_checkpoint(str(path), map_location='cpu'),
+                 lambda: load_checkpoint(nn.Linear(1, 1), str(path)),
+                 lambda: safe_load(path)):
+        with pytest.raises(UnsafeCheckpointError) as err:
+            load()
+        msg = str(err.value)
+        assert 'system' in msg and 'evil.pth' in msg
+        assert 'nothing from it was executed' in msg
+        assert not marker.exists()
+
+
+def test_malicious_checkpoint_refused_by_runner(malicious, tmp_path):
+    if not torch_defaults_to_weights_only():
+        pytest.skip('needs torch >= 2.6')
+    path, marker = malicious
+    runner = _runner(tmp_path / 'w', max_epochs=1, load_from=str(path))
+    with pytest.raises(UnsafeCheckpointError):
+        runner.load_or_resume()
+    assert not marker.exists()
+
+
+def test_narrowed_getattr_refuses_other_attributes(tmp_path):
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    class Sneaky:
+
+        def __reduce__(self):
+            return getattr, (HistoryBuffer, 'register_statistics')
+
+    path = tmp_path / 'sneaky.pth'
+    torch.save({'x': Sneaky()}, str(path))
+    with pytest.raises(UnsafeCheckpointError):
+        safe_load(path)
+    # while the statistics methods themselves resolve
+    good = tmp_path / 'good.pth'
+    buf = HistoryBuffer()
+    buf.update(1.0)
+    torch.save({'buf': buf}, str(good))
+    assert safe_load(good)['buf'].mean() == 1.0
+
+
+def test_release_globals_only_in_scope(tmp_path):
+    """Authors' release files need argparse.Namespace and numpy scalars:
+    allowed inside safe_load(extra_safe_globals=...), not globally."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    path = tmp_path / 'release.pth'
+    torch.save({'model': {'w': torch.ones(2)},
+                'args': argparse.Namespace(lr=1e-3, model='iformer_t'),
+                'max_accuracy': np.float64(74.1), 'epoch': np.int64(299),
+                'dtype': np.dtype('float32')}, str(path))
+    with pytest.raises(UnsafeCheckpointError, match='Namespace'):
+        _load_checkpoint(str(path), map_location='cpu')
+    ckpt = safe_load(path, extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)
+    assert ckpt['args'].model == 'iformer_t'
+    assert float(ckpt['max_accuracy']) == pytest.approx(74.1)
+    assert argparse.Namespace not in torch.serialization.get_safe_globals()
+    with pytest.raises(ValueError):
+        safe_load(path, weights_only=False)
+
+
+# --------------------------------------------------------------------------
+# coremltools: traced and exported conversion with the installed numpy
+# --------------------------------------------------------------------------
+class _ShapeArithmetic(nn.Module):
+    """Traced, the shape arithmetic becomes aten::Int ops -- the ones
+    coremltools 9.0 could not convert under numpy 2.4."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        x = self.conv(x)
+        b, c, h, w = x.shape
+        x = x.view(b, c * (h // 2), 2, w).mean(2).view(b, c, h // 2, w)
+        return nn.functional.interpolate(x, size=(h, w), mode='nearest')
+
+
+@pytest.fixture(scope='module')
+def ct():
+    pytest.importorskip('coremltools')
+    import coremltools
+    return coremltools
+
+
+def _convert(ct, how):
+    model = _ShapeArithmetic().eval()
+    x = torch.randn(1, 3, 16, 16)
+    if how == 'traced':
+        return ct.convert(torch.jit.trace(model, x),
+                          inputs=[ct.TensorType(shape=x.shape)],
+                          convert_to='mlprogram')
+    exported = torch.export.export(model, (x, )).run_decompositions({})
+    return ct.convert(exported, convert_to='mlprogram')
+
+
+def _numpy_24_semantics():
+    """numpy 2.4 raises where older numpy only warned; make it raise."""
+    ctx = warnings.catch_warnings()
+    ctx.__enter__()
+    warnings.filterwarnings('error', message='Conversion of an array with '
+                            'ndim > 0 to a scalar')
+    return ctx
+
+
+@pytest.mark.parametrize('how', ['traced', 'exported'])
+def test_coreml_conversion(ct, how):
+    ctx = _numpy_24_semantics()
+    try:
+        mlmodel = _convert(ct, how)
+    finally:
+        ctx.__exit__(None, None, None)
+    assert type(mlmodel).__name__ == 'MLModel'
+
+
+def test_coreml_patch_is_what_makes_traced_work(ct):
+    from coremltools.converters.mil.frontend.torch import ops
+
+    from iformer_mm.compat.coreml import _MARK, patch_coremltools
+    assert getattr(ops._cast, _MARK, False), 'patch not applied on import'
+    original = ops._cast._iformer_mm_original
+    patched = ops._cast
+    ops._cast = original
+    ctx = _numpy_24_semantics()
+    try:
+        with pytest.raises(Exception, match='0-dimensional|ndim > 0'):
+            _convert(ct, 'traced')
+    finally:
+        ctx.__exit__(None, None, None)
+        ops._cast = patched
+    assert patch_coremltools(ops)
