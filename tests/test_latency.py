@@ -66,6 +66,11 @@ def test_census_counts_a_toy_program():
     assert census['concat'] == 1
     assert census['split'] == 1
     assert census['rearrange_ops'] == 5
+    # Output bytes (FP32 here): reshape 2 x 512, transpose 512, concat 1024,
+    # split 2 x 512 elements.
+    assert census['rearrange_bytes_by_op'] == dict(
+        reshape=4096, transpose=2048, concat=4096, split=4096)
+    assert census['largest_rearrange_bytes'] == 4096
     assert census['op_counts']['conv'] == 1
     assert census['op_counts']['add'] == 1
     # Every non-const op is counted, consts are not.
@@ -310,3 +315,17 @@ def test_script_help_runs():
                           text=True, timeout=120)
     assert proc.returncode == 0
     assert '--table17' in proc.stdout and '--compute-unit' in proc.stdout
+
+
+def test_config_backbone_is_taken():
+    from iformer_mm.deploy.backbones import resolve_backbone
+    path = os.path.join(ROOT, 'configs', 'maskrcnn_iformer_m_coco.py')
+    if not os.path.isfile(path):
+        pytest.skip('config not present')
+    spec = resolve_backbone(path)
+    assert spec.family == 'iformer'
+    assert spec.key == 'config:maskrcnn_iformer_m_coco'
+    model = spec.build()  # init_cfg (a download) is dropped
+    assert model.arch_name == 'm' and model.init_cfg is None
+    if model.window_chunks == 16 and model.stages[2].layout.windowed:
+        assert spec.paper['iphone13_ms'] == 4.0

@@ -219,7 +219,21 @@ def _registry_build(scope: Optional[str], cfg: dict) -> nn.Module:
 
 def _registry_spec(scope: str, cfg: dict, key: str, label: str,
                    size_divisor: int) -> BackboneSpec:
-    registry = registry_for(scope)
+    try:
+        registry = registry_for(scope)
+    except BackboneError as exc:
+        if scope not in SCOPES:
+            raise
+        # The library is missing or broken here: report this backbone as
+        # failed in the table and let the run go on.
+        reason = str(exc)
+
+        def unavailable() -> nn.Module:
+            raise BackboneError(reason)
+        return BackboneSpec(key=key, label=label, family='peer',
+                            build=unavailable, size_divisor=size_divisor,
+                            source=f'{scope}.{cfg["type"]}',
+                            paper=_paper(key))
     if registry.get(cfg['type']) is None:
         raise BackboneError(f'{scope} has no backbone {cfg["type"]!r} in its '
                             'MODELS registry.')
@@ -256,6 +270,7 @@ def _config_spec(path: str) -> BackboneSpec:
     is_iformer = btype == 'IFormer'
     paper = None
     if is_iformer:
+        scope = None  # IFormer lives in the root registry: no mmdet needed
         arch = str(backbone.get('arch', 't')).lower()
         att = backbone.get('attention', 'global')
         chunks = backbone.get('window_chunks', 1)

@@ -259,7 +259,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 onnx_path = None
         advance()
 
-        step('time', 'timing')
+        step('time', 'timing' if cfg.timing else 'checking ONNX output')
         if cfg.timing:
             threads = torch.get_num_threads()
             progress.step(f'{spec.label}: timing PyTorch eager CPU')
@@ -448,15 +448,18 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         res = [res[0], res[0]]
     elif len(res) != 2:
         raise BackboneError(f'--resolution takes H or H W, got {res}.')
+    # Order: the attention comparison / variant sweep, the named backbones
+    # (iFormer-M by default), then the peers; duplicates are dropped.
     specs: List[BackboneSpec] = []
     if args.table17:
         specs += table17_specs('m')
     if args.all_variants:
         specs += all_variant_specs()
+    specs += [resolve_backbone(name) for name in args.backbones]
     if args.peers is not None:
         specs += [resolve_backbone(n) for n in (args.peers or DEFAULT_PEERS)]
     return BenchmarkConfig(
-        backbones=list(args.backbones), resolution=res, warmup=args.warmup,
+        backbones=[], resolution=res, warmup=args.warmup,
         runs=args.runs, out_dir=args.out, compute_unit=args.compute_unit,
         ios_target=args.ios_target, precision=args.precision,
         threads=args.threads, coreml=not args.no_coreml,

@@ -79,20 +79,24 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any]
 
 def census_table(results: List[Dict[str, Any]]) -> str:
     lines = ['| Backbone | Core ML ops | reshape | transpose | concat | '
-             'split | weights (MiB, FP16) | .mlpackage |',
-             '|' + '---|' * 8]
+             'split | rearranged MiB (largest op) | weights (MiB) | '
+             '.mlpackage |',
+             '|' + '---|' * 9]
     for r in results:
         coreml = r.get('coreml') or {}
         census = coreml.get('census')
         if not census:
             why = coreml.get('error') or _failure(r) or 'not converted'
-            lines.append(f"| {r['label']} | {why[:100]} | | | | | | |")
+            lines.append(f"| {r['label']} | {why[:100]} | | | | | | | |")
             continue
         package = coreml.get('package') or '–'
+        moved = census.get('rearrange_bytes', 0) / 2**20
+        largest = census.get('largest_rearrange_bytes', 0) / 2**20
         lines.append(
             f"| {r['label']} | {census['total_ops']} | {census['reshape']} | "
             f"{census['transpose']} | {census['concat']} | {census['split']} "
-            f"| {census['weight_mib']:.1f} | {os.path.basename(package)} |")
+            f"| {moved:.1f} ({largest:.2f}) | {census['weight_mib']:.1f} | "
+            f"{os.path.relpath(package, os.path.dirname(os.path.dirname(package)))} |")
     return '\n'.join(lines)
 
 
@@ -162,7 +166,7 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     ]
     n = len(labels)
     fig, (ax, ax_paper) = plt.subplots(
-        1, 2, figsize=(13, 1.2 + 0.55 * n * max(1, len(series)) / 2 + 1),
+        1, 2, figsize=(13, 2.4 + 0.3 * n * len(series)),
         gridspec_kw=dict(width_ratios=[3, 2]))
     height = 0.8 / len(series)
     for i, (name, get) in enumerate(series):
@@ -178,9 +182,13 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     ax.set_yticks(range(n), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel('median latency, ms (this machine)')
-    ax.set_title(f"Measured here: {env.get('cpu', 'CPU')[:40]}, "
-                 f"{env.get('threads')} threads", fontsize=9)
-    ax.legend(fontsize=7, loc='lower right')
+    title = (f"Measured here: {env.get('cpu', 'CPU')[:40]}, "
+             f"{env.get('threads')} threads")
+    if not run['coreml_runtime']:
+        title += '\n(no Core ML runtime here: CPU proxies only)'
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.12),
+              ncol=len(series), frameon=False)
 
     paper = [r.get('paper') for r in results]
     values = [p['iphone13_ms'] if p and not p['failed'] else 0
