@@ -71,6 +71,7 @@ def test_census_counts_a_toy_program():
     assert census['rearrange_bytes_by_op'] == dict(
         reshape=4096, transpose=2048, concat=4096, split=4096)
     assert census['largest_rearrange_bytes'] == 4096
+    assert census['largest_bytes_by_op']['transpose'] == 2048
     assert census['op_counts']['conv'] == 1
     assert census['op_counts']['add'] == 1
     # Every non-const op is counted, consts are not.
@@ -124,6 +125,9 @@ def test_iformer_t_converts_in_three_layouts(tmp_path):
     assert census['global']['reshape'] < census['hybrid']['reshape'] < \
         census['cc-hybrid']['reshape']
     assert census['cc-hybrid']['concat'] > census['hybrid']['concat']
+    # ... and shrinks the largest single copy (Appendix F).
+    assert census['cc-hybrid']['largest_bytes_by_op']['transpose'] < \
+        census['hybrid']['largest_bytes_by_op']['transpose']
     # Same network, about the same weights whatever the layout (a few
     # shape constants differ).
     sizes = [c['weight_bytes'] for c in census.values()]

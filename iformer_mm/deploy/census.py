@@ -8,9 +8,10 @@ the program's protobuf only, so it works on any OS.
 
 ``total_ops`` counts every operation except ``const`` (constants are data,
 not work); ``const_ops`` is reported beside it. ``rearrange_bytes`` adds up
-the output sizes of the rearrangement ops and ``largest_rearrange_bytes`` is
-the largest single one: channel chunking trades one big rearrangement for
-many small ones, which the op counts alone do not show. ``weight_bytes`` is the size
+the output sizes of the rearrangement ops and ``largest_bytes_by_op`` the largest
+single output of each type: channel chunking trades one big window
+partition (a ``transpose``, the op that really copies) for many small ones,
+which the op counts alone do not show. ``weight_bytes`` is the size
 of the constants stored in the package's weight file (computed from their
 declared shape and data type), ``const_bytes`` the size of all constants.
 """
@@ -98,13 +99,13 @@ def census_from_spec(spec, weights_dir: Optional[str] = None) -> Dict[str, Any]:
     weight_bytes = const_bytes = 0
     weight_dtypes: Counter = Counter()
     moved: Counter = Counter()      # output bytes of each rearrangement type
-    largest = 0                     # the largest single rearrangement output
+    largest: Counter = Counter()    # the largest single output, per type
     for op in _iter_ops(block):
         counts[op.type] += 1
         if op.type in REARRANGE_OPS:
             nbytes = sum(_tensor_bytes(out.type) for out in op.outputs)
             moved[op.type] += nbytes
-            largest = max(largest, nbytes)
+            largest[op.type] = max(largest[op.type], nbytes)
         if op.type != 'const' or not op.outputs:
             continue
         nbytes = _tensor_bytes(op.outputs[0].type)
@@ -125,7 +126,8 @@ def census_from_spec(spec, weights_dir: Optional[str] = None) -> Dict[str, Any]:
         rearrange_ops=sum(counts.get(op, 0) for op in REARRANGE_OPS),
         rearrange_bytes=sum(moved.values()),
         rearrange_bytes_by_op={op: moved.get(op, 0) for op in REARRANGE_OPS},
-        largest_rearrange_bytes=largest,
+        largest_rearrange_bytes=max(largest.values(), default=0),
+        largest_bytes_by_op={op: largest.get(op, 0) for op in REARRANGE_OPS},
         weight_bytes=weight_bytes,
         weight_mib=round(weight_bytes / 2**20, 3),
         weight_bytes_by_dtype=dict(weight_dtypes),

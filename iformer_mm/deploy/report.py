@@ -79,23 +79,24 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any]
 
 def census_table(results: List[Dict[str, Any]]) -> str:
     lines = ['| Backbone | Core ML ops | reshape | transpose | concat | '
-             'split | rearranged MiB (largest op) | weights (MiB) | '
+             'split | rearranged MiB | largest transpose KiB | weights (MiB) | '
              '.mlpackage |',
-             '|' + '---|' * 9]
+             '|' + '---|' * 10]
     for r in results:
         coreml = r.get('coreml') or {}
         census = coreml.get('census')
         if not census:
             why = coreml.get('error') or _failure(r) or 'not converted'
-            lines.append(f"| {r['label']} | {why[:100]} | | | | | | | |")
+            lines.append(f"| {r['label']} | {why[:100]} | | | | | | | | |")
             continue
         package = coreml.get('package') or '–'
         moved = census.get('rearrange_bytes', 0) / 2**20
-        largest = census.get('largest_rearrange_bytes', 0) / 2**20
+        largest = census.get('largest_bytes_by_op', {}).get(
+            'transpose', 0) / 2**10
         lines.append(
             f"| {r['label']} | {census['total_ops']} | {census['reshape']} | "
             f"{census['transpose']} | {census['concat']} | {census['split']} "
-            f"| {moved:.1f} ({largest:.2f}) | {census['weight_mib']:.1f} | "
+            f"| {moved:.1f} | {largest:.0f} | {census['weight_mib']:.1f} | "
             f"{os.path.relpath(package, os.path.dirname(os.path.dirname(package)))} |")
     return '\n'.join(lines)
 
