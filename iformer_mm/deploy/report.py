@@ -188,7 +188,7 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     if not run['coreml_runtime']:
         title += '\n(no Core ML runtime here: CPU proxies only)'
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.12),
+    ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.25),
               ncol=len(series), frameon=False)
 
     paper = [r.get('paper') for r in results]
@@ -208,6 +208,6 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     h, w = run['config']['resolution']
     fig.suptitle(f'Backbone latency at {h}x{w}, batch 1', fontsize=11)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches='tight')
     plt.close(fig)
     return path
