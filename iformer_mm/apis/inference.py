@@ -1,0 +1,322 @@
+"""Image demo: predictions of a detection, segmentation or classification
+config drawn on images, through the OpenMMLab inferencers.
+
+* detection: ``mmdet.apis.DetInferencer`` (boxes, masks when the model has a
+  mask head, class names and scores above ``score_thr``);
+* segmentation: ``mmseg.apis.MMSegInferencer`` (colour overlay of the
+  predicted classes with ``opacity``);
+* classification: ``mmpretrain.apis.ImageClassificationInferencer`` (the
+  top-``topk`` classes and scores written on the image).
+
+The task follows the config's ``default_scope``. Without a checkpoint the
+model is random-init (pretrained ``init_cfg`` entries are ignored, nothing is
+downloaded) and the predictions are meaningless but drawn all the same. Class
+names come from the checkpoint's meta when it has them, else from the
+config's test dataset.
+
+Every drawn image is written to ``<out_dir>/vis/`` and a JSON summary of the
+predictions to ``<out_dir>/predictions.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import os.path as osp
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+from mmengine.config import Config
+
+from ._common import (dataset_meta, init_scope, load_config, num_classes_of,
+                      strip_pretrained, task_of)
+
+IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+@dataclass
+class DemoResult:
+    task: str
+    out_dir: str
+    vis_files: List[str]
+    pred_file: str
+    predictions: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def collect_images(inputs: Union[str, Sequence[str]]) -> List[str]:
+    """Image files from a path, a folder (not recursive) or a list of both.
+
+    Raises:
+        FileNotFoundError: a path does not exist.
+        ValueError: a folder holds no image, or a file is not an image.
+    """
+    paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
+    images: List[str] = []
+    for path in map(str, paths):
+        if osp.isdir(path):
+            found = sorted(
+                osp.join(path, name) for name in os.listdir(path)
+                if name.lower().endswith(IMG_EXTENSIONS)
+                and osp.isfile(osp.join(path, name)))
+            if not found:
+                raise ValueError(f'No image ({", ".join(IMG_EXTENSIONS)}) '
+                                 f'in folder {path!r}.')
+            images += found
+        elif osp.isfile(path):
+            if not path.lower().endswith(IMG_EXTENSIONS):
+                raise ValueError(f'Not an image file (expected one of '
+                                 f'{", ".join(IMG_EXTENSIONS)}): {path!r}')
+            images.append(path)
+        else:
+            raise FileNotFoundError(f'Input image or folder not found: '
+                                    f'{path!r}')
+    if not images:
+        raise ValueError('No input image given.')
+    stems = [Path(p).stem for p in images]
+    if len(set(stems)) != len(stems):
+        raise ValueError('Input images must have distinct file names (the '
+                         'outputs are named after them).')
+    return images
+
+
+def _palette(n: int, seed: int = 42) -> List[List[int]]:
+    rng = np.random.RandomState(seed)
+    return rng.randint(0, 256, size=(n, 3)).tolist()
+
+
+def _config_meta(cfg: Config) -> Dict[str, Any]:
+    """Classes/palette of the config's test dataset, if they fit the model."""
+    meta = dataset_meta(cfg)
+    classes = meta.get('classes')
+    n = num_classes_of(cfg)
+    if not classes or (n is not None and len(classes) != n):
+        return {}
+    palette = meta.get('palette')
+    if palette is None or len(palette) < len(classes):
+        palette = _palette(len(classes))
+    return dict(classes=tuple(classes),
+                palette=[tuple(int(v) for v in c) for c in palette])
+
+
+# --------------------------------------------------------------------------
+# Inferencers
+# --------------------------------------------------------------------------
+def _det_inferencer(cfg, checkpoint, device):
+    from mmdet.apis import DetInferencer
+    inf = DetInferencer(model=cfg, weights=checkpoint, device=device,
+                        scope='mmdet', show_progress=False)
+    meta = _config_meta(cfg)
+    if meta and (checkpoint is None or len(inf.model.dataset_meta.get(
+            'classes') or ()) != len(meta['classes'])):
+        inf.model.dataset_meta = dict(inf.model.dataset_meta, **meta)
+        inf.visualizer.dataset_meta = inf.model.dataset_meta
+    return inf
+
+
+def _seg_inferencer(cfg, checkpoint, device):
+    from mmseg.apis import MMSegInferencer
+    inf = MMSegInferencer(model=cfg, weights=checkpoint, device=device,
+                          scope='mmseg')
+    meta = _config_meta(cfg)
+    if meta and (checkpoint is None or len(inf.model.dataset_meta.get(
+            'classes') or ()) != len(meta['classes'])):
+        inf.model.dataset_meta = meta
+    return inf
+
+
+_CLS_INFERENCER = None
+
+
+def _cls_inferencer_class():
+    """ImageClassificationInferencer that draws the top-k, not the top-1."""
+    global _CLS_INFERENCER
+    if _CLS_INFERENCER is not None:
+        return _CLS_INFERENCER
+    import torch
+    from mmpretrain.apis import ImageClassificationInferencer
+
+    class TopKClassificationInferencer(ImageClassificationInferencer):
+        topk = 5
+        min_vis_size = 256
+
+        def visualize(self, ori_inputs, preds, show=False, wait_time=0,
+                      resize=None, rescale_factor=None, draw_score=True,
+                      show_dir=None):
+            if show_dir is not None:
+                Path(show_dir).mkdir(parents=True, exist_ok=True)
+            out = []
+            for input_, pred in zip(ori_inputs, preds):
+                sample = pred.clone()
+                k = min(self.topk, sample.pred_score.numel())
+                sample.set_pred_label(
+                    torch.topk(sample.pred_score, k).indices.tolist())
+                size = resize
+                if size is None and rescale_factor is None and isinstance(
+                        input_, str):
+                    import mmcv
+                    h, w = mmcv.imread(input_).shape[:2]
+                    # make room for 5 lines of text on tiny images
+                    size = self.min_vis_size if min(h, w) < \
+                        self.min_vis_size else None
+                vis = super().visualize([input_], [sample], show=show,
+                                        wait_time=wait_time, resize=size,
+                                        rescale_factor=rescale_factor,
+                                        draw_score=draw_score,
+                                        show_dir=show_dir)
+                out += vis or []
+            return out
+
+    _CLS_INFERENCER = TopKClassificationInferencer
+    return _CLS_INFERENCER
+
+
+def _cls_inferencer(cfg, checkpoint, device, topk):
+    cls = _cls_inferencer_class()
+    meta = _config_meta(cfg)
+    inf = cls(model=cfg, pretrained=checkpoint if checkpoint else False,
+              device=device, classes=None)
+    ckpt_classes = (getattr(inf.model, '_dataset_meta', {}) or {}).get(
+        'classes')
+    if meta and (checkpoint is None or not ckpt_classes
+                 or len(ckpt_classes) != len(meta['classes'])):
+        inf.classes = meta['classes']
+    inf.topk = topk
+    return inf
+
+
+def build_inferencer(config: Union[str, Config],
+                     checkpoint: Optional[str] = None, device: str = 'cpu',
+                     cfg_options: Optional[dict] = None, topk: int = 5):
+    """The OpenMMLab inferencer for a config's task (see module doc)."""
+    cfg = load_config(config, cfg_options)
+    if checkpoint is not None and not osp.isfile(checkpoint):
+        raise FileNotFoundError(f'Checkpoint not found: {checkpoint!r}')
+    task = task_of(cfg)
+    init_scope(cfg)
+    strip_pretrained(cfg.model)
+    if task == 'detection':
+        return task, _det_inferencer(cfg, checkpoint, device)
+    if task == 'segmentation':
+        return task, _seg_inferencer(cfg, checkpoint, device)
+    return task, _cls_inferencer(cfg, checkpoint, device, topk)
+
+
+# --------------------------------------------------------------------------
+# Prediction summaries (JSON-friendly)
+# --------------------------------------------------------------------------
+def _name(classes, label: int) -> str:
+    if classes is not None and 0 <= label < len(classes):
+        return str(classes[label])
+    return str(label)
+
+
+def _summarise_det(sample, classes, score_thr: float) -> Dict[str, Any]:
+    inst = sample.pred_instances
+    scores = inst.scores.detach().cpu().numpy()
+    keep = np.flatnonzero(scores >= score_thr)[:100]
+    bboxes = inst.bboxes.detach().cpu().numpy()
+    labels = inst.labels.detach().cpu().numpy()
+    return dict(
+        num_predictions=int(len(scores)),
+        num_drawn=int(len(keep)),
+        has_masks='masks' in inst,
+        detections=[dict(label=int(labels[i]),
+                         class_name=_name(classes, int(labels[i])),
+                         score=round(float(scores[i]), 4),
+                         bbox=[round(float(v), 1) for v in bboxes[i]])
+                    for i in keep])
+
+
+def _summarise_seg(sample, classes) -> Dict[str, Any]:
+    seg = sample.pred_sem_seg.data.detach().cpu().numpy().reshape(-1)
+    labels, counts = np.unique(seg, return_counts=True)
+    order = np.argsort(-counts)
+    return dict(
+        shape=list(sample.pred_sem_seg.shape),
+        classes=[dict(label=int(labels[i]),
+                      class_name=_name(classes, int(labels[i])),
+                      fraction=round(float(counts[i]) / seg.size, 4))
+                 for i in order])
+
+
+def _summarise_cls(sample, classes, topk: int) -> Dict[str, Any]:
+    import torch
+    scores = sample.pred_score.detach().cpu()
+    k = min(topk, scores.numel())
+    values, indices = torch.topk(scores, k)
+    return dict(topk=[dict(label=int(i), class_name=_name(classes, int(i)),
+                           score=round(float(v), 4))
+                      for v, i in zip(values.tolist(), indices.tolist())])
+
+
+# --------------------------------------------------------------------------
+# Demo
+# --------------------------------------------------------------------------
+def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
+             checkpoint: Optional[str] = None, out_dir: str = 'outputs/demo',
+             device: str = 'cpu', score_thr: float = 0.3, topk: int = 5,
+             opacity: float = 0.5,
+             cfg_options: Optional[dict] = None) -> DemoResult:
+    """Run a config on images and write the drawn predictions.
+
+    Args:
+        config: Config path or Config.
+        inputs: Image file, folder of images, or a list of them.
+        checkpoint: Optional checkpoint; random-init weights otherwise.
+        out_dir: Output folder (``vis/`` images + ``predictions.json``).
+        device: ``'cpu'``, ``'cuda'`` ...
+        score_thr: Detection score threshold for drawing.
+        topk: Classification classes drawn.
+        opacity: Segmentation overlay opacity.
+        cfg_options: Overrides merged into the config.
+    """
+    images = collect_images(inputs)  # check inputs before building a model
+    if not 0 <= score_thr <= 1:
+        raise ValueError(f'score_thr must be in [0, 1], got {score_thr}.')
+    if topk < 1:
+        raise ValueError(f'topk must be >= 1, got {topk}.')
+    task, inf = build_inferencer(config, checkpoint, device, cfg_options,
+                                 topk)
+    out_dir = str(out_dir)
+    vis_dir = osp.join(out_dir, 'vis')
+    os.makedirs(vis_dir, exist_ok=True)
+
+    if task == 'detection':
+        res = inf(images, batch_size=1, out_dir=out_dir,
+                  pred_score_thr=score_thr, return_datasamples=True,
+                  no_save_pred=True)
+        samples = res['predictions']
+        classes = inf.model.dataset_meta.get('classes')
+        summaries = [_summarise_det(s, classes, score_thr) for s in samples]
+        vis_files = [osp.join(vis_dir, osp.basename(p)) for p in images]
+    elif task == 'segmentation':
+        samples = inf(images, return_datasamples=True, batch_size=1,
+                      out_dir=out_dir, img_out_dir='vis', opacity=opacity)
+        if not isinstance(samples, list):
+            samples = [samples]
+        classes = inf.model.dataset_meta.get('classes')
+        summaries = [_summarise_seg(s, classes) for s in samples]
+        vis_files = [osp.join(vis_dir, osp.basename(p)) for p in images]
+    else:
+        samples = inf(images, return_datasamples=True, batch_size=1,
+                      show_dir=vis_dir)
+        summaries = [_summarise_cls(s, inf.classes, topk) for s in samples]
+        vis_files = [osp.join(vis_dir, Path(p).stem + '.png')
+                     for p in images]
+
+    missing = [f for f in vis_files if not osp.isfile(f)]
+    if missing:
+        raise RuntimeError(f'The inferencer did not write {missing}.')
+    predictions = [dict(image=p, vis=v, **s)
+                   for p, v, s in zip(images, vis_files, summaries)]
+    pred_file = osp.join(out_dir, 'predictions.json')
+    with open(pred_file, 'w') as f:
+        json.dump(dict(task=task, checkpoint=checkpoint,
+                       predictions=predictions), f, indent=2)
+    return DemoResult(task=task, out_dir=out_dir, vis_files=vis_files,
+                      pred_file=pred_file, predictions=predictions)
+
+
+__all__ = ['DemoResult', 'IMG_EXTENSIONS', 'build_inferencer',
+           'collect_images', 'run_demo']
