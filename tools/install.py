@@ -121,7 +121,7 @@ def mmcv_ops():
     assert keep.tolist() == [0, 2], keep
     feat = torch.arange(16.).view(1, 1, 4, 4)
     rois = torch.tensor([[0., 0., 0., 4., 4.]])
-    y = RoIAlign((2, 2), 1.0, 1, aligned=False)(feat, rois)
+    y = RoIAlign((2, 2), 1.0, 1, aligned=True)(feat, rois)
     assert torch.allclose(y.flatten(), torch.tensor([2.5, 4.5, 10.5, 12.5])), y
 def openmmlab():
     import mmdet, mmseg, mmpretrain, mmseg.models, mmpretrain.models  # noqa
