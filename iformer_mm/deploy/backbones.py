@@ -16,13 +16,16 @@ config's ``init_cfg`` is dropped so that nothing is downloaded.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
+import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 # --------------------------------------------------------------------------
 # iFormer attention layouts (Table 17) and the paper's iPhone 13 figures.
@@ -113,6 +116,60 @@ DEFAULT_PEERS = ('resnet18', 'resnet50', 'swin-t', 'pvtv2-b1',
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
+def _offset_order(resolution: int) -> List[Tuple[int, int]]:
+    """The (dy, dx) offsets in the order LeViT-style bias tables use."""
+    points = list(itertools.product(range(resolution), range(resolution)))
+    order: Dict[Tuple[int, int], int] = {}
+    for p1 in points:
+        for p2 in points:
+            offset = (abs(p1[0] - p2[0]), abs(p1[1] - p2[1]))
+            order.setdefault(offset, len(order))
+    return list(order)
+
+
+@torch.no_grad()
+def resize_attention_biases(model: nn.Module, size: Tuple[int, int]) -> str:
+    """Resize EfficientFormer's last-stage attention biases to the token
+    grid of ``size`` (bicubic over the offset table), as one does to run it
+    at a dense-prediction resolution; mmpretrain fixes them at 7x7 (224)."""
+    height, width = size
+    if height != width:
+        raise BackboneError('EfficientFormer attention biases are square: '
+                            f'it needs a square input, got {height}x{width}.')
+    new = height // 32
+    notes = set()
+    for module in model.modules():
+        if not (hasattr(module, 'attention_biases') and
+                hasattr(module, 'attention_bias_idxs')):
+            continue
+        heads, count = module.attention_biases.shape
+        old = int(round(count ** 0.5))
+        if old * old != count:
+            raise BackboneError(f'Unexpected attention bias table of {count} '
+                                'entries.')
+        if old == new:
+            continue
+        grid = torch.zeros(heads, old, old)
+        for i, (dy, dx) in enumerate(_offset_order(old)):
+            grid[:, dy, dx] = module.attention_biases[:, i]
+        grid = F.interpolate(grid[None], size=(new, new), mode='bicubic',
+                             align_corners=True)[0]
+        order = _offset_order(new)
+        table = torch.stack([grid[:, dy, dx] for dy, dx in order], dim=1)
+        index = {offset: i for i, offset in enumerate(order)}
+        points = list(itertools.product(range(new), range(new)))
+        idxs = [index[(abs(a[0] - b[0]), abs(a[1] - b[1]))]
+                for a in points for b in points]
+        module.attention_biases = nn.Parameter(table)
+        module.attention_bias_idxs = torch.tensor(idxs).view(
+            len(points), len(points))
+        if hasattr(module, 'ab'):
+            module.ab = module.attention_biases[:, module.attention_bias_idxs]
+        notes.add(f'attention biases resized {old}x{old} -> {new}x{new} '
+                  '(bicubic)')
+    return '; '.join(sorted(notes))
+
+
 @dataclass
 class BackboneSpec:
     """A resolved backbone: how to build it and what to call it."""
@@ -123,6 +180,10 @@ class BackboneSpec:
     size_divisor: int = 32
     source: str = ''              # where it came from (registry, config)
     paper: Optional[Dict[str, Any]] = None
+    # ``adapt(model, (height, width)) -> note``: what a peer needs to run at
+    # a resolution other than its classification one (None: nothing).
+    adapt: Optional[Callable[[nn.Module, Tuple[int, int]], str]] = \
+        field(default=None, repr=False)
 
     def check_size(self, height: int, width: int) -> None:
         check_resolution(height, width, self.size_divisor, self.label)
@@ -299,7 +360,10 @@ def resolve_backbone(name: str) -> BackboneSpec:
     if text.lower() in PEERS:
         key = text.lower()
         label, scope, cfg = PEERS[key]
-        return _registry_spec(scope, cfg, key, label, 32)
+        spec = _registry_spec(scope, cfg, key, label, 32)
+        if cfg['type'] == 'EfficientFormer':
+            spec.adapt = resize_attention_biases
+        return spec
     match = _REGISTRY_RE.match(text)
     if match:
         kwargs: Dict[str, Any] = {}

@@ -182,6 +182,9 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
         torch.manual_seed(cfg.seed)
         raw = spec.build()
         result['params_m'] = count_parameters(raw) / 1e6
+        raw.eval()
+        if spec.adapt is not None:
+            result['adapted'] = spec.adapt(raw, (h, w))
         example = torch.randn(shape, generator=torch.Generator().manual_seed(
             cfg.seed))
         raw.eval()

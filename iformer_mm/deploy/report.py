@@ -130,6 +130,9 @@ def markdown_report(run: Dict[str, Any]) -> str:
         '',
         census_table(run['results']),
         '',
+        *[f"Adapted for {h}x{w}: {r['label']}: {r['adapted']}."
+          for r in run['results'] if r.get('adapted')],
+        '',
         'Proxy columns are CPU numbers from this machine, labelled as such; '
         'they are not Core ML latencies. The paper column is copied from the '
         'paper (iPhone 13), not measured here. Peers run in eval mode with '
