@@ -454,8 +454,10 @@ def step_mmcv(ins: Installer, st: dict) -> str:
                 f'{st["torch_version"]} with {jobs} jobs; this takes 16-18 '
                 'min on 2 cores (once; the wheel is cached in ' + cache + ')')
         os.makedirs(cache, exist_ok=True)
-        args = ['wheel', '--no-build-isolation', '--no-deps', '-w', cache,
-                f'mmcv=={MMCV_VERSION}']
+        # -v: the log then shows ninja's [n/77] lines, which the
+        # heartbeat turns into progress
+        args = ['wheel', '-v', '--no-build-isolation', '--no-deps', '-w',
+                cache, f'mmcv=={MMCV_VERSION}']
         if ins.args.rebuild_mmcv:
             args.insert(1, '--no-cache-dir')
         ins.pip(args, f'MMCV_WITH_OPS=1 pip wheel --no-build-isolation '
