@@ -26,20 +26,21 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
 def _randomize(model, seed=0):
+    """timm's random init plus non-trivial BatchNorm statistics."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, t in model.state_dict().items():
-            if t.dtype.is_floating_point:
-                if 'running_var' in name:
-                    t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
-                elif name.endswith('bn.weight'):
-                    t.copy_(torch.rand(t.shape, generator=g) * 0.5 + 0.75)
-                else:
-                    t.copy_(torch.randn(t.shape, generator=g) * 0.05)
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.weight.copy_(torch.rand(n, generator=g) * 0.5 + 0.75)
+                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
     return model.eval()
 
 
 def timm_model(arch, distilled=False):
+    torch.manual_seed(0)
     name = f'iformer_{arch}' + ('_distilled' if distilled else '')
     return _randomize(timm.create_model(name, pretrained=False))
 
@@ -107,8 +108,10 @@ def test_classifier_matches_timm(arch):
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert (ours(x, mode='tensor') - ref(x)).abs().max() <= 1e-4
-        feat = ours.backbone(x)[-1]
-        assert (feat - ref.forward_features(x)).abs().max() <= 1e-4
+        # stage-4 features reach magnitudes of ~50: compare relatively too
+        torch.testing.assert_close(ours.backbone(x)[-1],
+                                   ref.forward_features(x),
+                                   rtol=1e-5, atol=1e-4)
 
 
 def test_release_file_loads_everywhere(tmp_path):
@@ -154,16 +157,32 @@ def test_timm_file_loads_via_init_cfg(tmp_path):
                               atol=1e-5)
 
 
-def test_missing_and_unexpected_keys_are_named(capsys):
+def test_missing_and_unexpected_keys_are_named():
+    import logging
+
+    from mmengine.logging import MMLogger
+
+    class Collect(logging.Handler):
+        records = []
+
+        def emit(self, record):
+            self.records.append(record.getMessage())
+
+    logger = MMLogger.get_current_instance()
+    handler = Collect()
+    logger.addHandler(handler)
     net = IFormer('t')
     state = convert_to_ours(timm_model('t').state_dict())
     state = {k: v for k, v in state.items() if not k.startswith('head.')}
     del state['stages.3.blocks.1.mixer.module.q.c.weight']
     state['stages.3.blocks.99.bogus'] = torch.zeros(1)
-    missing, unexpected = load_state_dict_reporting(net, state)
+    try:
+        missing, unexpected = load_state_dict_reporting(net, state)
+    finally:
+        logger.removeHandler(handler)
     assert missing == ['stages.3.blocks.1.mixer.module.q.c.weight']
     assert unexpected == ['stages.3.blocks.99.bogus']
-    printed = capsys.readouterr().out
+    printed = '\n'.join(handler.records)
     assert 'stages.3.blocks.1.mixer.module.q.c.weight' in printed
     assert 'stages.3.blocks.99.bogus' in printed
 
