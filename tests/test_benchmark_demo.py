@@ -29,11 +29,10 @@ SEG = osp.join(ROOT, 'configs/toy/fpn_iformer_t_toy.py')
 CLS = osp.join(ROOT, 'configs/toy/iformer_t_toy_cls.py')
 LIBS = {DET: 'mmdet', SEG: 'mmseg', CLS: 'mmpretrain'}
 
-# small toy datasets, so that generating them costs next to nothing
-TOY_SMALL = {
-    DET: ['test_dataloader.dataset.toy_cfg.num_train=2',
-          'test_dataloader.dataset.toy_cfg.num_val=2'],
-}
+# a random-init Mask R-CNN keeps 1000 proposals and 100 detections with
+# masks per image; fewer keep the tests fast (the code paths are the same)
+DET_LIGHT = ['model.test_cfg.rpn.max_per_img=50',
+             'model.test_cfg.rcnn.max_per_img=5']
 
 
 def _needs(config):
@@ -99,7 +98,7 @@ def test_benchmark_detection_fused_and_unfused(capsys):
     out = 'bench.json'
     rc = tool.main([DET, '--fuse', 'both', '--num-images', '2', '--warmup',
                     '1', '--shape', '64', '96', '--data', 'synthetic',
-                    '--quiet', '--out', out])
+                    '--quiet', '--out', out, '--cfg-options', *DET_LIGHT])
     text = capsys.readouterr().out
     assert rc == 0, text
     assert 'fused speed-up' in text
@@ -119,8 +118,10 @@ def test_benchmark_detection_fused_and_unfused(capsys):
 def test_benchmark_detection_real_toy_data():
     _needs(DET)
     from iformer_mm.apis import benchmark
-    opts = dict(s.split('=') for s in TOY_SMALL[DET])
-    opts = {k: int(v) for k, v in opts.items()}
+    opts = {k: int(v) for k, v in (o.split('=') for o in DET_LIGHT)}
+    # a small toy set, so that generating it costs next to nothing
+    opts.update({'test_dataloader.dataset.toy_cfg.num_train': 2,
+                 'test_dataloader.dataset.toy_cfg.num_val': 2})
     r = benchmark(DET, num_images=2, num_warmup=0, data='auto',
                   cfg_options=opts)
     assert r.data == 'real'  # the toy data is generated on demand
@@ -155,7 +156,8 @@ def test_demo_writes_drawn_image(config, task, capsys):
     tool = _tool('demo')
     img = _image('in/pic.jpg')
     rc = tool.main([config, img, '--out-dir', 'out', '--device', 'cpu',
-                    '--score-thr', '0.0'])
+                    '--score-thr', '0.0'] +
+                   (['--cfg-options', *DET_LIGHT] if config == DET else []))
     text = capsys.readouterr().out
     assert rc == 0, text
     pred_file = osp.join('out', 'predictions.json')
