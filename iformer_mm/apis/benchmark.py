@@ -59,6 +59,7 @@ class BenchmarkResult:
     imgs_per_s: float              # num_images / total timed seconds
     params_m: float
     bn_layers: int                 # BatchNorm layers left in the model
+    cpu_ms_per_img: float = 0.     # process CPU time (all threads), mean
     fuse_max_abs_diff: Optional[float] = None  # backbone, fused vs unfused
     notes: List[str] = field(default_factory=list)
     times_ms: List[float] = field(default_factory=list, repr=False)
@@ -83,6 +84,8 @@ class BenchmarkResult:
             f'{self.ms_median:.2f} median, {self.ms_std:.2f} std, '
             f'{self.ms_min:.2f} min',
             f'throughput  : {self.imgs_per_s:.2f} img/s',
+            f'CPU time    : {self.cpu_ms_per_img:.2f} ms/img (process CPU '
+            f'time, all threads; wall time above)',
         ]
         if self.fuse_max_abs_diff is not None:
             lines.append(f'fuse check  : backbone max |fused - unfused| = '
@@ -344,20 +347,23 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
 
     # ---- timing
     times: List[float] = []
+    cpu_times: List[float] = []
     input_shape = None
     total = num_warmup + num_images
     with torch.no_grad():
         for i in range(total):
             batch = next_batch()
             _sync(dev)
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             out = model.test_step(batch)
             _sync(dev)
             elapsed = (time.perf_counter() - start) * 1000.
+            cpu = (time.process_time() - cpu_start) * 1000.
             if input_shape is None:
                 input_shape = _network_input_shape(out, batch)
             if i >= num_warmup:
                 times.append(elapsed)
+                cpu_times.append(cpu)
                 n = len(times)
                 if n == num_images or n % max(1, num_images // 5) == 0:
                     log(f'[{n}/{num_images}] {elapsed:.1f} ms '
@@ -372,6 +378,7 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
         ms_std=statistics.pstdev(times) if len(times) > 1 else 0.,
         ms_min=min(times), imgs_per_s=1000. * len(times) / sum(times),
         params_m=params_m, bn_layers=count_bn(model),
+        cpu_ms_per_img=statistics.fmean(cpu_times),
         fuse_max_abs_diff=fuse_diff, notes=notes, times_ms=times)
 
 
