@@ -199,6 +199,26 @@ def test_demo_folder_input():
     assert len(res.predictions) == 2
 
 
+def test_checkpoint_weights_and_classes():
+    _needs(CLS)
+    import torch
+    from iformer_mm.apis import benchmark, run_demo
+    from iformer_mm.apis._common import build_model, load_config
+    model = build_model(load_config(CLS))
+    names = ['a', 'b', 'c', 'd', 'e', 'f']
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'dataset_meta': {'classes': names}}}, 'cls.pth')
+    res = run_demo(CLS, _image('p.png'), checkpoint='cls.pth', out_dir='o')
+    assert {t['class_name'] for t in res.predictions[0]['topk']} <= set(names)
+    r = benchmark(CLS, checkpoint='cls.pth', num_images=1, num_warmup=0,
+                  data='synthetic')
+    assert r.ms_per_img > 0
+    with pytest.raises(FileNotFoundError, match='Checkpoint not found'):
+        benchmark(CLS, checkpoint='missing.pth')
+    with pytest.raises(FileNotFoundError, match='Checkpoint not found'):
+        run_demo(CLS, 'p.png', checkpoint='missing.pth')
+
+
 def test_demo_bad_inputs(capsys):
     tool = _tool('demo')
     from iformer_mm.apis import collect_images, run_demo

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -293,6 +294,8 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
         raise ValueError('shape only applies to synthetic input.')
     log = log or (lambda msg: None)
     cfg = load_config(config, cfg_options)
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise FileNotFoundError(f'Checkpoint not found: {checkpoint!r}')
     task = task_of(cfg)
     dev = torch.device(device)
     if dev.type == 'cuda' and not torch.cuda.is_available():
