@@ -65,7 +65,8 @@ sys.path.insert(0, ROOT)
 TOY_CONFIG = osp.join(ROOT, 'configs/toy/maskrcnn_iformer_t_toy.py')
 SPEED_CONFIGS = {
     'iFormer-T': osp.join(ROOT, 'configs/toy/maskrcnn_iformer_t_toy.py'),
-    'iFormer-M': osp.join(ROOT, 'benchmarks/configs/maskrcnn_iformer_m_toy.py'),
+    'iFormer-M': osp.join(ROOT,
+                          'benchmarks/configs/maskrcnn_iformer_m_toy.py'),
     'ResNet-50': osp.join(ROOT, 'benchmarks/configs/maskrcnn_r50_toy.py'),
 }
 
