@@ -36,6 +36,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import textwrap
 import threading
@@ -94,10 +95,10 @@ def check(name, fn):
         out["err"][name] = (type(e).__name__ + ": " + str(e)).strip()[:600]
     out.setdefault("time", {})[name] = round(time.time() - t, 2)
 def build_tools():
-    import pkg_resources, setuptools, wheel  # noqa
-    assert shutil_which("ninja") or ver("ninja"), "ninja missing"
-def shutil_which(x):
-    import shutil; return shutil.which(x)
+    import pkg_resources, setuptools  # noqa
+    # installed in this environment (setuptools also puts a vendored wheel
+    # on sys.path, and a ninja elsewhere on PATH may be gone tomorrow)
+    assert ver("wheel") and ver("ninja"), "wheel or ninja missing"
 def torch_():
     import torch
     out["torch_version"] = torch.__version__
@@ -248,6 +249,11 @@ class Installer:
         env.update(env_extra or {})
         for k in env_unset:
             env.pop(k, None)
+        # console scripts pip installs here (ninja!) must be found even in a
+        # venv that is not activated or a pyenv whose shims are not rehashed;
+        # without ninja torch builds mmcv's ops one file at a time
+        env['PATH'] = os.pathsep.join(
+            [sysconfig.get_path('scripts'), env.get('PATH', '')])
         env.setdefault('PIP_DISABLE_PIP_VERSION_CHECK', '1')
         env.setdefault('PIP_PROGRESS_BAR', 'off')
         self.say(f'      {what}')
