@@ -12,6 +12,7 @@ _base_ = '../maskrcnn_iformer_t_coco.py'
 dataset_type = 'ToyCocoDataset'
 data_root = 'data/toy_coco/'
 classes = ('square', 'triangle', 'circle')
+toy_cfg = dict(num_train=32, num_val=8, size=128)
 model = dict(
     backbone=dict(init_cfg=None),
     roi_head=dict(
@@ -44,6 +45,7 @@ train_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
+        toy_cfg=toy_cfg,
         metainfo=dict(classes=classes),
         ann_file='annotations/instances_train.json',
         data_prefix=dict(img='train/'),
@@ -54,6 +56,7 @@ val_dataloader = dict(
     dataset=dict(
         type=dataset_type,
         data_root=data_root,
+        toy_cfg=toy_cfg,
         metainfo=dict(classes=classes),
         ann_file='annotations/instances_val.json',
         data_prefix=dict(img='val/'),
