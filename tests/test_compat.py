@@ -112,7 +112,10 @@ def test_runner_checkpoints_need_more_than_torch_defaults(runner_checkpoints):
             torch.load(path, weights_only=True)
     finally:
         torch.serialization.add_safe_globals(saved)
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
+    # ... and our allow-list covers every global they reference
+    from iformer_mm.compat import allow_globals
+    with allow_globals(RUNNER_CHECKPOINT_GLOBALS):
+        assert torch.serialization.get_unsafe_globals_in_checkpoint(path) == []
 
 
 def test_allow_list_is_exactly_runner_types():
@@ -192,6 +195,35 @@ def test_runner_resume(runner_checkpoints, tmp_path):
     hub = runner.message_hub
     # the history of the first run came back and went on
     assert hub.get_scalar('train/loss').data[0].size > 2
+
+
+def test_runner_checkpoints_survive_torch_safe_globals_context(
+        runner_checkpoints):
+    """``torch.serialization.safe_globals`` removes on exit every global it
+    was given, even ones allowed before (here numpy.dtype, as a scoped load
+    of a release file would). Runner checkpoints must still load."""
+    from mmengine.runner.checkpoint import _load_checkpoint
+
+    work_dir, _ = runner_checkpoints
+    with torch.serialization.safe_globals([np.dtype, argparse.Namespace]):
+        pass
+    try:
+        assert np.dtype not in torch.serialization.get_safe_globals()
+        ckpt = _load_checkpoint(str(work_dir / 'epoch_2.pth'),
+                                map_location='cpu')
+        assert ckpt['meta']['epoch'] == 2
+    finally:
+        torch.serialization.add_safe_globals(list(RUNNER_CHECKPOINT_GLOBALS))
+
+
+def test_allow_globals_restores_the_list_exactly():
+    from iformer_mm.compat import allow_globals
+
+    before = set(torch.serialization.get_safe_globals())
+    assert np.dtype in before
+    with allow_globals([np.dtype, argparse.Namespace]):
+        assert argparse.Namespace in torch.serialization.get_safe_globals()
+    assert set(torch.serialization.get_safe_globals()) == before
 
 
 def test_tools_test_style_load(runner_checkpoints):

@@ -181,14 +181,26 @@ RELEASE_CHECKPOINT_GLOBALS: List[SafeGlobal] = [
 def allow_globals(extra: Iterable[SafeGlobal] = ()) -> Iterator[None]:
     """Allow ``extra`` globals for ``weights_only`` loads inside the block.
 
-    The global allow-list is restored on exit.
+    Unlike ``torch.serialization.safe_globals``, which on exit removes every
+    global it was given -- including ones that were allowed before, e.g.
+    ``numpy.dtype`` from :data:`RUNNER_CHECKPOINT_GLOBALS` -- this adds only
+    what is missing and on exit removes only what it added.
     """
-    extra = list(extra)
-    if not extra or not hasattr(torch.serialization, 'safe_globals'):
+    if not hasattr(torch.serialization, 'add_safe_globals'):
         yield
         return
-    with torch.serialization.safe_globals(extra):
+    before = torch.serialization.get_safe_globals()
+    added = [g for g in dict.fromkeys(extra) if g not in before]
+    if added:
+        torch.serialization.add_safe_globals(added)
+    try:
         yield
+    finally:
+        if added:
+            keep = [g for g in torch.serialization.get_safe_globals()
+                    if g not in added]
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(keep)
 
 
 def _unsafe_globals(source: Any) -> List[str]:
@@ -245,8 +257,8 @@ def safe_load(f: Any, map_location: Any = 'cpu',
         f: Path or file-like object written by ``torch.save``.
         map_location: As for :func:`torch.load`. Defaults to ``'cpu'``.
         extra_safe_globals: Classes/functions (or ``(obj, 'module.name')``
-            pairs) allowed in addition to torch's defaults and
-            :data:`RUNNER_CHECKPOINT_GLOBALS`, e.g.
+            pairs) allowed in this call in addition to torch's defaults and
+            :data:`RUNNER_CHECKPOINT_GLOBALS` (always allowed here), e.g.
             :data:`RELEASE_CHECKPOINT_GLOBALS`.
         **kwargs: Passed to :func:`torch.load` (``weights_only`` may not be
             turned off).
@@ -257,7 +269,10 @@ def safe_load(f: Any, map_location: Any = 'cpu',
     """
     if kwargs.pop('weights_only', True) is not True:
         raise ValueError('safe_load always loads with weights_only=True')
-    extra = list(extra_safe_globals)
+    # the Runner allow-list is in scope even if other code has removed it
+    # from torch's global list (torch.serialization.safe_globals does that
+    # on exit to everything it was given)
+    extra = [*RUNNER_CHECKPOINT_GLOBALS, *extra_safe_globals]
     if isinstance(f, (str, os.PathLike)):
         f = osp.expanduser(os.fspath(f))
         name = repr(f)
