@@ -18,17 +18,17 @@ data (:data:`RELEASE_RENAMES`), applied in order.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import os.path as osp
 import re
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
+
+from ..compat import RELEASE_CHECKPOINT_GLOBALS, safe_load
 
 # (pattern, replacement) applied in order to the authors' release keys.
 RELEASE_RENAMES: List[Tuple[str, str]] = [
@@ -46,30 +46,15 @@ RELEASE_RENAMES: List[Tuple[str, str]] = [
     (r'\.m\.', '.module.'),
 ]
 
-# Types found in the authors' release files besides tensors. They are
-# allowed only while such a file is read (weights_only stays on).
-RELEASE_SAFE_GLOBALS = [argparse.Namespace, np.dtype]
-
-
-def _numpy_safe_globals() -> list:
-    core = getattr(np, '_core', None) or np.core
-    scalar = core.multiarray.scalar
-    out = [scalar, (scalar, 'numpy.core.multiarray.scalar')]
-    # numpy dtype classes (np.dtypes.Float64DType ...) pickled with scalars
-    out += [type(np.dtype(t)) for t in
-            ('float64', 'float32', 'float16', 'int64', 'int32', 'bool')]
-    return out
-
-
 def safe_torch_load(path: str, map_location='cpu'):
     """``torch.load`` with ``weights_only=True`` and the release types.
 
     Arbitrary objects in the file are refused by torch's weights-only
-    unpickler; nothing in the file is executed.
+    unpickler (:class:`iformer_mm.compat.UnsafeCheckpointError`); nothing in
+    the file is executed.
     """
-    extra = RELEASE_SAFE_GLOBALS + _numpy_safe_globals()
-    with torch.serialization.safe_globals(extra):
-        return torch.load(path, map_location=map_location, weights_only=True)
+    return safe_load(path, map_location=map_location,
+                     extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)
 
 
 def load_checkpoint_file(filename: str, map_location='cpu') -> dict:
