@@ -7,11 +7,13 @@ For each arch (default ``m`` and ``l``) it measures, in one run:
 * global SHMA vs hybrid window SHMA without chunking vs channel-chunked
   hybrid SHMA (Table 17's three settings): latency and peak memory.
 
-Every setting runs in its own fresh subprocess, so peak memory (the growth
-of the process's maximum resident set over the model alone) is not polluted
-by the settings before it. Latency is the median of ``--runs`` timed
-forwards after ``--warmup`` untimed ones. Ratios are printed against the
-first setting of each group.
+Every setting runs in its own fresh subprocess. Latency is the median of
+``--runs`` timed forwards after ``--warmup`` untimed ones. Memory is counted
+in one extra, untimed forward by
+:class:`iformer_mm.utils.TensorMemoryTracker`: peak activation memory
+(tensor storages alive at once) and bytes written (all storages created),
+both deterministic, unlike the resident set on a shared machine. Ratios are
+printed against the first setting of each group.
 
     python benchmarks/backbone_cpu.py --archs m l --runs 20
 """
@@ -36,12 +38,12 @@ GROUPS = [('BN folding', ['unfused', 'fused']),
 
 def measure(arch, setting, size, warmup, runs, threads):
     """Runs in the child process: prints one JSON line."""
-    import resource
     import time
 
     import torch
     sys.path.insert(0, ROOT)
     from iformer_mm.models.backbones import IFormer
+    from iformer_mm.utils import TensorMemoryTracker
     torch.set_num_threads(threads)
     cfg = dict(SETTINGS[setting])
     fuse = cfg.pop('fuse')
@@ -50,7 +52,6 @@ def measure(arch, setting, size, warmup, runs, threads):
     if fuse:
         net.switch_to_deploy()
     x = torch.randn(1, 3, size, size)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     times = []
     with torch.inference_mode():
         for i in range(warmup + runs):
@@ -58,10 +59,12 @@ def measure(arch, setting, size, warmup, runs, threads):
             net(x)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1e3)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with TensorMemoryTracker() as mem:
+            net(x)
     times.sort()
     print(json.dumps(dict(median_ms=times[len(times) // 2], min_ms=times[0],
-                          peak_mem_mb=(peak - base) / 1024)))
+                          peak_mem_mb=mem.peak_bytes / 2**20,
+                          written_mb=mem.allocated_bytes / 2**20)))
 
 
 def main():
@@ -99,8 +102,9 @@ def main():
             results[arch][name] = json.loads(out.stdout.strip().splitlines()[-1])
             print(f'  measured iFormer-{arch.upper()} {name}', flush=True)
     print()
-    print('| arch | comparison | setting | median ms | ratio | peak MB | ratio |')
-    print('|---|---|---|---|---|---|---|')
+    print('| arch | comparison | setting | median ms | ratio | min ms | '
+          'peak activations MiB | MiB written | ratio |')
+    print('|---|---|---|---|---|---|---|---|---|')
     for arch, res in results.items():
         for title, names in GROUPS:
             ref = res[names[0]]
@@ -109,8 +113,9 @@ def main():
                 print(f'| {arch.upper()} | {title} | {name} | '
                       f'{r["median_ms"]:.1f} | '
                       f'{r["median_ms"] / ref["median_ms"]:.2f} | '
-                      f'{r["peak_mem_mb"]:.0f} | '
-                      f'{r["peak_mem_mb"] / max(ref["peak_mem_mb"], 1e-9):.2f} |')
+                      f'{r["min_ms"]:.1f} | {r["peak_mem_mb"]:.1f} | '
+                      f'{r["written_mb"]:.0f} | '
+                      f'{r["written_mb"] / ref["written_mb"]:.2f} |')
     if args.out:
         with open(args.out, 'w') as f:
             json.dump(dict(size=args.size, threads=args.threads,
