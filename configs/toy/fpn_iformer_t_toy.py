@@ -44,8 +44,8 @@ val_dataloader = dict(
         type=dataset_type, data_root=data_root, pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# ---- schedule: 120 iterations, evaluate at the end ------------------------
-max_iters = 120
+# ---- schedule: 60 iterations, evaluate at the end ------------------------
+max_iters = 60
 train_cfg = dict(max_iters=max_iters, val_interval=max_iters)
 param_scheduler = [
     dict(
@@ -59,5 +59,5 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=1e-3))
 default_hooks = dict(
     logger=dict(interval=10),
-    checkpoint=dict(interval=40, max_keep_ckpts=2))
+    checkpoint=dict(interval=20, max_keep_ckpts=2))
 randomness = dict(seed=0)

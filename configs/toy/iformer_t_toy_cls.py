@@ -75,8 +75,8 @@ val_dataloader = dict(
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
 
-# ---- schedule: 6 epochs (1 warmup), evaluate at the end -------------------
-max_epochs = 6
+# ---- schedule: 60 epochs (1 warmup), evaluate at the end ------------------
+max_epochs = 60
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(
@@ -96,5 +96,5 @@ param_scheduler = [
 optim_wrapper = dict(optimizer=dict(lr=2e-3))
 default_hooks = dict(
     logger=dict(interval=5),
-    checkpoint=dict(interval=2, max_keep_ckpts=2))
+    checkpoint=dict(interval=20, max_keep_ckpts=2))
 randomness = dict(seed=0)
