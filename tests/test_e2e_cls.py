@@ -2,26 +2,15 @@
 folders, through tools/train.py and tools/test.py: train (with the paper's
 augmentations, mixup/cutmix and label smoothing) + accuracy evaluation, and
 test of a saved checkpoint with --out. 24 images of 64 px, 1 epoch."""
-import os
 import os.path as osp
 import pickle
-import subprocess
 import sys
 
-import torch
+from iformer_mm.compat import safe_load
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from ._tools import ROOT, run_tool
+
 TOY = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
-
-
-def run_tool(args, cwd, timeout=900):
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join([ROOT, env.get('PYTHONPATH', '')])
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return out
 
 
 def test_train_accuracy_and_test_tool(tmp_path):
@@ -34,8 +23,7 @@ def test_train_accuracy_and_test_tool(tmp_path):
         'val_dataloader.dataset.indices=12'], cwd=tmp_path)
     assert (tmp_path / 'data' / 'toy_imagenet' / 'train' / 'circle').is_dir()
     assert 'accuracy/top1:' in out and 'accuracy/top5:' in out
-    ckpt = torch.load(tmp_path / 'work' / 'epoch_1.pth', map_location='cpu',
-                      weights_only=False)
+    ckpt = safe_load(tmp_path / 'work' / 'epoch_1.pth')
     assert ckpt['meta']['epoch'] == 1
 
     out = run_tool([

@@ -4,18 +4,19 @@ train + COCO evaluation, resume after the first checkpoint, test of a saved
 checkpoint with --out, and a 2-process gloo run on CPU.
 
 Small on purpose: 4 training images of 128 px, 2 per batch, 2 epochs."""
-import os
 import os.path as osp
 import pickle
 import shutil
 import socket
-import subprocess
 import sys
 
 import pytest
 import torch
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from iformer_mm.compat import safe_load
+
+from ._tools import ROOT, run_tool
+
 TOY = osp.join(ROOT, 'configs', 'toy', 'maskrcnn_iformer_t_toy.py')
 SMALL = [
     'train_dataloader.dataset.indices=4',
@@ -46,20 +47,8 @@ class ResumeProbeHook(Hook):
 '''
 
 
-def run_tool(args, cwd, env=None, timeout=900):
-    full_env = dict(os.environ)
-    full_env['PYTHONPATH'] = os.pathsep.join(
-        [ROOT, str(cwd), full_env.get('PYTHONPATH', '')])
-    full_env.update(env or {})
-    proc = subprocess.run(args, cwd=cwd, env=full_env, capture_output=True,
-                          text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return out
-
-
 def load(path):
-    return torch.load(path, map_location='cpu', weights_only=False)
+    return safe_load(path)  # what Runner checkpoints need, nothing more
 
 
 def assert_same_optimizer_state(a, b):

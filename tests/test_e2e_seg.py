@@ -2,25 +2,14 @@
 through tools/train.py and tools/test.py: train + mIoU evaluation, test of a
 saved checkpoint with --out (PNG predictions). 4 iterations of 4 crops of
 128 px."""
-import os
 import os.path as osp
-import subprocess
 import sys
 
-import torch
+from iformer_mm.compat import safe_load
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from ._tools import ROOT, run_tool
+
 TOY = osp.join(ROOT, 'configs', 'toy', 'fpn_iformer_t_toy.py')
-
-
-def run_tool(args, cwd, timeout=900):
-    env = dict(os.environ)
-    env['PYTHONPATH'] = os.pathsep.join([ROOT, env.get('PYTHONPATH', '')])
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    return out
 
 
 def test_train_miou_and_test_tool(tmp_path):
@@ -34,8 +23,7 @@ def test_train_miou_and_test_tool(tmp_path):
     # mmseg's per-class IoU table and the summary metrics
     assert 'per class results:' in out
     assert 'mIoU:' in out and 'aAcc:' in out
-    ckpt = torch.load(tmp_path / 'work' / 'iter_4.pth', map_location='cpu',
-                      weights_only=False)
+    ckpt = safe_load(tmp_path / 'work' / 'iter_4.pth')
     assert ckpt['meta']['iter'] == 4
 
     out = run_tool([
