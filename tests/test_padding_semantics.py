@@ -27,6 +27,15 @@ from iformer_mm.models.backbones.iformer import ARCH_ZOO, IFormer
 
 from .test_backbone import _stage_shapes, randomize_bn
 
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    # On shared cores a second intra-op thread costs far more than it gains.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 WS = 16
 # The sizes and their (stage-3, stage-4) maps; 800x1333 and 800x1344
 # share their maps, so they are run once.
