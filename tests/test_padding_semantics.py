@@ -175,3 +175,54 @@ def test_window_padding_argument():
                            match=r"window_padding must be one of \('mask', "
                                  r"'zeros'\)"):
             IFormer('t', window_padding=bad)
+
+
+# -- the whole network, every stage -------------------------------------------
+def _reference_stage(stage, x, mode):
+    """A stage run block by block; between partition and reverse every
+    window is a separate map: the zero-padded crop ('zeros') or the crop of
+    valid tokens ('mask'). No mask, no rearrangement."""
+    x = stage.downsample(x)
+    layout = stage.layout
+    windows = None
+    for k, block in enumerate(stage.blocks):
+        if k == layout.partition_before:
+            h, w = x.shape[2:]
+            src = F.pad(x, (0, (-w) % WS, 0, (-h) % WS)) if mode == 'zeros' \
+                else x
+            windows = [[src[:, :, i:i + WS, j:j + WS]
+                        for j in range(0, w, WS)] for i in range(0, h, WS)]
+        elif k == layout.reverse_before and windows is not None:
+            x = torch.cat([torch.cat([t[:, :, :min(WS, h - i * WS),
+                                          :min(WS, w - j * WS)]
+                                      for j, t in enumerate(row)], dim=3)
+                           for i, row in enumerate(windows)], dim=2)
+            windows = None
+        if windows is None:
+            x = block(x)
+        else:
+            windows = [[block(t) for t in row] for row in windows]
+    if windows is not None:
+        x = torch.cat([torch.cat([t[:, :, :min(WS, h - i * WS),
+                                      :min(WS, w - j * WS)]
+                                  for j, t in enumerate(row)], dim=3)
+                       for i, row in enumerate(windows)], dim=2)
+    return x
+
+
+@pytest.mark.parametrize('mode,attention', [('zeros', 'authors'),
+                                            ('mask', 'window')])
+def test_whole_network_every_stage_at_511x517(mode, attention):
+    # iFormer-M end to end: stage 3 is 32x33 (padded to 32x48), stage 4
+    # 16x17 (padded to 32x32 in the 'window' layout).
+    torch.manual_seed(0)
+    net = randomize_bn(IFormer('m', attention=attention, window_padding=mode,
+                               window_chunks=16), seed=2).eval()
+    x = torch.randn(1, 3, 511, 517)
+    with torch.no_grad():
+        outs = net(x)
+        ref = net.stem(x)
+        for i, stage in enumerate(net.stages):
+            ref = _reference_stage(stage, ref, mode)
+            err = ((outs[i] - ref).abs().max() / ref.abs().max()).item()
+            assert err <= 1e-4, (i, err)
