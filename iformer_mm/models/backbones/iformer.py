@@ -3,8 +3,9 @@
 The file reads top to bottom: layers that fold for deployment (``ConvNorm``,
 ``NormLinear``), the residual wrapper, the four block types of the paper
 (``ConvBlock``, ``RepCPE``, ``SHMABlock``, ``FFN``), window partitioning with
-channel chunking (paper Appendix F), the attention layouts, the stage, and the
-network.
+channel chunking (paper Appendix F), the attention layouts, the stage, the
+network, and the authors' named networks as presets
+(:data:`AUTHORS_PRESETS`).
 
 Parameter names follow the layout used by timm's ``iformer_*`` models
 (``stem.conv1.c``, ``stages.2.blocks.9.mixer.module.q.bn`` ...), so timm
