@@ -175,6 +175,10 @@ def test_window_padding_argument():
                            match=r"window_padding must be one of \('mask', "
                                  r"'zeros'\)"):
             IFormer('t', window_padding=bad)
+    from iformer_mm.models.backbones.iformer import IFormerStage
+    with pytest.raises(ValueError, match='window_padding must be one of'):
+        IFormerStage(32, 32, 3, 1, 2, 2, 2, [0.] * 3, 0.,
+                     attention='window', window_padding='none')
 
 
 # -- the whole network, every stage -------------------------------------------
