@@ -15,6 +15,15 @@ PAPER = {'t': (2.9, 0.53), 's': (6.5, 1.09), 'm': (8.9, 1.64),
          'l': (14.7, 2.63), 'l2': (24.5, 4.50), 'h': (99.0, 15.5)}
 
 
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    # On shared cores a second intra-op thread costs far more than it gains.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters."""
     g = torch.Generator().manual_seed(seed)
