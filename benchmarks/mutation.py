@@ -97,8 +97,10 @@ def ensure_cosmic_ray(work_dir: str) -> str:
     if not osp.isfile(exe):
         log(f'installing {COSMIC_RAY} into {venv} (its own environment)')
         subprocess.run([sys.executable, '-m', 'venv', venv], check=True)
-        subprocess.run([osp.join(venv, 'bin', 'python'), '-m', 'pip',
-                        'install', '-q', COSMIC_RAY], check=True)
+        with open(osp.join(work_dir, 'pip-install.log'), 'w') as f:
+            subprocess.run([osp.join(venv, 'bin', 'python'), '-m', 'pip',
+                            'install', '-q', COSMIC_RAY], check=True,
+                           stdout=f, stderr=subprocess.STDOUT)
     return venv
 
 
