@@ -1,0 +1,185 @@
+"""The toy data is what it claims to be, and the evaluation on it gives
+known answers.
+
+* every COCO annotation agrees with its own mask (the box is the
+  rasterised polygon's bounds, the area its pixel count) and with the image
+  (the pixels under the mask are one flat colour, unlike the noise around);
+* the ADE20K-style labels hold exactly the classes the images show;
+* mmdet's ``CocoMetric``, configured as the toy config configures it, gives
+  AP 1.0 for the ground truth, 0.0 for the right boxes with wrong labels and
+  0.1 for boxes whose IoU with the truth lies in (0.5, 0.55) (only the 0.50
+  threshold of the ten counts).
+"""
+import json
+import os.path as osp
+
+import cv2
+import numpy as np
+import pytest
+
+from iformer_mm.datasets.toy import (TOY_ADE_CLASSES, TOY_COCO_CLASSES,
+                                     make_toy_ade, make_toy_coco)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TOY_DET = osp.join(ROOT, 'configs', 'toy', 'maskrcnn_iformer_t_toy.py')
+
+
+def _poly_mask(seg, h, w):
+    mask = np.zeros((h, w), np.uint8)
+    for poly in seg:
+        pts = np.round(np.asarray(poly).reshape(-1, 2)).astype(np.int32)
+        cv2.fillPoly(mask, [pts], 1)
+    return mask.astype(bool)
+
+
+@pytest.fixture(scope='module')
+def toy_coco(tmp_path_factory):
+    root = make_toy_coco(str(tmp_path_factory.mktemp('d') / 'toy_coco'),
+                         num_train=6, num_val=6, size=128, seed=3)
+    return root
+
+
+def _load(root, split):
+    with open(osp.join(root, 'annotations', f'instances_{split}.json')) as f:
+        return json.load(f)
+
+
+@pytest.mark.parametrize('split', ['train', 'val'])
+def test_coco_annotations_agree_with_masks_and_images(toy_coco, split):
+    coco = _load(toy_coco, split)
+    assert [c['name'] for c in coco['categories']] == list(TOY_COCO_CLASSES)
+    images = {im['id']: im for im in coco['images']}
+    assert coco['annotations'], 'no annotations generated'
+    for ann in coco['annotations']:
+        im = images[ann['image_id']]
+        img = cv2.imread(osp.join(toy_coco, split, im['file_name']))
+        assert img.shape[:2] == (im['height'], im['width'])
+        mask = _poly_mask(ann['segmentation'], im['height'], im['width'])
+        ys, xs = np.nonzero(mask)
+        # COCO boxes are [x, y, w, h] in pixels covered by the mask.
+        x, y, w, h = ann['bbox']
+        assert (x, y) == (xs.min(), ys.min()), ann
+        assert (x + w - 1, y + h - 1) == (xs.max(), ys.max()), ann
+        assert 1 <= ann['category_id'] <= len(TOY_COCO_CLASSES)
+        # The polygon's area and its rasterised pixel count agree within
+        # the boundary pixels (about the perimeter).
+        perimeter = 2 * (w + h)
+        assert abs(ann['area'] - mask.sum()) <= perimeter, ann
+        assert ann['area'] > 0.25 * w * h
+        # The image shows the shape: its interior is one flat colour (JPEG
+        # noise aside), far flatter than the noisy background.
+        inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8))
+        if inner.sum() >= 20:
+            inside = img[inner.astype(bool)].astype(float)
+            outside = img[~cv2.dilate(mask.astype(np.uint8),
+                                      np.ones((5, 5), np.uint8)).astype(
+                                          bool)].astype(float)
+            assert inside.std(0).max() < 0.5 * outside.std(0).max(), ann
+
+
+def test_ade_labels_show_the_drawn_classes(tmp_path):
+    root = make_toy_ade(str(tmp_path / 'toy_ade'), num_train=2, num_val=3,
+                        size=96, seed=5)
+    for split in ('training', 'validation'):
+        img_dir = osp.join(root, 'images', split)
+        ann_dir = osp.join(root, 'annotations', split)
+        names = sorted(n[:-4] for n in __import__('os').listdir(img_dir))
+        assert names
+        for name in names:
+            img = cv2.imread(osp.join(img_dir, name + '.jpg'))
+            label = cv2.imread(osp.join(ann_dir, name + '.png'),
+                               cv2.IMREAD_UNCHANGED)
+            assert label.shape == img.shape[:2]
+            values = set(np.unique(label).tolist())
+            # 0 = other (border), 1 = ground, 2.. = shapes.
+            assert values <= set(range(len(TOY_ADE_CLASSES) + 1))
+            assert {0, 1} <= values
+            assert values - {0, 1}, f'{name}: no shape in the label'
+            # The 2-pixel border is 'other' where no shape covers it:
+            # never ground.
+            border = np.concatenate([label[:2].ravel(), label[-2:].ravel(),
+                                     label[:, :2].ravel(),
+                                     label[:, -2:].ravel()])
+            assert 1 not in set(border.tolist())
+            assert (border == 0).mean() > 0.5
+            for cls in values - {0, 1}:
+                region = cv2.erode((label == cls).astype(np.uint8),
+                                   np.ones((5, 5), np.uint8)).astype(bool)
+                # Each shape (a connected component: two shapes of a class
+                # may differ in colour) is one flat colour in the image.
+                n, comp = cv2.connectedComponents(region.astype(np.uint8))
+                for k in range(1, n):
+                    part = comp == k
+                    if part.sum() >= 20:
+                        assert img[part].astype(float).std(0).max() < 12
+
+
+def _metric(ann_file):
+    pytest.importorskip('mmdet')
+    from mmengine.config import Config
+    from mmdet.registry import METRICS
+    from mmdet.utils import register_all_modules
+    register_all_modules()
+    cfg = Config.fromfile(TOY_DET)
+    ev = cfg.val_evaluator
+    ev = ev[0] if isinstance(ev, (list, tuple)) else ev
+    ev = dict(ev)
+    ev['ann_file'] = ann_file
+    ev.pop('outfile_prefix', None)
+    metric = METRICS.build(ev)
+    coco = json.load(open(ann_file))
+    metric.dataset_meta = dict(classes=TOY_COCO_CLASSES)
+    return metric, coco
+
+
+def _predictions(coco, boxes_fn, label_fn):
+    import torch
+    from pycocotools import mask as mask_util
+    preds = []
+    for im in coco['images']:
+        anns = [a for a in coco['annotations'] if a['image_id'] == im['id']]
+        boxes, labels, masks = [], [], []
+        for a in anns:
+            x, y, w, h = a['bbox']
+            boxes.append(boxes_fn([x, y, x + w, y + h]))
+            labels.append(label_fn(a['category_id'] - 1))
+            rle = mask_util.frPyObjects(a['segmentation'], im['height'],
+                                        im['width'])
+            masks.append(mask_util.decode(mask_util.merge(rle)))
+        pred = dict(
+            bboxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            scores=torch.ones(len(boxes)),
+            labels=torch.tensor(labels, dtype=torch.long),
+            masks=torch.from_numpy(np.stack(masks)).bool() if masks else
+            torch.zeros((0, im['height'], im['width']), dtype=torch.bool))
+        preds.append(dict(img_id=im['id'], ori_shape=(im['height'],
+                                                      im['width']),
+                          pred_instances=pred))
+    return preds
+
+
+@pytest.mark.parametrize('case,expected', [
+    ('truth', 1.0), ('wrong_labels', 0.0), ('iou_0.53', 0.1)])
+def test_coco_metric_known_answers(toy_coco, case, expected):
+    ann_file = osp.join(toy_coco, 'annotations', 'instances_val.json')
+    metric, coco = _metric(ann_file)
+    n = len(TOY_COCO_CLASSES)
+    if case == 'truth':
+        preds = _predictions(coco, lambda b: b, lambda c: c)
+    elif case == 'wrong_labels':
+        preds = _predictions(coco, lambda b: b, lambda c: (c + 1) % n)
+    else:
+        # Shift by 0.31 w: IoU = (w - d) / (w + d) = 0.526 for every box.
+        def shift(b):
+            d = 0.31 * (b[2] - b[0])
+            return [b[0] + d, b[1], b[2] + d, b[3]]
+        preds = _predictions(coco, shift, lambda c: c)
+    metric.process({}, preds)
+    results = metric.evaluate(len(preds))
+    assert results['coco/bbox_mAP'] == pytest.approx(expected, abs=1e-3)
+    if case != 'iou_0.53':
+        # Masks are the truth's own masks: same answer for segm.
+        assert results['coco/segm_mAP'] == pytest.approx(expected, abs=1e-3)
+    else:
+        assert results['coco/bbox_mAP_50'] == pytest.approx(1.0, abs=1e-3)
+        assert results['coco/bbox_mAP_75'] == pytest.approx(0.0, abs=1e-3)
