@@ -47,7 +47,8 @@ EQUIVALENTS = osp.join(REPO, 'benchmarks', 'mutation_equivalents.txt')
 GROUPS = {
     'backbone': (['iformer_mm/models/backbones/iformer.py'],
                  ['tests/test_backbone.py', 'tests/test_windows*.py',
-                  'tests/test_fused_attn*.py']),
+                  'tests/test_fused_attn*.py',
+                  'tests/test_padding_semantics.py']),
     'checkpoint': (['iformer_mm/models/checkpoint.py'],
                    ['tests/test_checkpoint.py', 'tests/test_loading*.py']),
     'compat': (['iformer_mm/compat/checkpoint.py',
