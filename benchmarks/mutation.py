@@ -46,7 +46,8 @@ EQUIVALENTS = osp.join(REPO, 'benchmarks', 'mutation_equivalents.txt')
 # group -> (modules to mutate, test files (globs) that guard them)
 GROUPS = {
     'backbone': (['iformer_mm/models/backbones/iformer.py'],
-                 ['tests/test_backbone.py', 'tests/test_windows*.py',
+                 ['tests/test_backbone_units.py', 'tests/test_backbone.py',
+                  'tests/test_windows*.py',
                   'tests/test_fused_attn*.py',
                   'tests/test_padding_semantics.py']),
     'checkpoint': (['iformer_mm/models/checkpoint.py'],
