@@ -243,8 +243,21 @@ def run_group(name, venv, work_dir, args, equivalents):
         log(f'[{name}] baseline FAILED: the unmutated tests do not pass; '
             f'no score. Last output:\n{base.stdout[-2000:]}')
         return dict(group=name, baseline_failed=True)
-    log(f'[{name}] baseline passed in {time.time() - t0:.0f} s; running '
-        f'mutants (each up to {args.timeout:.0f} s)')
+    base_s = time.time() - t0
+    timeout = float(args.timeout)
+    if timeout < 2 * base_s:
+        # A survivor runs every test: with a time-out near the baseline it
+        # would be counted as killed by the time-out alone.
+        timeout = float(int(2 * base_s) + 1)
+        with open(cfg) as f:
+            text = f.read().replace(f'timeout = {float(args.timeout)}\n',
+                                    f'timeout = {timeout}\n')
+        with open(cfg, 'w') as f:
+            f.write(text)
+        log(f'[{name}] --timeout {args.timeout:.0f} s is under twice the '
+            f'baseline; raised to {timeout:.0f} s')
+    log(f'[{name}] baseline passed in {base_s:.0f} s; running '
+        f'mutants (each up to {timeout:.0f} s)')
     subprocess.run([cr, 'exec', cfg, session], cwd=tree, check=True)
     dump = subprocess.run([cr, 'dump', session], cwd=tree, check=True,
                           capture_output=True, text=True).stdout

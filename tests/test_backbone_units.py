@@ -274,3 +274,51 @@ def test_window_size_and_chunks_validation():
     with pytest.raises(ValueError, match='frozen_stages'):
         IFormer('t', frozen_stages=-2)
     assert IFormer('t', frozen_stages=4).frozen_stages == 4
+
+
+def test_shma_equals_the_papers_formula_written_out():
+    """softmax(Q^T K / sqrt(C/R)), V A^T gated by G, with a key mask."""
+    torch.manual_seed(0)
+    dim, r = 8, 2
+    shma = ifm.SHMA(dim, r).eval()
+    g = torch.Generator().manual_seed(1)
+    for m in shma.modules():  # moderate statistics: softmax not saturated
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 1e-3
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g)
+                                 * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g)
+                                + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g)
+                                + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g)
+                              * 0.1)
+    x = torch.randn(2, dim, 3, 4)
+    valid = torch.ones(2, 1, 12, dtype=torch.bool)
+    valid[1, 0, 5:] = False
+
+    def cn(m, t):
+        return ref_bn(nn.functional.conv2d(t, m.c.weight), m.bn)
+    vg = torch.sigmoid(cn(shma.v_gate, x)).flatten(2)
+    v, g = vg[:, :dim], vg[:, dim:]
+    q, k = cn(shma.q, x).flatten(2), cn(shma.k, x).flatten(2)
+    logits = torch.einsum('bcn,bcm->bnm', q, k) / (dim / r) ** 0.5
+    for mask in (None, valid):
+        lg = logits if mask is None else logits.masked_fill(~mask,
+                                                            float('-inf'))
+        a = lg.softmax(-1)
+        assert a.max() < 0.9  # a scale error would show
+        out = torch.einsum('bcm,bnm->bcn', v, a) * g
+        ref = cn(shma.proj, out.reshape(2, dim, 3, 4))
+        with torch.no_grad():
+            torch.testing.assert_close(shma(x, mask), ref, atol=1e-5,
+                                       rtol=1e-4)
+
+
+def test_authors_attention_defaults_to_zeros_padding_for_any_equal_str():
+    # a string built at run time (e.g. read from a config) is not the
+    # interned literal; the default must follow its value
+    name = ''.join(['auth', 'ors'])
+    net = IFormer('m', attention=name, out_indices=(0, ))
+    assert net.window_padding == 'zeros'
+    assert IFormer('m', attention='window').window_padding == 'mask'
