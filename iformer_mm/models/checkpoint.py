@@ -210,8 +210,10 @@ class ConvertedCheckpoint:
     @property
     def layout(self) -> str:
         """A short description, e.g. ``"whole model, authors' names"``."""
-        what = 'whole model' if self.whole_model else (
-            'backbone + classifier' if self.classifier else 'backbone')
+        what = 'backbone + classifier' if self.classifier else 'backbone'
+        if self.whole_model:
+            what = 'whole model' if self.others else \
+                f"{what}, keys under 'backbone.'"
         names = "authors' names" if self.names == 'authors' else \
             'timm/iformer_mm names'
         where = f", in {self.wrapper!r}" if self.wrapper else ''
@@ -630,7 +632,7 @@ def _model_hint(model: nn.Module, conv: ConvertedCheckpoint,
             if bb[0] else model
         hint = _arch_hint(conv.backbone, getattr(backbone, 'arch_name',
                                                  None))
-    if not hint and not conv.whole_model and conv.backbone and \
+    if not hint and not conv.others and conv.backbone and \
             any(not k.startswith(tuple(bb)) for k in report.missing):
         hint = ('The file holds only backbone weights: use it as '
                 "model.backbone.init_cfg=dict(type='Pretrained', "
