@@ -256,3 +256,26 @@ def test_demo_and_benchmark_are_strict(capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and '--allow-partial' in err
     assert not os.path.exists('o2/predictions.json')
+
+
+# --------------------------------------------------------------------------
+# tools/convert_checkpoint.py --config: the whole file checked
+# --------------------------------------------------------------------------
+def test_convert_against_a_config(capsys):
+    from iformer_mm.models.checkpoint import load_model_checkpoint
+    src = dict(_model(SEG, seed=1).state_dict())
+    authors = _save(_authors_names(src), 'authors.pth')
+    tool = _tool('convert_checkpoint')
+    assert tool.main([authors, 'out.pth', '--config', SEG]) == 0
+    out = capsys.readouterr().out
+    assert f'{len(src)} loaded, 0 missing, 0 unexpected' in out
+    model = _model(SEG, seed=2)
+    load_model_checkpoint(model, 'out.pth')
+    _assert_identical(model, src)
+    # the same file against a classification config: refused, nothing
+    # written
+    assert tool.main([authors, 'out2.pth', '--config', CLS]) == 2
+    err = capsys.readouterr().err
+    assert 'unexpected' in err and 'neck.lateral_convs.0.conv.weight' in err
+    assert 'head.head.l.weight' in err  # the classifier it lacks
+    assert not os.path.exists('out2.pth')

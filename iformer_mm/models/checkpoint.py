@@ -250,7 +250,8 @@ def split_checkpoint(ckpt, prefix: Optional[str] = None,
     Raises:
         CheckpointError: no weights; no key starts with ``prefix``.
     """
-    meta = ckpt.get('meta', {}) if isinstance(ckpt, dict) else {}
+    meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
+    meta = meta if isinstance(meta, dict) else {}
     state, wrapper = _unwrap(ckpt, key)
     state = _strip_module(state)
     if prefix:
@@ -283,7 +284,7 @@ def split_checkpoint(ckpt, prefix: Optional[str] = None,
         backbone = OrderedDict((_rename(k, RELEASE_RENAMES), v)
                                for k, v in backbone.items())
     return ConvertedCheckpoint(backbone, classifier, others, names, whole,
-                               wrapper, dict(meta or {}), prefix or None)
+                               wrapper, dict(meta), prefix or None)
 
 
 def convert_to_ours(state_dict) -> 'OrderedDict':
