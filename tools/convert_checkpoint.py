@@ -164,7 +164,7 @@ def convert(args):
     else:
         arch = args.arch or guess_arch(conv.backbone)
         if arch is None:
-            # no exact match: compare with the arch of the same stem width
+            # no exact match: report against the arch closest in keys
             arch = _closest_arch(conv.backbone)
         if arch not in IFormer.arch_zoo:
             raise ConfigError(f'--arch {arch!r} is not one of '
