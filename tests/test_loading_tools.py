@@ -35,8 +35,12 @@ LIBS = {DET: 'mmdet', SEG: 'mmseg', CLS: 'mmpretrain'}
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path, monkeypatch):
+def _in_tmp(tmp_path, monkeypatch, request):
     monkeypatch.chdir(tmp_path)
+    # a fresh current MMLogger: the one an earlier test made writes to that
+    # test's (closed) captured stdout
+    from mmengine.logging import MMLogger
+    MMLogger.get_instance(f'ckpt-{request.node.name}')
 
 
 def _model(config, seed, cfg_options=None):
@@ -103,8 +107,9 @@ def test_init_cfg_prefix_from_a_config(tmp_path):
     path = _save(_authors_names(src), str(tmp_path / 'authors_seg.pth'))
     from iformer_mm.apis._common import init_scope, load_config
     from mmengine.registry import MODELS
-    cfg = load_config(SEG, {'model.backbone.init_cfg': dict(
-        type='Pretrained', checkpoint=path, prefix='backbone.')})
+    cfg = load_config(SEG)
+    cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=path,
+                                       prefix='backbone.')
     init_scope(cfg)
     model = randomize(MODELS.build(cfg.model), 2)
     model.init_weights()
@@ -154,21 +159,19 @@ def test_test_tool_loads_every_layout_strictly(tmp_path, capsys):
     rc, msg = _run_test_main([SEG, backbone_only, '--work-dir', 'w'],
                              capsys)
     assert rc == 2
-    assert 'decode_head.conv_seg.weight' in msg and 'neck.' in msg
+    assert 'neck.*' in msg and 'decode_head.*' in msg  # what is missing
+    assert 'neck.lateral_convs.0.conv.weight' in msg
     assert 'only backbone weights' in msg and '--allow-partial' in msg
 
-    # --allow-partial: the backbone is loaded, the rest stays; it runs
-    runner = _test_runner([SEG, backbone_only, '--work-dir', 'w',
-                           '--allow-partial'])
-    runner.load_or_resume()
-    got = runner.model.state_dict()
-    assert all(torch.equal(got[k], v) for k, v in src.items()
-               if k.startswith('backbone.'))
-    assert not torch.equal(got['decode_head.conv_seg.weight'],
-                           src['decode_head.conv_seg.weight'])
+    # --allow-partial: it runs (on one test image), with a warning that
+    # counts what did not load
     rc, _ = _run_test_main([SEG, backbone_only, '--work-dir', 'w',
-                            '--allow-partial'], capsys)
+                            '--allow-partial', '--cfg-options',
+                            'test_dataloader.dataset.indices=1'], capsys)
     assert rc == 0
+    log = open(sorted(glob.glob('w/*/*.log'))[-1]).read()
+    n_backbone = len([k for k in src if k.startswith('backbone.')])
+    assert f'{n_backbone} loaded' in log and 'missing' in log
 
 
 def test_test_tool_refuses_one_wrong_shape(capsys):
@@ -199,7 +202,7 @@ def test_train_load_from_prints_one_summary_line(tmp_path):
     assert all(torch.equal(got[k], v) for k, v in src.items()
                if k.startswith('backbone.'))
     log = open(glob.glob('w/*/*.log')[0]).read()
-    lines = [ln for ln in log.splitlines() if 'load_from' in ln]
+    lines = [ln for ln in log.splitlines() if ' - load_from ' in ln]
     assert len(lines) == 1, lines
     n_backbone = len([k for k in src if k.startswith('backbone.')])
     assert f'{n_backbone} loaded' in lines[0]

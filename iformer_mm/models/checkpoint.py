@@ -385,10 +385,12 @@ class LoadReport:
         """The mismatched keys by name (at most ``limit`` of each kind)."""
         parts = []
         if self.missing:
-            parts.append(f'missing {len(self.missing)}: '
+            parts.append(f'missing {len(self.missing)}'
+                         f'{_groups(self.missing)}: '
                          + _names(self.missing, limit))
         if self.unexpected:
-            parts.append(f'unexpected {len(self.unexpected)}: '
+            parts.append(f'unexpected {len(self.unexpected)}'
+                         f'{_groups(self.unexpected)}: '
                          + _names(self.unexpected, limit))
         if self.mismatched:
             shapes = [f'{k} (file {tuple(a)}, model {tuple(b)})'
@@ -403,6 +405,20 @@ def _names(items: Sequence[str], limit: int) -> str:
     if len(items) > limit:
         shown += f', ... ({len(items) - limit} more)'
     return shown
+
+
+def _groups(keys: Sequence[str]) -> str:
+    """`` (neck.* 16, decode_head.* 8)`` when keys span several top-level
+    modules, else ''."""
+    counts: Dict[str, int] = OrderedDict()
+    for k in keys:
+        head = k.split('.', 1)[0] + '.*'
+        counts[head] = counts.get(head, 0) + 1
+    if len(counts) < 2:
+        return ''
+    shown = [f'{h} {n}' for h, n in list(counts.items())[:6]]
+    return ' (' + ', '.join(shown) + (', ...' if len(counts) > 6 else '') \
+        + ')'
 
 
 def _heads(keys: Sequence[str]) -> str:
