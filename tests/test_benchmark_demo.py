@@ -213,9 +213,10 @@ def test_checkpoint_weights_and_classes():
     r = benchmark(CLS, checkpoint='cls.pth', num_images=1, num_warmup=0,
                   data='synthetic')
     assert r.ms_per_img > 0
-    with pytest.raises(FileNotFoundError, match='Checkpoint not found'):
+    from iformer_mm.errors import CheckpointError
+    with pytest.raises(CheckpointError, match="missing.pth' does not exist"):
         benchmark(CLS, checkpoint='missing.pth')
-    with pytest.raises(FileNotFoundError, match='Checkpoint not found'):
+    with pytest.raises(CheckpointError, match="missing.pth' does not exist"):
         run_demo(CLS, 'p.png', checkpoint='missing.pth')
 
 

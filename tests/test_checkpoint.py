@@ -5,7 +5,6 @@ iFormer classifier; the same random weights must give the same logits.
 """
 import argparse
 import os.path as osp
-import re
 import subprocess
 import sys
 
@@ -14,10 +13,12 @@ import pytest
 import torch
 
 import iformer_mm  # noqa: F401
+from iformer_mm.errors import CheckpointError, CheckpointMismatchError
 from iformer_mm.models.backbones import IFormer
-from iformer_mm.models.checkpoint import (convert_to_ours,
-                                          load_state_dict_reporting,
+from iformer_mm.models.checkpoint import (load_model_checkpoint,
                                           safe_torch_load, to_openmmlab)
+
+from ._layouts import to_release
 
 timm = pytest.importorskip('timm', reason='timm is the reference network')
 pytest.importorskip('mmpretrain')
@@ -55,41 +56,6 @@ def classifier(arch, distilled=False):
         neck=dict(type='GlobalAveragePooling'),
         head=dict(type='IFormerClsHead', num_classes=1000, in_channels=dim,
                   distillation=distilled))).eval()
-
-
-# The authors' names, spelled out independently of the converter's rules.
-def _release_block_name(state, si, bi):
-    prefix = f'stages.{si}.blocks.{bi}.mixer.module.'
-    if prefix + 'q.c.weight' in state:
-        return 'token_mixer'  # SHMA
-    first = state.get(prefix + '0.c.weight')
-    if first is not None and first.shape[-1] == 7:
-        return 'token_channel_mixer'  # ConvBlock
-    return 'channel_mixer'  # FFN
-
-
-def to_release(state):
-    out = {}
-    for k, v in state.items():
-        m = re.match(r'stages\.(\d+)\.blocks\.(\d+)\.(mixer|cpe)\.(.*)', k)
-        d = re.match(r'stages\.(\d+)\.downsample\.(.*)', k)
-        if k.startswith('stem.'):
-            k = k.replace('stem.conv1.', 'downsample_layers.0.0.').replace(
-                'stem.conv2.', 'downsample_layers.0.2.conv_exp_bn1.').replace(
-                'stem.conv3.', 'downsample_layers.0.2.conv_pwl_bn2.')
-        elif d:
-            k = f'downsample_layers.{d.group(1)}.0.{d.group(2)}'
-        elif m:
-            si, bi, kind, rest = m.groups()
-            rest = re.sub(r'^module\.', 'm.', rest)
-            name = 'cpe' if kind == 'cpe' else _release_block_name(state, si, bi)
-            k = f'stages.{si}.{bi}.block.{name}.{rest}'
-        elif k.startswith('head.head_dist.'):
-            k = k.replace('head.head_dist.', 'classifier.classifier_dist.')
-        elif k.startswith('head.head.'):
-            k = k.replace('head.head.', 'classifier.classifier.')
-        out[k] = v
-    return out
 
 
 def save_release(state, path):
@@ -157,45 +123,31 @@ def test_timm_file_loads_via_init_cfg(tmp_path):
                               atol=1e-5)
 
 
-def test_missing_and_unexpected_keys_are_named():
-    import logging
-
-    from mmengine.logging import MMLogger
-
-    class Collect(logging.Handler):
-        records = []
-
-        def emit(self, record):
-            self.records.append(record.getMessage())
-
-    logger = MMLogger.get_current_instance()
-    handler = Collect()
-    logger.addHandler(handler)
-    net = IFormer('t')
-    state = convert_to_ours(timm_model('t').state_dict())
-    state = {k: v for k, v in state.items() if not k.startswith('head.')}
-    del state['stages.3.blocks.1.mixer.module.q.c.weight']
-    state['stages.3.blocks.99.bogus'] = torch.zeros(1)
-    try:
-        missing, unexpected = load_state_dict_reporting(net, state)
-    finally:
-        logger.removeHandler(handler)
-    assert missing == ['stages.3.blocks.1.mixer.module.q.c.weight']
-    assert unexpected == ['stages.3.blocks.99.bogus']
-    printed = '\n'.join(handler.records)
-    assert 'stages.3.blocks.1.mixer.module.q.c.weight' in printed
-    assert 'stages.3.blocks.99.bogus' in printed
+def test_classifier_checkpoint_of_another_arch_is_refused(tmp_path):
+    """The whole-model route (tools/test.py, demo, benchmark) on an
+    mmpretrain classifier: a release file of another arch is an error that
+    names the arch, not a half-loaded model."""
+    path = str(tmp_path / 'm.pth')
+    save_release(timm_model('m', distilled=True).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError,
+                       match=r"iFormer-M backbone \(arch='m'\)"):
+        load_model_checkpoint(classifier('t', distilled=True), path)
+    # the right arch loads whole, both heads included
+    model = classifier('m', distilled=True)
+    report = load_model_checkpoint(model, path)
+    assert report.complete and len(report.loaded) == len(
+        [k for k in model.state_dict()])
 
 
 def test_shape_mismatch_names_key_and_shapes(tmp_path):
     path = str(tmp_path / 'm.pth')
     save_release(timm_model('m').state_dict(), path)
     net = IFormer('t', init_cfg=dict(type='Pretrained', checkpoint=path))
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(CheckpointMismatchError) as err:
         net.init_weights()
     msg = str(err.value)
-    assert 'stem.conv1.c.weight' in msg
-    assert '(24, 3, 5, 5)' in msg and '(16, 3, 5, 5)' in msg
+    assert 'stem.conv1.c.weight (file (24, 3, 5, 5), model (16, 3, 5, 5))' \
+        in msg
 
 
 class _Evil:
@@ -209,12 +161,12 @@ class _Evil:
 def test_malicious_checkpoint_is_refused(tmp_path):
     marker = tmp_path / 'pwned'
     path = str(tmp_path / 'evil.pth')
-    state = convert_to_ours(timm_model('t').state_dict())
+    state = timm_model('t').state_dict()
     torch.save({'model': state, 'payload': _Evil(str(marker))}, path)
-    with pytest.raises(Exception, match='(?i)weights.only|unsupported global'):
+    with pytest.raises(CheckpointError, match='Refused to load'):
         safe_torch_load(path)
     net = IFormer('t', init_cfg=dict(type='Pretrained', checkpoint=path))
-    with pytest.raises(Exception, match='(?i)weights.only|unsupported global'):
+    with pytest.raises(CheckpointError, match='Refused to load'):
         net.init_weights()
     assert not marker.exists()
 
@@ -222,5 +174,5 @@ def test_malicious_checkpoint_is_refused(tmp_path):
 def test_missing_checkpoint_file_is_clear(tmp_path):
     net = IFormer('t', init_cfg=dict(type='Pretrained',
                                      checkpoint=str(tmp_path / 'nope.pth')))
-    with pytest.raises(FileNotFoundError, match='nope.pth'):
+    with pytest.raises(CheckpointError, match="nope.pth' does not exist"):
         net.init_weights()

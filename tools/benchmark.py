@@ -59,6 +59,10 @@ def parse_args(argv=None):
     p.add_argument('--out', default=None, help='write results as JSON')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, key=value')
+    p.add_argument('--allow-partial', action='store_true',
+                   help='load a checkpoint that does not fit the model '
+                   '(missing, unexpected or wrong-shape keys) as far as it '
+                   'fits, with a warning; by default that is an error')
     p.add_argument('--quiet', action='store_true', help='no progress lines')
     args = p.parse_args(argv)
     if args.shape is not None:
@@ -71,6 +75,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from iformer_mm.errors import UserError
     from iformer_mm.apis.benchmark import benchmark, dump_json, \
         format_results
     fuses = {'no': [False], 'yes': [True], 'both': [False, True]}[args.fuse]
@@ -83,11 +88,12 @@ def main(argv=None) -> int:
                 fuse=fuse, shape=args.shape, data=args.data,
                 threads=args.threads, cfg_options=args.cfg_options,
                 num_workers=args.num_workers,
-                log=None if args.quiet else print)
+                log=None if args.quiet else print,
+                allow_partial=args.allow_partial)
             print(r.summary(), flush=True)
             print()
             results.append(r)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (UserError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f'benchmark.py: error: {e}', file=sys.stderr)
         return 2
     if len(results) > 1:

@@ -44,19 +44,25 @@ def parse_args(argv=None):
                    help='segmentation: overlay opacity')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config entries, key=value')
+    p.add_argument('--allow-partial', action='store_true',
+                   help='load a checkpoint that does not fit the model '
+                   '(missing, unexpected or wrong-shape keys) as far as it '
+                   'fits, with a warning; by default that is an error')
     return p.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from iformer_mm.errors import UserError
     from iformer_mm.apis.inference import run_demo
     try:
         result = run_demo(args.config, args.inputs,
                           checkpoint=args.checkpoint, out_dir=args.out_dir,
                           device=args.device, score_thr=args.score_thr,
                           topk=args.topk, opacity=args.opacity,
-                          cfg_options=args.cfg_options)
-    except (FileNotFoundError, ValueError) as e:
+                          cfg_options=args.cfg_options,
+                          allow_partial=args.allow_partial)
+    except (UserError, FileNotFoundError, ValueError) as e:
         print(f'demo.py: error: {e}', file=sys.stderr)
         return 2
     for pred in result.predictions:

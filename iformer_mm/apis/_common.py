@@ -15,6 +15,8 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 from mmengine.config import Config
 
+from ..errors import ConfigError
+
 #: ``default_scope`` of a config -> (task name, the library's package).
 TASKS: Dict[str, Tuple[str, str]] = {
     'mmdet': ('detection', 'mmdet'),
@@ -23,23 +25,31 @@ TASKS: Dict[str, Tuple[str, str]] = {
 }
 
 
+class ConfigNotFoundError(ConfigError, FileNotFoundError):
+    """The config file does not exist."""
+
+
 def load_config(config: Union[str, Config],
                 cfg_options: Optional[dict] = None) -> Config:
-    """Load a config file (or copy a Config) and apply ``cfg_options``.
+    """Read a config file with the tools' one config reader
+    (:func:`iformer_mm.engine.runner.load_config`), or copy a Config, and
+    apply ``cfg_options``.
 
     Raises:
-        FileNotFoundError: the config file does not exist.
+        ConfigNotFoundError: the config file does not exist.
     """
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
-    else:
-        config = str(config)
-        if not osp.isfile(config):
-            raise FileNotFoundError(f'Config file not found: {config!r}')
-        cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    return cfg
+        if cfg_options:
+            cfg.merge_from_dict(cfg_options)
+        return cfg
+    config = str(config)
+    if not osp.isfile(config):
+        raise ConfigNotFoundError(
+            f'Config file not found: {config!r}; pass the path of a config '
+            '(.py), e.g. configs/toy/maskrcnn_iformer_t_toy.py.')
+    from ..engine.runner import load_config as read_config
+    return read_config(config, cfg_options=cfg_options)
 
 
 def scope_of(cfg: Config) -> str:
@@ -201,10 +211,21 @@ def quiet_mmengine(level: int = logging.WARNING):
 
 
 def build_model(cfg: Config, checkpoint: Optional[str] = None,
-                device: str = 'cpu', init_weights: bool = True):
+                device: str = 'cpu', init_weights: bool = True,
+                allow_partial: bool = False):
     """Build ``cfg.model`` in the config's scope, random-init or from a
     checkpoint, in eval mode on ``device``. Pretrained ``init_cfg`` entries
-    are dropped (nothing is downloaded)."""
+    are dropped (nothing is downloaded).
+
+    The checkpoint is loaded by
+    :func:`iformer_mm.models.checkpoint.load_model_checkpoint`: strictly,
+    unless ``allow_partial`` (then what fits, with a warning that counts
+    the rest).
+
+    Raises:
+        CheckpointError: the checkpoint is missing or not a checkpoint.
+        CheckpointMismatchError: it does not fit the model (keys named).
+    """
     import torch
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS
@@ -217,10 +238,12 @@ def build_model(cfg: Config, checkpoint: Optional[str] = None,
         model_cfg['data_preprocessor'] = copy.deepcopy(cfg.data_preprocessor)
     model = MODELS.build(model_cfg)
     if checkpoint is not None:
-        if not osp.isfile(checkpoint):
-            raise FileNotFoundError(f'Checkpoint not found: {checkpoint!r}')
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu')
+        from ..models.checkpoint import load_model_checkpoint
+        report = load_model_checkpoint(model, checkpoint,
+                                       strict=not allow_partial)
+        dataset_meta = report.meta.get('dataset_meta')
+        if dataset_meta:
+            model.dataset_meta = dataset_meta
     elif init_weights:
         with quiet_mmengine():  # init_weights logs every parameter
             model.init_weights()

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
+from ..compat.checkpoint import check_checkpoint_path
 from ._common import build_model, load_config, scope_of, task_of
 
 #: Transforms that read files; dropped for synthetic input.
@@ -265,7 +265,8 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
               threads: Optional[int] = None,
               cfg_options: Optional[dict] = None, num_workers: int = 0,
               seed: int = 0,
-              log: Optional[Callable[[str], None]] = None) -> BenchmarkResult:
+              log: Optional[Callable[[str], None]] = None,
+              allow_partial: bool = False) -> BenchmarkResult:
     """Measure whole-model inference speed of a config (batch size 1).
 
     Args:
@@ -285,6 +286,9 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
         num_workers: Dataloader workers for ``data='real'``.
         seed: Seed of the synthetic image and of the random init.
         log: Progress callback (e.g. ``print``).
+        allow_partial: Load a checkpoint that does not fit the model as far
+            as it fits (with a warning); by default that raises
+            :class:`~iformer_mm.errors.CheckpointMismatchError`.
     """
     if num_images < 1 or num_warmup < 0:
         raise ValueError('num_images must be >= 1 and num_warmup >= 0.')
@@ -295,8 +299,8 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
         raise ValueError('shape only applies to synthetic input.')
     log = log or (lambda msg: None)
     cfg = load_config(config, cfg_options)
-    if checkpoint is not None and not os.path.isfile(checkpoint):
-        raise FileNotFoundError(f'Checkpoint not found: {checkpoint!r}')
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)  # before building anything
     task = task_of(cfg)
     dev = torch.device(device)
     if dev.type == 'cuda' and not torch.cuda.is_available():
@@ -306,7 +310,8 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
     torch.manual_seed(seed)
     notes: List[str] = []
 
-    model = build_model(cfg, checkpoint, device=str(dev))
+    model = build_model(cfg, checkpoint, device=str(dev),
+                        allow_partial=allow_partial)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
 
     # ---- inputs

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 import os.path as osp
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 import numpy as np
 from mmengine.config import Config
 
+from ..compat.checkpoint import check_checkpoint_path
 from ._common import (dataset_meta, init_scope, load_config, num_classes_of,
                       strip_pretrained, task_of)
 
@@ -102,25 +104,64 @@ def _config_meta(cfg: Config) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # Inferencers
 # --------------------------------------------------------------------------
-def _det_inferencer(cfg, checkpoint, device):
+# Every inferencer is built without weights (random init, no download) and
+# the checkpoint is then loaded by the project's one loader,
+# iformer_mm.models.checkpoint.load_model_checkpoint: strict unless
+# allow_partial, any layout. Class names: the checkpoint's dataset_meta when
+# it fits the model, else the config's test dataset.
+def _quiet_init(cls, **kwargs):
+    """``cls(weights=None, ...)`` without its 'randomly initialized model'
+    warnings (the weights are loaded next)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        return cls(**kwargs)
+
+
+def _load_weights(model, checkpoint, allow_partial) -> Dict[str, Any]:
+    """Load ``checkpoint`` into ``model``; the file's ``dataset_meta``."""
+    if checkpoint is None:
+        return {}
+    from ..models.checkpoint import load_model_checkpoint
+    report = load_model_checkpoint(model, checkpoint,
+                                   strict=not allow_partial)
+    meta = report.meta.get('dataset_meta') or {}
+    return {str(k).lower(): v for k, v in dict(meta).items()}
+
+
+def _pick_meta(cfg, ckpt_meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint's classes if they fit the model, else the config's."""
+    n = num_classes_of(cfg)
+    classes = ckpt_meta.get('classes')
+    if classes and (n is None or len(classes) == n):
+        meta = dict(ckpt_meta, classes=tuple(classes))
+        palette = meta.get('palette')
+        if palette is None or isinstance(palette, str) or \
+                len(palette) < len(classes):
+            palette = _palette(len(classes))
+        meta['palette'] = [tuple(int(v) for v in c) for c in palette]
+        return meta
+    return _config_meta(cfg)
+
+
+def _det_inferencer(cfg, checkpoint, device, allow_partial=False):
     from mmdet.apis import DetInferencer
-    inf = DetInferencer(model=cfg, weights=checkpoint, device=device,
-                        scope='mmdet', show_progress=False)
-    meta = _config_meta(cfg)
-    if meta and (checkpoint is None or len(inf.model.dataset_meta.get(
-            'classes') or ()) != len(meta['classes'])):
+    inf = _quiet_init(DetInferencer, model=cfg, weights=None, device=device,
+                      scope='mmdet', show_progress=False)
+    meta = _pick_meta(cfg, _load_weights(inf.model, checkpoint,
+                                         allow_partial))
+    if meta:
         inf.model.dataset_meta = dict(inf.model.dataset_meta, **meta)
         inf.visualizer.dataset_meta = inf.model.dataset_meta
     return inf
 
 
-def _seg_inferencer(cfg, checkpoint, device):
+def _seg_inferencer(cfg, checkpoint, device, allow_partial=False):
     from mmseg.apis import MMSegInferencer
-    inf = MMSegInferencer(model=cfg, weights=checkpoint, device=device,
-                          scope='mmseg')
-    meta = _config_meta(cfg)
-    if meta and (checkpoint is None or len(inf.model.dataset_meta.get(
-            'classes') or ()) != len(meta['classes'])):
+    inf = _quiet_init(MMSegInferencer, model=cfg, weights=None,
+                      device=device, scope='mmseg')
+    meta = _pick_meta(cfg, _load_weights(inf.model, checkpoint,
+                                         allow_partial))
+    if meta:
         inf.model.dataset_meta = meta
     return inf
 
@@ -171,15 +212,13 @@ def _cls_inferencer_class():
     return _CLS_INFERENCER
 
 
-def _cls_inferencer(cfg, checkpoint, device, topk):
+def _cls_inferencer(cfg, checkpoint, device, topk, allow_partial=False):
     cls = _cls_inferencer_class()
-    meta = _config_meta(cfg)
-    inf = cls(model=cfg, pretrained=checkpoint if checkpoint else False,
-              device=device, classes=None)
-    ckpt_classes = (getattr(inf.model, '_dataset_meta', {}) or {}).get(
-        'classes')
-    if meta and (checkpoint is None or not ckpt_classes
-                 or len(ckpt_classes) != len(meta['classes'])):
+    inf = _quiet_init(cls, model=cfg, pretrained=False, device=device,
+                      classes=None)
+    meta = _pick_meta(cfg, _load_weights(inf.model, checkpoint,
+                                         allow_partial))
+    if meta:
         inf.classes = meta['classes']
     inf.topk = topk
     return inf
@@ -187,19 +226,26 @@ def _cls_inferencer(cfg, checkpoint, device, topk):
 
 def build_inferencer(config: Union[str, Config],
                      checkpoint: Optional[str] = None, device: str = 'cpu',
-                     cfg_options: Optional[dict] = None, topk: int = 5):
-    """The OpenMMLab inferencer for a config's task (see module doc)."""
+                     cfg_options: Optional[dict] = None, topk: int = 5,
+                     allow_partial: bool = False):
+    """The OpenMMLab inferencer for a config's task (see module doc).
+
+    The checkpoint is loaded strictly (see
+    :func:`iformer_mm.models.checkpoint.load_model_checkpoint`) unless
+    ``allow_partial``.
+    """
     cfg = load_config(config, cfg_options)
-    if checkpoint is not None and not osp.isfile(checkpoint):
-        raise FileNotFoundError(f'Checkpoint not found: {checkpoint!r}')
+    if checkpoint is not None:
+        check_checkpoint_path(checkpoint)  # before building anything
     task = task_of(cfg)
     init_scope(cfg)
     strip_pretrained(cfg.model)
     if task == 'detection':
-        return task, _det_inferencer(cfg, checkpoint, device)
+        return task, _det_inferencer(cfg, checkpoint, device, allow_partial)
     if task == 'segmentation':
-        return task, _seg_inferencer(cfg, checkpoint, device)
-    return task, _cls_inferencer(cfg, checkpoint, device, topk)
+        return task, _seg_inferencer(cfg, checkpoint, device, allow_partial)
+    return task, _cls_inferencer(cfg, checkpoint, device, topk,
+                                 allow_partial)
 
 
 # --------------------------------------------------------------------------
@@ -257,7 +303,8 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
              checkpoint: Optional[str] = None, out_dir: str = 'outputs/demo',
              device: str = 'cpu', score_thr: float = 0.3, topk: int = 5,
              opacity: float = 0.5,
-             cfg_options: Optional[dict] = None) -> DemoResult:
+             cfg_options: Optional[dict] = None,
+             allow_partial: bool = False) -> DemoResult:
     """Run a config on images and write the drawn predictions.
 
     Args:
@@ -270,6 +317,9 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
         topk: Classification classes drawn.
         opacity: Segmentation overlay opacity.
         cfg_options: Overrides merged into the config.
+        allow_partial: Load a checkpoint that does not fit the model as far
+            as it fits (with a warning); by default that raises
+            :class:`~iformer_mm.errors.CheckpointMismatchError`.
     """
     images = collect_images(inputs)  # check inputs before building a model
     if not 0 <= score_thr <= 1:
@@ -277,7 +327,7 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
     if topk < 1:
         raise ValueError(f'topk must be >= 1, got {topk}.')
     task, inf = build_inferencer(config, checkpoint, device, cfg_options,
-                                 topk)
+                                 topk, allow_partial=allow_partial)
     out_dir = str(out_dir)
     vis_dir = osp.join(out_dir, 'vis')
     os.makedirs(vis_dir, exist_ok=True)

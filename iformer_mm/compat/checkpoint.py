@@ -34,14 +34,19 @@ import io
 import os
 import os.path as osp
 import pickle
-from typing import Any, Callable, Iterable, Iterator, List, Sequence, Tuple, \
-    Union
+import re
+from typing import Any, Callable, Iterable, Iterator, List, Optional, \
+    Sequence, Tuple, Union
 
 import numpy as np
 import torch
 
+from ..errors import CheckpointError
+
 __all__ = [
-    'UnsafeCheckpointError', 'RUNNER_CHECKPOINT_GLOBALS',
+    'UnsafeCheckpointError', 'CheckpointNotFoundError',
+    'check_checkpoint_path',
+    'RUNNER_CHECKPOINT_GLOBALS', 'diagnose_checkpoint_file',
     'RELEASE_CHECKPOINT_GLOBALS', 'safe_load', 'allow_globals',
     'patch_mmengine_checkpoint_loaders', 'torch_defaults_to_weights_only'
 ]
@@ -49,11 +54,17 @@ __all__ = [
 SafeGlobal = Union[Callable, Tuple[Callable, str]]
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
     """A checkpoint references globals outside the allow-list.
 
-    Raised instead of unpickling it: nothing from the file has run.
+    Raised instead of unpickling it: nothing from the file has run. A
+    :class:`~iformer_mm.errors.CheckpointError` (the tools print it in one
+    line, exit 2) and a ``pickle.UnpicklingError``.
     """
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (or is not a file)."""
 
 
 def torch_defaults_to_weights_only() -> bool:
@@ -231,9 +242,11 @@ def _unpickler_reason(err: BaseException) -> str:
 
 
 def _refusal(source: Any, name: str, err: BaseException,
-             extra: Sequence[SafeGlobal]) -> UnsafeCheckpointError:
-    with allow_globals(extra):
-        unsafe = _unsafe_globals(source)
+             extra: Sequence[SafeGlobal],
+             unsafe: Sequence[str] = ()) -> UnsafeCheckpointError:
+    if not unsafe:
+        with allow_globals(extra):
+            unsafe = _unsafe_globals(source)
     if unsafe:
         what = 'it references ' + ', '.join(unsafe)
     else:
@@ -244,7 +257,149 @@ def _refusal(source: Any, name: str, err: BaseException,
         'read with weights_only=True and nothing from it was executed. If '
         'you trust this file and these types are plain data, load it with '
         'iformer_mm.compat.safe_load(path, extra_safe_globals=[...]) naming '
-        'exactly those types; do not set TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.')
+        'exactly those types, or re-save its tensors with torch.save('
+        'state_dict) where you trust it; do not set '
+        'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.')
+
+
+# --------------------------------------------------------------------------
+# Files that are not (complete) checkpoints
+# --------------------------------------------------------------------------
+_ZIP_MAGIC = b'PK\x03\x04'
+_EMPTY_ZIP_MAGIC = b'PK\x05\x06'
+# torch.save(..., _use_new_zipfile_serialization=False) starts with
+# pickle.dumps(MAGIC_NUMBER, protocol=2): PROTO 2, LONG1 of 10 bytes.
+_LEGACY_MAGIC = b'\x80\x02\x8a\x0a' + \
+    (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')
+
+
+def _read_head(source: Any, n: int = 512) -> Tuple[bytes, int]:
+    """The first ``n`` bytes of a path or a seekable file, and its size."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, 'rb') as f:
+            head = f.read(n)
+        return head, osp.getsize(source)
+    pos = source.tell()
+    try:
+        source.seek(0)
+        head = source.read(n)
+        source.seek(0, io.SEEK_END)
+        size = source.tell()
+    finally:
+        source.seek(pos)
+    return head, size
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        # a multi-byte character cut at the end of the sample
+        try:
+            text = head[:-3].decode('utf-8')
+        except UnicodeDecodeError:
+            return False
+    printable = sum(c.isprintable() or c in '\n\r\t' for c in text)
+    return bool(text) and printable >= 0.95 * len(text)
+
+
+def _zip_problem(source: Any) -> Optional[str]:
+    """What is wrong with a zip checkpoint (``torch.save``'s format), or
+    None when its structure is intact."""
+    import zipfile
+    if not isinstance(source, (str, os.PathLike)):
+        source.seek(0)
+    try:
+        with zipfile.ZipFile(source) as zf:
+            names = zf.namelist()
+            if not any(n.endswith('data.pkl') for n in names):
+                return 'not a checkpoint: a zip archive without the ' \
+                    'data.pkl that torch.save writes'
+            bad = zf.testzip()  # reads every member, checks its CRC
+            if bad is not None:
+                return f'damaged: member {bad} of its zip archive fails ' \
+                    'its checksum'
+    except zipfile.BadZipFile:
+        return 'truncated: its zip archive has no end (central directory)'
+    except (EOFError, OSError, ValueError) as e:
+        return f'truncated: reading its zip archive stopped early ({e})'
+    finally:
+        if not isinstance(source, (str, os.PathLike)):
+            source.seek(0)
+    return None
+
+
+def diagnose_checkpoint_file(source: Any) -> Optional[str]:
+    """Why ``source`` (a path or a seekable binary file) is not a readable
+    checkpoint, judged from its bytes alone; None when it looks intact.
+
+    Nothing is unpickled. Recognises an empty file, a text file (an HTML
+    error page, a Git LFS pointer ...), a truncated or damaged zip archive
+    (``torch.save``'s format), and bytes that are neither a zip archive nor
+    a pickle.
+    """
+    head, size = _read_head(source)
+    if size == 0:
+        return 'not a checkpoint: the file is empty (0 bytes)'
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC):
+        return _zip_problem(source)
+    if head.startswith(b'version https://git-lfs'):
+        return 'not a checkpoint: a Git LFS pointer (text); fetch the real ' \
+            'file with git lfs pull'
+    if _looks_like_text(head):
+        first = head.decode('utf-8', 'replace').strip().splitlines()
+        first = first[0][:40] if first else ''
+        kind = 'an HTML page' if first.lower().startswith(
+            ('<!doctype html', '<html')) else 'a text file'
+        return f'not a checkpoint: {kind} ({size} bytes, starting ' \
+            f'{first!r})'
+    if head[:1] != b'\x80':  # every pickle protocol >= 2 starts so
+        return f'not a checkpoint: {size} bytes that are neither the zip ' \
+            'archive torch.save writes nor a pickle'
+    if not head.startswith(_LEGACY_MAGIC):
+        return 'not a checkpoint: a pickle stream that torch.save did not ' \
+            'write (torch.save writes a zip archive, or before torch 1.6 a ' \
+            'pickle starting with its magic number)'
+    return None
+
+
+def _not_a_checkpoint(source: Any, name: str,
+                      err: BaseException) -> Optional[CheckpointError]:
+    """A :class:`CheckpointError` saying what the file is, or None when its
+    bytes look like an intact checkpoint (then ``err`` is something else)."""
+    try:
+        problem = diagnose_checkpoint_file(source)
+    except OSError:
+        return None
+    if problem is None and isinstance(err, EOFError):
+        problem = 'truncated: the data ends before the pickle does'
+    if problem is None and isinstance(err, pickle.UnpicklingError):
+        problem = 'damaged: its pickle data cannot be parsed (' + \
+            _unpickler_reason(err) + ')'
+    if problem is None:
+        return None
+    if problem.startswith('truncated') or problem.startswith('damaged'):
+        todo = 'The download or save was interrupted or the copy is ' \
+            'damaged: download or save it again.'
+    else:
+        todo = 'Check the path: checkpoints are the .pth files written by ' \
+            'torch.save (e.g. by training).'
+    return CheckpointError(f'Checkpoint {name} is {problem}. {todo}')
+
+
+def check_checkpoint_path(path: Union[str, os.PathLike]) -> str:
+    """``path`` with ``~`` expanded if it names a file.
+
+    Raises:
+        CheckpointNotFoundError: it does not exist or is a directory.
+    """
+    path = osp.expanduser(os.fspath(path))
+    if not osp.isfile(path):
+        what = 'is a directory' if osp.isdir(path) else 'does not exist'
+        raise CheckpointNotFoundError(
+            f'Checkpoint {path!r} {what}; pass the path of a checkpoint '
+            'file (.pth).')
+    return path
 
 
 def safe_load(f: Any, map_location: Any = 'cpu',
@@ -264,8 +419,11 @@ def safe_load(f: Any, map_location: Any = 'cpu',
             turned off).
 
     Raises:
-        UnsafeCheckpointError: The file references other globals. Nothing in
-            it was executed.
+        CheckpointNotFoundError: The path does not exist.
+        CheckpointError: The file is empty, text, truncated, damaged or
+            otherwise not a checkpoint (the message says which).
+        UnsafeCheckpointError: The file references other globals (named in
+            the message). Nothing in it was executed.
     """
     if kwargs.pop('weights_only', True) is not True:
         raise ValueError('safe_load always loads with weights_only=True')
@@ -274,7 +432,7 @@ def safe_load(f: Any, map_location: Any = 'cpu',
     # on exit to everything it was given)
     extra = [*RUNNER_CHECKPOINT_GLOBALS, *extra_safe_globals]
     if isinstance(f, (str, os.PathLike)):
-        f = osp.expanduser(os.fspath(f))
+        f = check_checkpoint_path(f)
         name = repr(f)
     else:
         name = repr(getattr(f, 'name', f))
@@ -282,10 +440,26 @@ def safe_load(f: Any, map_location: Any = 'cpu',
         with allow_globals(extra):
             return torch.load(f, map_location=map_location,
                               weights_only=True, **kwargs)
+    except UnsafeCheckpointError:
+        raise
     except pickle.UnpicklingError as err:
-        if isinstance(err, UnsafeCheckpointError):
-            raise
+        # A refused global, or bytes that are no pickle at all (torch's
+        # weights-only unpickler reports both as UnpicklingError).
+        with allow_globals(extra):
+            unsafe = _unsafe_globals(f)
+        if unsafe or re.search(r'(?i)unsupported global|getattr\(',
+                               str(err)):
+            raise _refusal(f, name, err, extra, unsafe) from err
+        corrupt = _not_a_checkpoint(f, name, err)
+        if corrupt is not None:
+            raise corrupt from err
         raise _refusal(f, name, err, extra) from err
+    except (EOFError, OSError, RuntimeError, KeyError, IndexError,
+            ValueError, TypeError, AttributeError) as err:
+        corrupt = _not_a_checkpoint(f, name, err)
+        if corrupt is not None:
+            raise corrupt from err
+        raise
 
 
 # --------------------------------------------------------------------------
@@ -293,9 +467,6 @@ def safe_load(f: Any, map_location: Any = 'cpu',
 # --------------------------------------------------------------------------
 def load_from_local(filename, map_location=None):
     """mmengine's local checkpoint loader, with ``weights_only=True``."""
-    filename = osp.expanduser(filename)
-    if not osp.isfile(filename):
-        raise FileNotFoundError(f'{filename} can not be found.')
     return safe_load(filename, map_location=map_location)
 
 

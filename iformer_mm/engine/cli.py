@@ -92,8 +92,27 @@ def parse_test_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument(
         '--tta', action='store_true',
         help='test-time augmentation (the config\'s tta_model/tta_pipeline)')
+    _add_allow_partial(parser)
     _common(parser)
     return _finish(parser, argv)
+
+
+# --------------------------------------------------------------------------
+# Checkpoint loading: the Runner's load_from goes through the project's
+# loader (iformer_mm.engine.loading): strict for testing, one summary line
+# for training.
+# --------------------------------------------------------------------------
+def _add_allow_partial(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        '--allow-partial', action='store_true',
+        help='load a checkpoint that does not fit the model (missing, '
+        'unexpected or wrong-shape keys) as far as it fits, with a warning '
+        'that counts them; by default that is an error naming the keys')
+
+
+def _route_checkpoint_loading(runner, strict: bool) -> None:
+    from .loading import install_checkpoint_loading
+    install_checkpoint_loading(runner, strict=strict)
 
 
 # --------------------------------------------------------------------------
@@ -120,6 +139,7 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     except DatasetNotFoundError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    _route_checkpoint_loading(runner, strict=False)
     runner.train()
     return 0
 
@@ -228,6 +248,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
     except DatasetNotFoundError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    _route_checkpoint_loading(runner, strict=not args.allow_partial)
     scope = config_scope(cfg)
     if args.out is not None and scope != 'mmseg':
         _add_dump_metric(runner, args.out, scope)
