@@ -9,7 +9,9 @@ dataset_type = 'ToyADE20KDataset'
 data_root = 'data/toy_ade'
 crop_size = (128, 128)
 model = dict(
-    backbone=dict(init_cfg=None),
+    # From scratch, so the backbone's BN statistics must be learned: BN in
+    # train mode (the real config freezes them, as for ImageNet weights).
+    backbone=dict(init_cfg=None, norm_eval=False),
     data_preprocessor=dict(size=crop_size),
     decode_head=dict(num_classes=4))
 train_pipeline = [
