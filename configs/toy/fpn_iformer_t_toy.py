@@ -1,8 +1,9 @@
 # Semantic FPN iFormer-T on the generated ADE20K-style toy folder
-# (data/toy_ade/, created on first use): configs/fpn_iformer_t_ade20k_40k.py
+# (data/toy_ade/, created on first use):
+# configs/fpn_iformer-t_8xb4-40k_ade20k-512x512.py
 # with only the data and the schedule swapped, sized for a CPU.
 #   python tools/train.py configs/toy/fpn_iformer_t_toy.py
-_base_ = '../fpn_iformer_t_ade20k_40k.py'
+_base_ = '../fpn_iformer-t_8xb4-40k_ade20k-512x512.py'
 
 # ---- data: 4 classes (ground + 3 shapes), 128 px images, 128 px crops ----
 dataset_type = 'ToyADE20KDataset'

@@ -1,5 +1,5 @@
 # Mask R-CNN iFormer-T on the generated toy COCO dataset (data/toy_coco/,
-# created on first use): configs/maskrcnn_iformer_t_coco.py with only the
+# created on first use): configs/mask-rcnn_iformer-t_fpn_1x_coco.py with only the
 # data and the schedule swapped, sized for a CPU in a few minutes.
 #   python tools/train.py configs/toy/maskrcnn_iformer_t_toy.py
 # The backbone starts from scratch here (no download). To start from the
@@ -9,7 +9,7 @@
 #       model.backbone.init_cfg._delete_=True \
 #       model.backbone.init_cfg.type=Pretrained \
 #       model.backbone.init_cfg.checkpoint=/path/to/iFormer_t.pth
-_base_ = '../maskrcnn_iformer_t_coco.py'
+_base_ = '../mask-rcnn_iformer-t_fpn_1x_coco.py'
 
 # ---- data: 3 shape classes, 32 train / 8 val images of 128 px ------------
 dataset_type = 'ToyCocoDataset'
