@@ -529,3 +529,43 @@ def test_checker_catches_partial_data_root_file(tmp_path):
     with pytest.raises(AssertionError, match='still point elsewhere'):
         check_config_file(Snippet('case', 'config-file', text,
                                   path='configs/my_coco.py'), tmp_path)
+
+
+# --------------------------------------------------------------------------
+# docs/model_zoo.md: the measured backbone parameter counts are what the
+# backbones have (no classification head), and the paper column is not
+# mistaken for them.
+# --------------------------------------------------------------------------
+def _zoo_tables():
+    with open(osp.join(ROOT, 'docs', 'model_zoo.md'), encoding='utf-8') as f:
+        lines = f.read().splitlines()
+    tables, header = [], None
+    for line in lines:
+        if not line.startswith('|'):
+            header = None
+            continue
+        cells = [c.strip() for c in line.strip('|').split('|')]
+        if header is None:
+            header = cells
+            tables.append((header, []))
+        elif not set(''.join(cells)) <= set(':- '):
+            tables[-1][1].append(dict(zip(header, cells)))
+    return [t for t in tables if 'Backbone params (M)' in t[0]]
+
+
+def test_model_zoo_backbone_params_are_measured():
+    from mmengine.registry import MODELS
+    tables = _zoo_tables()
+    assert len(tables) == 2  # COCO and ADE20K
+    counts = {}
+    for _, rows in tables:
+        assert len(rows) == 5
+        for row in rows:
+            arch = row['Backbone'].split('-')[1].lower()
+            if arch not in counts:
+                model = MODELS.build(dict(type='IFormer', arch=arch))
+                counts[arch] = sum(p.numel() for p in model.parameters())
+            assert float(row['Backbone params (M)']) == \
+                round(counts[arch] / 1e6, 2), row
+            # The paper's figure includes the ImageNet head: larger.
+            assert float(row['Params (M), paper']) > counts[arch] / 1e6
