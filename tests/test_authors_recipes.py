@@ -340,6 +340,7 @@ def test_built_backbone_has_the_authors_blocks_and_windows(arch, task):
     info = AUTHORS_ARCH[arch]
     assert list(backbone.dims) == info['dims']
     assert backbone.norm_eval is True
+    assert backbone.window_padding == AUTHORS_BACKBONE['window_padding'][0]
     backbone.train()
     bns = [m for m in backbone.modules()
            if isinstance(m, __import__('torch').nn.BatchNorm2d)]
