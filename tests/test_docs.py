@@ -354,10 +354,31 @@ def exercise_cfg_options(cfg_path, options, where, tmp_path):
     if moved:
         assert len(moved) == 1, f'{where}: several new data roots {moved}'
         check_data_moved(cfg, moved.pop(), where)
+    # A key the config did not have is a typo unless something validates
+    # it: IFormer's constructor (a backbone argument), the optimizer
+    # wrapper's, or a `_delete_` that replaces its parent whole.
+    before = Config.fromfile(osp.join(ROOT, cfg_path))
+    deleted = [k[:-len('_delete_')] for k in keys if k.endswith('._delete_')]
     for key in keys:
-        head = key.split('.')[0]
-        if not key.startswith(('model.', 'optim_wrapper')):
-            assert head in cfg._cfg_dict, f'{where}: {cfg_path} has no {head}'
+        if key.endswith('._delete_') or _has(before, key) or \
+                any(key.startswith(d) for d in deleted):
+            continue
+        parts = key.split('.')
+        if parts[:2] == ['model', 'backbone'] and len(parts) == 3:
+            continue
+        if parts[0] == 'optim_wrapper':
+            continue
+        raise AssertionError(f'{where}: {cfg_path} has no setting {key} '
+                             f'(a typo?)')
+
+
+def _has(cfg, dotted):
+    node = cfg._cfg_dict
+    for part in dotted.split('.'):
+        if not hasattr(node, 'keys') or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def _build_touched(cfg, keys, saved, where):
@@ -427,6 +448,11 @@ def check_command(snippet, tmp_path):
             unknown = flags - option_strings(parser)
             assert not unknown, f'{where}: {script} has no {sorted(unknown)}'
             continue
+        flags = {t.split('=')[0] for t in rest if t.startswith('--')}
+        unknown = flags - option_strings(parser)
+        assert not unknown, \
+            f'{where}: {script} has no {sorted(unknown)} (abbreviations ' \
+            f'are not allowed in the docs)'
         try:
             ns = parse_with(parser, rest)
         except AssertionError as e:
@@ -457,10 +483,10 @@ def check_config_file(snippet, tmp_path):
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(snippet.text)
     cfg = Config.fromfile(str(target))
-    model = build_model(cfg)
-    assert type(model.backbone).__name__ == 'IFormer'
     if 'data_root' in snippet.text:
         check_data_moved(cfg, cfg.data_root, snippet.where)
+    model = build_model(cfg)
+    assert type(model.backbone).__name__ == 'IFormer'
 
 
 # --------------------------------------------------------------------------
@@ -513,9 +539,16 @@ TOY_DET = 'configs/toy/maskrcnn_iformer_t_toy.py'
      'data/toy_seg/images', 'not created by the toy generators'),
     ('python tools/train.py configs/no_such_config.py', 'does not exist'),
     ('python tools/train.py configs/toy/fpn_iformer_t_toy.py --no-such-flag',
-     'unrecognized arguments'),
+     r"has no \['--no-such-flag'\]"),
+    ('python tools/test.py configs/toy/fpn_iformer_t_toy.py',
+     'the following arguments are required'),
     (f'python tools/train.py {TOY_DET} --cfg-options '
      'model.backbone.atention=global', 'atention'),
+    ('python tools/train.py configs/mask-rcnn_iformer-m_fpn_1x_coco.py '
+     '--cfg-options model.backbone.init_cfg.checkpont=/path/to/m.pth',
+     'has no setting model.backbone.init_cfg.checkpont'),
+    ('python tools/train.py configs/toy/fpn_iformer_t_toy.py --no-validat',
+     'abbreviations'),
 ])
 def test_checker_catches(text, message, tmp_path):
     with pytest.raises(AssertionError, match=message):
