@@ -415,3 +415,39 @@ ALIASES = [(f'maskrcnn_iformer_{a}_coco.py', f'mask-rcnn_iformer-{a}_fpn_1x_coco
 @pytest.mark.parametrize('old,new', ALIASES)
 def test_old_names_are_aliases(old, new):
     assert _plain(_load(old)._cfg_dict) == _plain(_load(new)._cfg_dict)
+
+
+# --------------------------------------------------------------------------
+# The heads. The authors' detection/configs/_base_/models/mask-rcnn_r50_fpn.py
+# and segmentation/configs/_base_/models/fpn_r50.py are mmdet 3.3.0's and
+# mmseg 1.2.2's files unchanged, so our heads are compared with the copies
+# that ship inside the installed mmdet / mmseg packages (.mim/configs).
+# --------------------------------------------------------------------------
+def _upstream(package, rel):
+    module = __import__(package)
+    path = osp.join(osp.dirname(module.__file__), '.mim', 'configs', rel)
+    assert osp.isfile(path), f'{package} ships no {rel}'
+    return Config.fromfile(path)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_detection_heads_are_mmdet_mask_rcnn(arch):
+    theirs = _upstream('mmdet', '_base_/models/mask-rcnn_r50_fpn.py').model
+    ours = _load(det_config(arch)).model
+    for key in ('type', 'data_preprocessor', 'rpn_head', 'roi_head',
+                'train_cfg', 'test_cfg'):
+        _check(key, ours[key], theirs[key], DET_MODEL, arch)
+    for key in ('type', 'out_channels', 'num_outs'):
+        _check(f'neck.{key}', ours.neck[key], theirs.neck[key], DET_MODEL,
+               arch)
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_segmentation_head_is_mmseg_semantic_fpn(arch):
+    theirs = _upstream('mmseg', '_base_/models/fpn_r50.py').model
+    ours = _load(seg_config(arch)).model
+    for key in ('type', 'decode_head', 'train_cfg', 'test_cfg'):
+        expected = theirs[key]
+        if key == 'decode_head':  # their config: decode_head=dict(num_classes=150)
+            expected = dict(expected, num_classes=150)
+        _check(key, ours[key], expected, SEG_MODEL, arch)

@@ -60,6 +60,32 @@ def seg_config(arch):
     return f'fpn_iformer-{arch}_8xb4-40k_ade20k-512x512.py'
 
 
+def _zoo_model_params():
+    """docs/model_zoo.md: config file name -> 'Model params (M)' cell."""
+    import re
+    out, header = {}, None
+    with open(osp.join(ROOT, 'docs', 'model_zoo.md'), encoding='utf-8') as f:
+        for line in f:
+            if not line.startswith('|'):
+                header = None
+                continue
+            cells = [c.strip() for c in line.strip().strip('|').split('|')]
+            if header is None:
+                header = cells
+                continue
+            row = dict(zip(header, cells))
+            config = re.search(r'\(\.\./configs/([^)]+)\)', row.get('Config', ''))
+            if 'Model params (M)' in row and config:
+                out[config.group(1)] = float(row['Model params (M)'])
+    return out
+
+
+def test_model_zoo_lists_every_dense_model_size():
+    documented = _zoo_model_params()
+    assert set(documented) == {det_config(a) for a in ARCHS} | \
+        {seg_config(a) for a in ARCHS}
+
+
 def test_every_variant_has_its_configs():
     names = {_name(p) for p in CONFIGS}
     for arch in ARCHS:
@@ -91,6 +117,10 @@ def test_config_builds_model_and_pipelines(path):
     backbone = model.backbone
     assert type(backbone).__name__ == 'IFormer'
     assert backbone.dims == DIMS[cfg.model.backbone.arch]
+    documented = _zoo_model_params().get(_name(path))
+    if documented is not None:  # docs/model_zoo.md, whole-model column
+        count = sum(p.numel() for p in model.parameters())
+        assert documented == round(count / 1e6, 1), (documented, count)
     if scope in ('mmdet', 'mmseg'):
         assert list(cfg.model.neck.in_channels) == list(backbone.dims)
         from mmengine.dataset import Compose
