@@ -3,10 +3,11 @@
 # (github.com/ChuanyangZheng/iFormer, segmentation/configs/sem_fpn/
 # fpn_iformer_m_ade20k_40k.py and segmentation/iformer.py; compared in
 # docs/model_zoo.md). Their ADE20K checkpoint evaluates as trained:
-#   python tools/test.py configs/fpn_iformer-m_8xb4-40k_ade20k-512x512.py iFormer_m_iter_40000.pth
+#   python tools/test.py configs/fpn_iformer-m_8xb4-40k_ade20k-512x512.py \
+#       iFormer_m_iter_40000.pth
 # 4 images/GPU x 8 GPUs, AdamW lr 2e-4, weight decay 1e-4, poly decay.
-# Backbone initialised from the authors' ImageNet-1k release (iFormer_m_distill.pth).
-# The paper's Table 16 layout instead:
+# Backbone initialised from the authors' ImageNet-1k release
+# (iFormer_m_distill.pth). The paper's Table 16 layout instead:
 #   fpn_iformer-m-cc-hybrid_8xb4-40k_ade20k-512x512.py
 _base_ = [
     './_base_/models/fpn_iformer.py',

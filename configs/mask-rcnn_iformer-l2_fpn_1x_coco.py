@@ -3,10 +3,12 @@
 # iFormer, detection/configs/mask_rcnn_iformer_l2_fpn_1x_coco.py and
 # detection/iformer.py; compared in docs/model_zoo.md). Their COCO checkpoint
 # evaluates as trained:
-#   python tools/test.py configs/mask-rcnn_iformer-l2_fpn_1x_coco.py iFormer_l2_epoch_12.pth
+#   python tools/test.py configs/mask-rcnn_iformer-l2_fpn_1x_coco.py \
+#       iFormer_l2_epoch_12.pth
 # 2 images/GPU x 8 GPUs, AdamW lr 2e-4, weight decay 0.05, 1333x800.
-# Backbone initialised from the authors' ImageNet-1k release (iFormer_l2_distill.pth).
-# The paper's Table 16 layout instead: mask-rcnn_iformer-l2-cc-hybrid_fpn_1x_coco.py
+# Backbone initialised from the authors' ImageNet-1k release
+# (iFormer_l2_distill.pth). The paper's Table 16 layout instead:
+# mask-rcnn_iformer-l2-cc-hybrid_fpn_1x_coco.py
 _base_ = [
     './_base_/models/mask-rcnn_iformer_fpn.py',
     './_base_/datasets/coco_instance.py',

@@ -259,8 +259,8 @@ def test_detection_recipe_is_the_authors(arch):
     _check('train_pipeline', cfg.train_dataloader.dataset.pipeline,
            *a['train_pipeline'], arch)
     for split in ('val', 'test'):
-        _check(f'{split}_pipeline', cfg[f'{split}_dataloader'].dataset.pipeline,
-               *a['test_pipeline'], arch)
+        pipeline = cfg[f'{split}_dataloader'].dataset.pipeline
+        _check(f'{split}_pipeline', pipeline, *a['test_pipeline'], arch)
     _check('data_preprocessor', cfg.model.data_preprocessor,
            *a['data_preprocessor'], arch)
     _check('neck', _subset(cfg.model.neck, ('type', 'out_channels',
@@ -293,8 +293,8 @@ def test_segmentation_recipe_is_the_authors(arch):
     _check('train_pipeline', cfg.train_dataloader.dataset.pipeline,
            *a['train_pipeline'], arch)
     for split in ('val', 'test'):
-        _check(f'{split}_pipeline', cfg[f'{split}_dataloader'].dataset.pipeline,
-               *a['test_pipeline'], arch)
+        pipeline = cfg[f'{split}_dataloader'].dataset.pipeline
+        _check(f'{split}_pipeline', pipeline, *a['test_pipeline'], arch)
     _check('neck', _subset(cfg.model.neck, ('type', 'out_channels',
                                             'num_outs')), *a['neck'], arch)
     _check('decode_head', cfg.model.decode_head, *a['decode_head'], arch)
@@ -405,7 +405,8 @@ def test_cc_hybrid_option_differs_only_in_layout(arch, task):
     assert _without_backbone_layout(main) == _without_backbone_layout(option)
 
 
-ALIASES = [(f'maskrcnn_iformer_{a}_coco.py', f'mask-rcnn_iformer-{a}_fpn_1x_coco.py')
+ALIASES = [(f'maskrcnn_iformer_{a}_coco.py',
+            f'mask-rcnn_iformer-{a}_fpn_1x_coco.py')
            for a in ('t', 's', 'm', 'l', 'l2')] + \
     [(f'fpn_iformer_{a}_ade20k_40k.py',
       f'fpn_iformer-{a}_8xb4-40k_ade20k-512x512.py')
@@ -448,6 +449,6 @@ def test_segmentation_head_is_mmseg_semantic_fpn(arch):
     ours = _load(seg_config(arch)).model
     for key in ('type', 'decode_head', 'train_cfg', 'test_cfg'):
         expected = theirs[key]
-        if key == 'decode_head':  # their config: decode_head=dict(num_classes=150)
+        if key == 'decode_head':  # their config sets num_classes=150
             expected = dict(expected, num_classes=150)
         _check(key, ours[key], expected, SEG_MODEL, arch)

@@ -74,7 +74,8 @@ def _zoo_model_params():
                 header = cells
                 continue
             row = dict(zip(header, cells))
-            config = re.search(r'\(\.\./configs/([^)]+)\)', row.get('Config', ''))
+            config = re.search(r'\(\.\./configs/([^)]+)\)',
+                               row.get('Config', ''))
             if 'Model params (M)' in row and config:
                 out[config.group(1)] = float(row['Model params (M)'])
     return out

@@ -1,6 +1,6 @@
 # Mask R-CNN iFormer-T on the generated toy COCO dataset (data/toy_coco/,
-# created on first use): configs/mask-rcnn_iformer-t_fpn_1x_coco.py with only the
-# data and the schedule swapped, sized for a CPU in a few minutes.
+# created on first use): configs/mask-rcnn_iformer-t_fpn_1x_coco.py with only
+# the data and the schedule swapped, sized for a CPU in a few minutes.
 #   python tools/train.py configs/toy/maskrcnn_iformer_t_toy.py
 # The backbone starts from scratch here (no download). To start from the
 # ImageNet weights instead (init_cfg is None here, so `_delete_` replaces it
