@@ -1,16 +1,3 @@
-# Semantic FPN, iFormer-L backbone, ADE20K 512x512, 40k iterations
-# (4 images/GPU x 8 GPUs, AdamW lr 2e-4, poly decay). Backbone initialised
-# from the authors' ImageNet-1k release (iFormer_l_distill.pth).
-_base_ = [
-    './_base_/models/fpn_iformer.py',
-    './_base_/datasets/ade20k.py',
-    './_base_/schedules/seg_adamw_40k.py',
-    './_base_/default_runtime_seg.py',
-]
-pretrained = 'https://github.com/ChuanyangZheng/iFormer/releases/download/v0.9/iFormer_l_distill.pth'  # noqa: E501
-model = dict(
-    backbone=dict(
-        arch='l',
-        drop_path_rate=0.1,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[48, 96, 256, 384]))
+# Alias of fpn_iformer-l_8xb4-40k_ade20k-512x512.py (OpenMMLab 2.0 name), kept
+# so that existing commands, work_dirs and scripts keep working.
+_base_ = './fpn_iformer-l_8xb4-40k_ade20k-512x512.py'

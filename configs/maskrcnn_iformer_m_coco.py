@@ -1,16 +1,3 @@
-# Mask R-CNN + FPN, iFormer-M backbone, COCO 2017, 1x schedule
-# (2 images/GPU x 8 GPUs, AdamW lr 2e-4). Backbone initialised from the
-# authors' ImageNet-1k release (iFormer_m_distill.pth).
-_base_ = [
-    './_base_/models/mask-rcnn_iformer_fpn.py',
-    './_base_/datasets/coco_instance.py',
-    './_base_/schedules/det_adamw_1x.py',
-    './_base_/default_runtime_det.py',
-]
-pretrained = 'https://github.com/ChuanyangZheng/iFormer/releases/download/v0.9/iFormer_m_distill.pth'  # noqa: E501
-model = dict(
-    backbone=dict(
-        arch='m',
-        drop_path_rate=0.0,
-        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
-    neck=dict(in_channels=[48, 96, 192, 384]))
+# Alias of mask-rcnn_iformer-m_fpn_1x_coco.py (OpenMMLab 2.0 name), kept so
+# that existing commands, work_dirs and scripts keep working.
+_base_ = './mask-rcnn_iformer-m_fpn_1x_coco.py'

@@ -13,8 +13,14 @@ import iformer_mm  # noqa: F401  (registers IFormer, toy datasets, wrapper)
 from iformer_mm.engine import adapt_to_machine, config_scope
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+ARCHS = ('t', 's', 'm', 'l', 'l2')
+# The pre-OpenMMLab-2.0 names: one-line aliases of the new files (their
+# equality is tested in test_authors_recipes.py), so not built twice here.
+ALIASES = {f'maskrcnn_iformer_{a}_coco.py' for a in ARCHS} | \
+    {f'fpn_iformer_{a}_ade20k_40k.py' for a in ARCHS}
 CONFIGS = sorted(
-    glob.glob(osp.join(ROOT, 'configs', '*.py')) +
+    [p for p in glob.glob(osp.join(ROOT, 'configs', '*.py'))
+     if osp.basename(p) not in ALIASES] +
     glob.glob(osp.join(ROOT, 'configs', 'toy', '*.py')))
 DIMS = dict(t=(32, 64, 128, 256), s=(32, 64, 176, 320), m=(48, 96, 192, 384),
             l=(48, 96, 256, 384), l2=(64, 128, 256, 512),
@@ -46,11 +52,53 @@ def _scope_modules(scope):
     return MODELS, TRANSFORMS
 
 
+def det_config(arch):
+    return f'mask-rcnn_iformer-{arch}_fpn_1x_coco.py'
+
+
+def seg_config(arch):
+    return f'fpn_iformer-{arch}_8xb4-40k_ade20k-512x512.py'
+
+
+def _zoo_model_params():
+    """docs/model_zoo.md: config file name -> 'Model params (M)' cell."""
+    import re
+    out, header = {}, None
+    with open(osp.join(ROOT, 'docs', 'model_zoo.md'), encoding='utf-8') as f:
+        for line in f:
+            if not line.startswith('|'):
+                header = None
+                continue
+            cells = [c.strip() for c in line.strip().strip('|').split('|')]
+            if header is None:
+                header = cells
+                continue
+            row = dict(zip(header, cells))
+            config = re.search(r'\(\.\./configs/([^)]+)\)',
+                               row.get('Config', ''))
+            if 'Model params (M)' in row and config:
+                out[config.group(1)] = float(row['Model params (M)'])
+    return out
+
+
+def test_model_zoo_lists_every_dense_model_size():
+    documented = _zoo_model_params()
+    assert set(documented) == {det_config(a) for a in ARCHS} | \
+        {seg_config(a) for a in ARCHS}
+
+
 def test_every_variant_has_its_configs():
     names = {_name(p) for p in CONFIGS}
-    for arch in ('t', 's', 'm', 'l', 'l2'):
-        assert f'maskrcnn_iformer_{arch}_coco.py' in names
-        assert f'fpn_iformer_{arch}_ade20k_40k.py' in names
+    for arch in ARCHS:
+        assert det_config(arch) in names and seg_config(arch) in names
+        assert osp.isfile(osp.join(ROOT, 'configs',
+                                   f'maskrcnn_iformer_{arch}_coco.py'))
+        assert osp.isfile(osp.join(ROOT, 'configs',
+                                   f'fpn_iformer_{arch}_ade20k_40k.py'))
+    for arch in ('m', 'l', 'l2'):
+        assert f'mask-rcnn_iformer-{arch}-cc-hybrid_fpn_1x_coco.py' in names
+        assert f'fpn_iformer-{arch}-cc-hybrid_8xb4-40k_ade20k-512x512.py' \
+            in names
     for arch in ('t', 's', 'm', 'l', 'l2', 'h'):
         assert f'iformer_{arch}_in1k.py' in names
     for toy in ('maskrcnn_iformer_t_toy.py', 'fpn_iformer_t_toy.py',
@@ -70,6 +118,10 @@ def test_config_builds_model_and_pipelines(path):
     backbone = model.backbone
     assert type(backbone).__name__ == 'IFormer'
     assert backbone.dims == DIMS[cfg.model.backbone.arch]
+    documented = _zoo_model_params().get(_name(path))
+    if documented is not None:  # docs/model_zoo.md, whole-model column
+        count = sum(p.numel() for p in model.parameters())
+        assert documented == round(count / 1e6, 1), (documented, count)
     if scope in ('mmdet', 'mmseg'):
         assert list(cfg.model.neck.in_channels) == list(backbone.dims)
         from mmengine.dataset import Compose
@@ -82,21 +134,32 @@ def test_config_builds_model_and_pipelines(path):
     del model
 
 
-@pytest.mark.parametrize('arch', ['t', 's', 'm', 'l', 'l2'])
-def test_maskrcnn_recipe(arch):
-    cfg = _load(f'maskrcnn_iformer_{arch}_coco.py')
-    bb = cfg.model.backbone
-    assert (bb.attention, bb.window_size, bb.window_chunks) == \
-        ('hybrid', 16, 16)
+def _check_layout(bb, arch):
+    # M, L, L2: the authors' released network (their COCO/ADE20K weights
+    # need it); T, S (no released dense weights): the paper's Table 16.
+    if arch in ('m', 'l', 'l2'):
+        assert (bb.attention, bb.window_padding) == ('authors', 'zeros')
+    else:
+        assert bb.attention == 'hybrid'
+        assert bb.get('window_padding', 'mask') == 'mask'
+    assert (bb.window_size, bb.window_chunks) == (16, 16)
     assert bb.norm_eval is True
+    assert bb.drop_path_rate == 0.0
+
+
+@pytest.mark.parametrize('arch', ARCHS)
+def test_maskrcnn_recipe(arch):
+    cfg = _load(det_config(arch))
+    bb = cfg.model.backbone
+    _check_layout(bb, arch)
     expected = f'iFormer_{arch}_distill.pth' if arch in ('m', 'l', 'l2') \
         else f'iFormer_{arch}.pth'
     assert bb.init_cfg == dict(type='Pretrained',
                                checkpoint=RELEASE + expected)
     assert cfg.train_cfg.max_epochs == 12
     warmup, steps = cfg.param_scheduler
-    assert (warmup.type, warmup.by_epoch, warmup.end) == \
-        ('LinearLR', False, 500)
+    assert (warmup.type, warmup.by_epoch, warmup.end,
+            warmup.start_factor) == ('LinearLR', False, 500, 1e-6)
     assert (steps.type, steps.milestones) == ('MultiStepLR', [8, 11])
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 2e-4, 0.05)
@@ -106,14 +169,16 @@ def test_maskrcnn_recipe(arch):
     assert set(cfg.val_evaluator.metric) == {'bbox', 'segm'}
 
 
-@pytest.mark.parametrize('arch', ['t', 's', 'm', 'l', 'l2'])
+@pytest.mark.parametrize('arch', ARCHS)
 def test_semantic_fpn_recipe(arch):
-    cfg = _load(f'fpn_iformer_{arch}_ade20k_40k.py')
+    cfg = _load(seg_config(arch))
+    _check_layout(cfg.model.backbone, arch)
     assert cfg.train_cfg.max_iters == 40000
     opt = cfg.optim_wrapper.optimizer
     assert (opt.type, opt.lr, opt.weight_decay) == ('AdamW', 2e-4, 1e-4)
     (poly, ) = cfg.param_scheduler
-    assert (poly.type, poly.power, poly.end) == ('PolyLR', 0.9, 40000)
+    assert (poly.type, poly.power, poly.end, poly.eta_min) == \
+        ('PolyLR', 0.9, 40000, 1e-6)
     assert cfg.train_dataloader.batch_size == 4
     assert cfg.model.decode_head.num_classes == 150
     assert tuple(cfg.crop_size) == (512, 512)

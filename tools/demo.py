@@ -10,7 +10,8 @@ Examples::
 
     python tools/demo.py configs/maskrcnn_iformer_t_coco.py demo.jpg \
         --checkpoint work_dirs/maskrcnn/epoch_12.pth --out-dir outputs/demo
-    python tools/demo.py configs/toy/fpn_iformer_t_toy.py data/toy_seg/images \
+    python tools/demo.py configs/toy/fpn_iformer_t_toy.py \
+        data/toy_ade/images/validation \
         --device cpu
 
 Without ``--checkpoint`` the model is random-init: the pictures show the

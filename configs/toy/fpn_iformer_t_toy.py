@@ -1,15 +1,18 @@
 # Semantic FPN iFormer-T on the generated ADE20K-style toy folder
-# (data/toy_ade/, created on first use): configs/fpn_iformer_t_ade20k_40k.py
+# (data/toy_ade/, created on first use):
+# configs/fpn_iformer-t_8xb4-40k_ade20k-512x512.py
 # with only the data and the schedule swapped, sized for a CPU.
 #   python tools/train.py configs/toy/fpn_iformer_t_toy.py
-_base_ = '../fpn_iformer_t_ade20k_40k.py'
+_base_ = '../fpn_iformer-t_8xb4-40k_ade20k-512x512.py'
 
 # ---- data: 4 classes (ground + 3 shapes), 128 px images, 128 px crops ----
 dataset_type = 'ToyADE20KDataset'
 data_root = 'data/toy_ade'
 crop_size = (128, 128)
 model = dict(
-    backbone=dict(init_cfg=None),
+    # From scratch, so the backbone's BN statistics must be learned: BN in
+    # train mode (the real config freezes them, as for ImageNet weights).
+    backbone=dict(init_cfg=None, norm_eval=False),
     data_preprocessor=dict(size=crop_size),
     decode_head=dict(num_classes=4))
 train_pipeline = [

@@ -1,12 +1,15 @@
 # Mask R-CNN iFormer-T on the generated toy COCO dataset (data/toy_coco/,
-# created on first use): configs/maskrcnn_iformer_t_coco.py with only the
-# data and the schedule swapped, sized for a CPU in a few minutes.
+# created on first use): configs/mask-rcnn_iformer-t_fpn_1x_coco.py with only
+# the data and the schedule swapped, sized for a CPU in a few minutes.
 #   python tools/train.py configs/toy/maskrcnn_iformer_t_toy.py
-# The backbone starts from scratch here (no download): pass
-#   --cfg-options model.backbone.init_cfg.type=Pretrained \
-#       model.backbone.init_cfg.checkpoint=<iFormer_t.pth>
-# to start from ImageNet weights.
-_base_ = '../maskrcnn_iformer_t_coco.py'
+# The backbone starts from scratch here (no download). To start from the
+# ImageNet weights instead (init_cfg is None here, so `_delete_` replaces it
+# whole; without it mmengine refuses to merge a dict into None):
+#   python tools/train.py configs/toy/maskrcnn_iformer_t_toy.py --cfg-options \
+#       model.backbone.init_cfg._delete_=True \
+#       model.backbone.init_cfg.type=Pretrained \
+#       model.backbone.init_cfg.checkpoint=/path/to/iFormer_t.pth
+_base_ = '../mask-rcnn_iformer-t_fpn_1x_coco.py'
 
 # ---- data: 3 shape classes, 32 train / 8 val images of 128 px ------------
 dataset_type = 'ToyCocoDataset'

@@ -17,11 +17,16 @@ model = dict(
         type='IFormer',
         arch='t',
         out_indices=(0, 1, 2, 3),
+        # The variant files set the layout: 'authors' (M, L, L2, the released
+        # weights) or 'hybrid' (the paper's Table 16; T, S).
         attention='hybrid',
         window_size=16,
         window_chunks=16,
         drop_path_rate=0.0,
-        norm_eval=False,
+        frozen_stages=-1,
+        # BN statistics frozen while training, as the authors' iFormer.train()
+        # does for their segmentation backbone.
+        norm_eval=True,
         with_cp=False),
     neck=dict(
         type='FPN',

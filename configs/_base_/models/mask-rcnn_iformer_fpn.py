@@ -14,14 +14,16 @@ model = dict(
         type='IFormer',
         arch='t',
         out_indices=(0, 1, 2, 3),
-        # Dense prediction: SHMA in 16x16 windows (all but the last block of
-        # a stage), window partition in 16 channel chunks (paper App. F).
+        # Dense prediction: SHMA in 16x16 windows, window partition in 16
+        # channel chunks (paper App. F). The variant files set the layout:
+        # 'authors' (M, L, L2, the released weights) or 'hybrid' (the
+        # paper's Table 16; T, S).
         attention='hybrid',
         window_size=16,
         window_chunks=16,
         drop_path_rate=0.0,
         frozen_stages=-1,
-        norm_eval=True,  # BN statistics frozen, as for ImageNet backbones
+        norm_eval=True,  # BN statistics frozen, as the authors' iFormer.train()
         with_cp=False),
     neck=dict(
         type='FPN',

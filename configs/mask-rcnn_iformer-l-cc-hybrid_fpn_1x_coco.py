@@ -1,0 +1,11 @@
+# The paper's Table 16 layout, channel-chunked ("cc-hybrid", Table 17):
+# in stages 3 and 4 every SHMA but the last attends within 16x16 windows,
+# partitioned once per stage in 16 channel chunks; padded tokens are masked
+# out (window_padding='mask'), so a valid token's output does not depend on
+# the padding. Everything else is mask-rcnn_iformer-l_fpn_1x_coco.py.
+# No released weights use this layout: train it, do not load
+# iFormer_l_epoch_12.pth into it.
+_base_ = './mask-rcnn_iformer-l_fpn_1x_coco.py'
+model = dict(
+    backbone=dict(
+        attention='hybrid', window_chunks=16, window_padding='mask'))
