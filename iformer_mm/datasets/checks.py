@@ -10,7 +10,9 @@ are generated here instead.
 from __future__ import annotations
 
 import os.path as osp
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..errors import ConfigError, UserError
 
 DOC = 'docs/getting_started.md'
 
@@ -46,7 +48,7 @@ _KIND = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset a config needs is not on disk."""
 
 
@@ -124,6 +126,7 @@ def check_datasets(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
         DatasetNotFoundError: a real dataset's files are not on disk.
     """
     from .builders import TOY_DATASETS, prepare_toy_dataset
+    toy_roots: Dict[str, Tuple[str, dict]] = {}
     for split in splits:
         loader = cfg.get(f'{split}_dataloader', None)
         if not loader or (split == 'val' and not cfg.get('val_cfg', None)):
@@ -132,8 +135,20 @@ def check_datasets(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
             type_name = ds.get('type', '')
             if isinstance(type_name, str) and \
                     type_name.split('.')[-1] in TOY_DATASETS:
-                prepare_toy_dataset(type_name.split('.')[-1],
-                                    ds.get('data_root'), ds.get('toy_cfg'))
+                name = type_name.split('.')[-1]
+                root = osp.abspath(ds.get('data_root') or
+                                   TOY_DATASETS[name][1])
+                toy_cfg = dict(ds.get('toy_cfg') or {})
+                seen = toy_roots.setdefault(root, (split, toy_cfg))
+                if seen[1] != toy_cfg:
+                    raise ConfigError(
+                        f'the {seen[0]} and {split} datasets share the toy '
+                        f'data_root {root!r} but not their toy_cfg '
+                        f'({seen[1]} vs {toy_cfg}); one would regenerate '
+                        f'the folder under the other: give them the same '
+                        f'toy_cfg, or different data_root.')
+                prepare_toy_dataset(name, ds.get('data_root'),
+                                    ds.get('toy_cfg'))
                 continue
             kind, paths = _required_paths(ds)
             for path in paths:
