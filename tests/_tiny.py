@@ -66,11 +66,17 @@ class TinyData(Dataset):
 @METRICS.register_module(name='ReliabilityTinyMetric', force=True)
 class TinyMetric(BaseMetric):
 
+    calls = 0
+
     def process(self, data_batch, data_samples):
         self.results.extend(d['loss'] for d in data_samples)
 
     def compute_metrics(self, results):
-        return dict(loss=float(np.mean(results)))
+        # `evaluations` grows at every validation: with save_best on it,
+        # every validation makes a new best checkpoint.
+        TinyMetric.calls += 1
+        return dict(loss=float(np.mean(results)),
+                    evaluations=TinyMetric.calls)
 
 
 def tiny_cfg(work_dir: str, by_epoch: bool = True, *, epochs: int = 3,
@@ -79,7 +85,8 @@ def tiny_cfg(work_dir: str, by_epoch: bool = True, *, epochs: int = 3,
              infinite: bool = False, custom_hooks=()) -> dict:
     """A Runner config: 10 samples, batch 2 (5 batches a pass), SGD with
     momentum, a per-iteration warm-up and a step decay. Checkpoints: at
-    every epoch (epoch-based) and every ``iter_ckpt_interval`` iterations."""
+    every epoch (epoch-based) and every ``iter_ckpt_interval`` iterations
+    (``None``: none; epoch-based runs then only save at epoch ends)."""
     loader = dict(
         dataset=dict(type='ReliabilityTinyData', num=10), batch_size=2,
         num_workers=0,
@@ -91,7 +98,8 @@ def tiny_cfg(work_dir: str, by_epoch: bool = True, *, epochs: int = 3,
         sampler=dict(type='DefaultSampler', shuffle=False))
     hooks = [dict(type='SafeCheckpointHook', by_epoch=False,
                   interval=iter_ckpt_interval,
-                  max_keep_ckpts=max_keep_ckpts)]
+                  max_keep_ckpts=max_keep_ckpts)] if iter_ckpt_interval \
+        else []
     if by_epoch:
         train_cfg = dict(type='ResumableEpochBasedTrainLoop',
                          max_epochs=epochs, val_interval=val_interval or 1)
@@ -106,8 +114,10 @@ def tiny_cfg(work_dir: str, by_epoch: bool = True, *, epochs: int = 3,
     else:
         train_cfg = dict(type='ResumableIterBasedTrainLoop', max_iters=iters,
                          val_interval=val_interval or 4)
-        checkpoint = hooks.pop()
-        checkpoint['save_best'] = save_best
+        checkpoint = dict(type='SafeCheckpointHook', by_epoch=False,
+                          interval=iter_ckpt_interval,
+                          max_keep_ckpts=max_keep_ckpts, save_best=save_best)
+        hooks = []
         schedulers = [
             dict(type='LinearLR', start_factor=0.5, by_epoch=False, begin=0,
                  end=4),

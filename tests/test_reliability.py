@@ -168,3 +168,195 @@ def test_epoch_based_resume_is_exact(case, tmp_path, uninterrupted):
 @pytest.mark.parametrize('case', sorted(ITER_CASES))
 def test_iter_based_resume_is_exact(case, tmp_path, uninterrupted):
     _interrupt_and_resume(tmp_path, uninterrupted, False, *ITER_CASES[case])
+
+
+# --------------------------------------------------------------------------
+# Atomic checkpoint writes
+# --------------------------------------------------------------------------
+class WriteFailure(Exception):
+    """Stands for a crash or a full disk part-way through a write."""
+
+
+@pytest.fixture
+def failing_writes(monkeypatch):
+    """``fail(nth, nbytes)``: the nth checkpoint write from now on (1-based,
+    counting only ``.pth`` files) writes ``nbytes`` bytes, then fails."""
+    real = checkpointing._write_data
+    plan = {}
+    count = [0]
+
+    def write(f, data):
+        if osp.basename(f.name).startswith('.') and '.pth.' in f.name:
+            count[0] += 1
+            if count[0] == plan.get('nth'):
+                f.write(data[:plan['nbytes']])
+                f.flush()
+                raise WriteFailure(f'write {count[0]} of {f.name}')
+        real(f, data)
+
+    monkeypatch.setattr(checkpointing, '_write_data', write)
+
+    def fail(nth, nbytes):
+        plan.update(nth=nth, nbytes=nbytes)
+        count[0] = 0
+    return fail
+
+
+def test_atomic_write_keeps_old_content_on_failure(tmp_path, failing_writes):
+    target = tmp_path / 'epoch_1.pth'
+    checkpointing.atomic_write(b'old complete checkpoint', str(target))
+    failing_writes(1, 5)
+    with pytest.raises(WriteFailure):
+        checkpointing.atomic_write(b'new checkpoint, never finished',
+                                   str(target))
+    assert target.read_bytes() == b'old complete checkpoint'
+    assert os.listdir(tmp_path) == ['epoch_1.pth']  # no temporary left
+    checkpointing.atomic_write(b'new', str(target))
+    assert target.read_bytes() == b'new'
+
+
+@pytest.mark.parametrize('nbytes', [0, 300, 10 ** 9])
+def test_failed_save_keeps_previous_checkpoint(tmp_path, failing_writes,
+                                               nbytes):
+    """max_keep_ckpts=1: mmengine deletes epoch_1.pth before epoch_2.pth
+    is written. Here epoch_1.pth and last_checkpoint survive a save that
+    breaks off after 0, 300 or all of its bytes, and resuming works."""
+    work = tmp_path / 'work'
+    cfg = tiny_cfg(str(work), True, iter_ckpt_interval=None,
+                   max_keep_ckpts=1)
+    failing_writes(2, nbytes)
+    with pytest.raises(WriteFailure):
+        build(cfg).train()
+    ckpts = sorted(n for n in os.listdir(work) if n.endswith('.pth'))
+    assert ckpts == ['epoch_1.pth']
+    assert checkpoint_problem(str(work / 'epoch_1.pth')) is None
+    assert (work / 'last_checkpoint').read_text() == str(work / 'epoch_1.pth')
+    assert safe_load(work / 'epoch_1.pth')['meta']['epoch'] == 1
+    # the retired checkpoint goes only once the next one is complete
+    failing_writes(0, 0)
+    runner = build(cfg, resume_from=resolve_resume(str(work), 'auto'))
+    runner.train()
+    assert sorted(n for n in os.listdir(work) if n.endswith('.pth')) == \
+        ['epoch_3.pth']
+    assert (work / 'last_checkpoint').read_text() == str(work / 'epoch_3.pth')
+
+
+def test_failed_best_save_keeps_previous_best(tmp_path, failing_writes):
+    """save_best: mmengine removes the previous best before writing the
+    new one. Here the previous best survives a failed write."""
+    work = tmp_path / 'work'
+    cfg = tiny_cfg(str(work), True, iter_ckpt_interval=None,
+                   save_best='evaluations')
+    cfg['default_hooks']['checkpoint']['rule'] = 'greater'
+    # writes: epoch_1, best(1), epoch_1 again (records the best), epoch_2,
+    # then the second best: fail it half-way
+    failing_writes(5, 200)
+    with pytest.raises(WriteFailure):
+        build(cfg).train()
+    best = [n for n in os.listdir(work) if n.startswith('best_')]
+    assert best == ['best_evaluations_epoch_1.pth']
+    assert checkpoint_problem(str(work / best[0])) is None
+    assert checkpoint_problem(str(work / 'epoch_2.pth')) is None
+
+
+# --------------------------------------------------------------------------
+# Which checkpoint --resume takes
+# --------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def three_checkpoints(tmp_path_factory):
+    work = tmp_path_factory.mktemp('ckpts') / 'work'
+    build(tiny_cfg(str(work), True, iter_ckpt_interval=None)).train()
+    return work
+
+
+def _copy_work(src, dst):
+    shutil.copytree(src, dst)
+    last = dst / 'last_checkpoint'
+    last.write_text(last.read_text().replace(str(src), str(dst)))
+    for i, name in enumerate(('epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth')):
+        os.utime(dst / name, (1e9 + i, 1e9 + i))  # order by age
+    return dst
+
+
+def test_resume_skips_truncated_and_damaged_checkpoints(tmp_path,
+                                                        three_checkpoints,
+                                                        capsys):
+    work = _copy_work(three_checkpoints, tmp_path / 'work')
+    data = (work / 'epoch_3.pth').read_bytes()
+    (work / 'epoch_3.pth').write_bytes(data[:len(data) // 2])
+    os.utime(work / 'epoch_3.pth', (1e9 + 2, 1e9 + 2))
+    path, skipped = find_resume_checkpoint(str(work))
+    assert path == str(work / 'epoch_2.pth')
+    assert len(skipped) == 1 and 'epoch_3.pth' in skipped[0] and \
+        'truncated' in skipped[0]
+    # a flipped byte inside the archive: the CRC check catches it
+    mid = bytearray((work / 'epoch_2.pth').read_bytes())
+    pos = mid.find(b'data.pkl') + 200
+    mid[pos] ^= 0xFF
+    (work / 'epoch_2.pth').write_bytes(bytes(mid))
+    os.utime(work / 'epoch_2.pth', (1e9 + 1, 1e9 + 1))
+    assert resolve_resume(str(work), 'auto') == str(work / 'epoch_1.pth')
+    out = capsys.readouterr().out
+    assert 'skipping checkpoint' in out and 'epoch_3.pth' in out and \
+        'epoch_2.pth' in out
+    # resuming from the fallback really continues from epoch 1
+    counter = CountIters()
+    build(tiny_cfg(str(work), True, iter_ckpt_interval=None), [counter],
+          resume_from=str(work / 'epoch_1.pth')).train()
+    assert counter.iters == list(range(5, 15))
+
+
+def test_resume_with_nothing_intact_or_nothing_at_all(tmp_path,
+                                                      three_checkpoints,
+                                                      capsys):
+    work = _copy_work(three_checkpoints, tmp_path / 'work')
+    for name in ('epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'):
+        (work / name).write_bytes(b'')
+    with pytest.raises(CheckpointError, match='no intact checkpoint'):
+        resolve_resume(str(work), 'auto')
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    assert resolve_resume(str(empty), 'auto') is None
+    lines = [ln for ln in capsys.readouterr().out.splitlines()
+             if 'resume' in ln]
+    assert len(lines) == 1 and 'starting from scratch' in lines[0]
+    assert resolve_resume(str(tmp_path / 'missing'), 'auto') is None
+
+
+@pytest.mark.parametrize('content,why', [
+    (None, 'does not exist'), (b'', 'empty'),
+    (b'hello, not a checkpoint', 'not a checkpoint'), ('half', 'truncated')])
+def test_resume_path_that_cannot_be_resumed(tmp_path, three_checkpoints,
+                                            content, why):
+    path = tmp_path / 'given.pth'
+    if content == 'half':
+        data = (three_checkpoints / 'epoch_1.pth').read_bytes()
+        content = data[:len(data) - 10]
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=why) as info:
+        resolve_resume(str(tmp_path), str(path))
+    assert str(path) in str(info.value) and '\n' not in str(info.value)
+
+
+# --------------------------------------------------------------------------
+# The work-dir lock
+# --------------------------------------------------------------------------
+def test_work_dir_lock_excludes_and_takes_over_stale(tmp_path):
+    from iformer_mm.engine.lock import LOCK_NAME, WorkDirLock
+    work = str(tmp_path / 'work')
+    first = WorkDirLock(work).acquire()
+    with pytest.raises(UserError, match=f'PID {os.getpid()}'):
+        WorkDirLock(work).acquire()
+    first.release()
+    assert not osp.exists(osp.join(work, LOCK_NAME))
+    # a lock file whose process is gone (kill -9 leaves it behind)
+    dead = subprocess.Popen(['true'])
+    dead.wait()
+    with open(osp.join(work, LOCK_NAME), 'w') as f:
+        json.dump(dict(pid=dead.pid, host='h', started='t'), f)
+    with WorkDirLock(work) as lock:
+        assert lock.took_over['pid'] == dead.pid
+        with open(osp.join(work, LOCK_NAME)) as f:
+            assert json.load(f)['pid'] == os.getpid()
+    assert not osp.exists(osp.join(work, LOCK_NAME))

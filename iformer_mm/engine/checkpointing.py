@@ -80,8 +80,9 @@ def atomic_write(data: bytes, path: str) -> None:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.',
                                suffix='.tmp', dir=directory)
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
+        with open(tmp, 'wb') as f:
             _write_data(f, data)
             f.flush()
             os.fsync(f.fileno())

@@ -15,8 +15,6 @@ import re
 import zipfile
 from typing import List, Optional, Tuple
 
-from mmengine.logging import print_log
-
 from ..errors import CheckpointError
 
 #: checkpoints CheckpointHook writes (not best_*, not published *-<sha>.pth)
@@ -140,13 +138,13 @@ def resolve_resume(work_dir: str, resume: Optional[str]) -> Optional[str]:
         return resume
     path, skipped = find_resume_checkpoint(work_dir)
     for line in skipped:
-        print_log(f'--resume: {line}', logger='current')
+        print(f'[iformer_mm] --resume: {line}', flush=True)
     if path is None:
-        print_log(f'--resume: no checkpoint in {work_dir} to resume from; '
-                  f'starting from scratch.', logger='current')
+        print(f'[iformer_mm] --resume: no checkpoint in {work_dir} to resume '
+              f'from; starting from scratch.', flush=True)
     elif skipped:
-        print_log(f'--resume: resuming from {path}, the newest intact '
-                  f'checkpoint.', logger='current')
+        print(f'[iformer_mm] --resume: resuming from {path}, the newest '
+              f'intact checkpoint.', flush=True)
     return path
 
 
