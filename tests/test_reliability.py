@@ -360,3 +360,183 @@ def test_work_dir_lock_excludes_and_takes_over_stale(tmp_path):
         with open(osp.join(work, LOCK_NAME)) as f:
             assert json.load(f)['pid'] == os.getpid()
     assert not osp.exists(osp.join(work, LOCK_NAME))
+
+
+# --------------------------------------------------------------------------
+# kill -9 inside the checkpoint write, through tools/train.py
+# --------------------------------------------------------------------------
+STALL_WRITER = '''
+"""Imported by the test config: the STALL_SAVE-th checkpoint write of this
+process writes STALL_BYTES bytes (negative: all but that many), syncs them,
+drops a marker file and hangs, waiting for the test's kill -9."""
+import os
+import time
+
+from iformer_mm.engine import checkpointing
+
+_real = checkpointing._write_data
+_count = [0]
+
+
+def _stalling(f, data):
+    name = os.path.basename(f.name)
+    if name.startswith('.') and '.pth.' in name:
+        _count[0] += 1
+        if _count[0] == int(os.environ.get('STALL_SAVE', '0')):
+            nbytes = int(os.environ['STALL_BYTES'])
+            nbytes = nbytes if nbytes >= 0 else len(data) + nbytes
+            f.write(bytes(memoryview(data)[:nbytes]))
+            f.flush()
+            os.fsync(f.fileno())
+            with open(os.environ['STALL_MARKER'], 'w') as m:
+                m.write(f'{f.name} {nbytes} {len(data)}')
+            time.sleep(600)
+    _real(f, data)
+
+
+checkpointing._write_data = _stalling
+'''
+
+
+def _tool_env(ws, **extra):
+    env = dict(os.environ)
+    env['PYTHONPATH'] = os.pathsep.join([ROOT, str(ws),
+                                         env.get('PYTHONPATH', '')])
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _train(ws, *args, timeout=600, **env):
+    return subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), 'tiny.py',
+         '--work-dir', 'work', *args], cwd=ws, env=_tool_env(ws, **env),
+        capture_output=True, text=True, timeout=timeout)
+
+
+def _train_until_stalled(ws, save, nbytes, *args):
+    marker = ws / 'stalled'
+    if marker.exists():
+        marker.unlink()
+    proc = subprocess.Popen(
+        [sys.executable, osp.join(ROOT, 'tools', 'train.py'), 'tiny.py',
+         '--work-dir', 'work', *args], cwd=ws,
+        env=_tool_env(ws, STALL_SAVE=save, STALL_BYTES=nbytes,
+                      STALL_MARKER=marker),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and \
+            time.time() < deadline:
+        time.sleep(0.1)
+    assert marker.exists(), proc.communicate(timeout=60)[0][-3000:]
+    time.sleep(0.2)  # the marker's writer is asleep by now
+    proc.send_signal(signal.SIGKILL)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == -signal.SIGKILL
+    tmp_name, written, total = marker.read_text().split()
+    return out, tmp_name, int(written), int(total)
+
+
+@pytest.fixture(scope='module')
+def tool_workspace(tmp_path_factory):
+    ws = tmp_path_factory.mktemp('kill')
+    (ws / 'stall_writer.py').write_text(STALL_WRITER)
+    cfg = tiny_cfg('unused', False, iters=12, iter_ckpt_interval=3,
+                   max_keep_ckpts=1)
+    del cfg['work_dir']
+    cfg['default_scope'] = 'mmpretrain'  # tools/train.py wants a codebase
+    cfg['custom_imports'] = dict(
+        imports=['iformer_mm', 'tests._tiny', 'stall_writer'],
+        allow_failed_imports=False)
+    Config(cfg).dump(str(ws / 'tiny.py'))
+    return ws
+
+
+def _pth(work):
+    return sorted(n for n in os.listdir(work) if n.endswith('.pth'))
+
+
+def test_kill_9_during_checkpoint_writes_then_resume(tool_workspace,
+                                                     tmp_path):
+    """Three trainings killed inside a checkpoint write (after 0 bytes,
+    half the file, all but its last byte), each resumed with --resume; the
+    last resumed with --resume PATH. Every time the newest complete
+    checkpoint is there, and the end result is bitwise an uninterrupted
+    run's: --resume PATH restores the optimizer, schedulers and iteration,
+    not only the weights."""
+    ws = tool_workspace
+    work = ws / 'work'
+    work.mkdir()
+    user_files = {work / 'notes.txt': b'my notes', work / 'mine.pth': b'x'}
+    for path, data in user_files.items():
+        path.write_bytes(data)
+
+    # (extra args, offset, the checkpoint that must survive)
+    plan = [((), 0, 'iter_3.pth'), (('--resume', ), 'half', 'iter_6.pth'),
+            (('--resume', ), -1, 'iter_9.pth')]
+    for args, nbytes, survivor in plan:
+        if nbytes == 'half':
+            nbytes = osp.getsize(work / 'iter_3.pth') // 2
+        out, tmp_name, written, total = _train_until_stalled(
+            ws, 2, nbytes, *args)
+        assert 0 <= written < total
+        assert osp.getsize(tmp_name) == written  # killed inside the write
+        if args:
+            assert 'took over the lock' in out
+            assert 'an interrupted checkpoint write' in out
+        assert _pth(work) == sorted(['mine.pth', survivor])
+        assert checkpoint_problem(str(work / survivor)) is None
+        assert (work / 'last_checkpoint').read_text() == str(work / survivor)
+
+    proc = _train(ws, '--resume', str(work / 'iter_9.pth'))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert 'resumed epoch: 0, iter: 9' in proc.stdout
+    assert _pth(work) == ['iter_12.pth', 'mine.pth']
+    assert not [n for n in os.listdir(work) if n.endswith('.tmp')]
+    assert not (work / '.iformer_mm.lock').exists()
+    for path, data in user_files.items():
+        assert path.read_bytes() == data
+
+    ref = build(tiny_cfg(str(tmp_path / 'ref'), False, iters=12,
+                         iter_ckpt_interval=3, max_keep_ckpts=1))
+    ref.train()
+    final = safe_load(work / 'iter_12.pth')
+    assert_bitwise_equal((final['state_dict'], final['optimizer']),
+                         final_state(ref))
+
+
+def test_train_tool_resume_errors_and_lock(tool_workspace, tmp_path,
+                                           monkeypatch, capsys):
+    """tools/train.py's main, in this process (a subprocess per case would
+    cost seconds of imports each; the kill test above runs the real tool)."""
+    from iformer_mm.engine.cli import train_main
+    from iformer_mm.engine.lock import WorkDirLock
+    cfg = Config.fromfile(str(tool_workspace / 'tiny.py'),
+                          import_custom_modules=False)
+    cfg.custom_imports = dict(imports=['iformer_mm', 'tests._tiny'],
+                              allow_failed_imports=False)
+    cfg.dump(str(tmp_path / 'plain.py'))
+    monkeypatch.chdir(tmp_path)
+
+    def train(*args):
+        rc = train_main(['plain.py', *args])
+        return rc, capsys.readouterr()
+
+    # --resume PATH of a file that does not exist: exit 2, one line
+    rc, io = train('--work-dir', 'w1', '--resume', 'nope.pth')
+    assert rc == 2 and io.err.count('\n') == 1
+    assert io.err.startswith('error: --resume nope.pth') and \
+        'does not exist' in io.err
+    # a second training into a work dir in use: exit 2, names the holder
+    with WorkDirLock(str(tmp_path / 'busy')):
+        rc, io = train('--work-dir', 'busy')
+    assert rc == 2 and io.err.count('\n') == 1
+    assert f'PID {os.getpid()}' in io.err and 'busy' in io.err
+    assert os.listdir(tmp_path / 'busy') == []  # nothing written
+    # --resume with nothing to resume: says so, then trains from scratch
+    rc, io = train('--work-dir', 'fresh', '--resume', '--cfg-options',
+                   'train_cfg.max_iters=3')
+    assert rc == 0, io.err[-3000:]
+    said = [ln for ln in io.out.splitlines() if '--resume' in ln]
+    assert len(said) == 1 and 'starting from scratch' in said[0]
+    assert _pth(tmp_path / 'fresh') == ['iter_3.pth']
+    assert not (tmp_path / 'fresh' / '.iformer_mm.lock').exists()
