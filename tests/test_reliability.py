@@ -540,3 +540,111 @@ def test_train_tool_resume_errors_and_lock(tool_workspace, tmp_path,
     assert len(said) == 1 and 'starting from scratch' in said[0]
     assert _pth(tmp_path / 'fresh') == ['iter_3.pth']
     assert not (tmp_path / 'fresh' / '.iformer_mm.lock').exists()
+
+
+# --------------------------------------------------------------------------
+# The toy data generator never deletes what it did not write
+# --------------------------------------------------------------------------
+def _snapshot(root):
+    """{relative path: (bytes, mtime)} of every file under root."""
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = osp.join(dirpath, name)
+            with open(path, 'rb') as f:
+                out[osp.relpath(path, root)] = (f.read(),
+                                                os.stat(path).st_mtime_ns)
+    return out
+
+
+def _small_imagenet(root):
+    from iformer_mm.datasets import make_toy_imagenet
+    return make_toy_imagenet(str(root), num_train_per_class=1,
+                             num_val_per_class=1, size=16)
+
+
+@pytest.mark.parametrize('kind', ['user_dir', 'user_file', 'user_link',
+                                  'extra_file_in_toy_dir'])
+def test_toy_generator_leaves_foreign_data_untouched(tmp_path, kind):
+    root = tmp_path / 'data'
+    if kind == 'user_dir':
+        (root / 'sub').mkdir(parents=True)
+        (root / 'sub' / 'annotations.json').write_text('{"mine": 1}')
+        (root / 'README').write_text('my dataset')
+    elif kind == 'user_file':
+        root.write_text('a file, not a directory')
+    elif kind == 'user_link':
+        (tmp_path / 'real').mkdir()
+        (tmp_path / 'real' / 'img.jpg').write_bytes(b'\xff\xd8')
+        root.symlink_to(tmp_path / 'real')
+    else:
+        # the generator's own folder, with a stale stamp and a user's file
+        _small_imagenet(root)
+        stamp = json.loads((root / '.toy_complete').read_text())
+        stamp['params']['version'] = -1
+        (root / '.toy_complete').write_text(json.dumps(stamp))
+        (root / 'train' / 'my_extra.png').write_bytes(b'mine')
+    before = _snapshot(tmp_path)
+    with pytest.raises(UserError) as info:
+        _small_imagenet(root)
+    message = str(info.value)
+    assert str(root) in message and '\n' not in message
+    assert 'untouched' in message and 'data_root' in message
+    assert _snapshot(tmp_path) == before  # nothing changed, no temp left
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        {'data', 'real'} & set(os.listdir(tmp_path)))
+
+
+def test_toy_generator_replaces_only_its_own_or_empty(tmp_path):
+    root = tmp_path / 'data'
+    root.mkdir()  # an empty directory may be filled
+    _small_imagenet(root)
+    files = _snapshot(root)
+    assert 'train/square/square_0000.png' in files
+    assert _small_imagenet(root) and _snapshot(root) == files  # reused
+    # its own copy of another version (and the first stamp format) is
+    # regenerated
+    (root / '.toy_complete').write_text(json.dumps(dict(kind='imagenet')))
+    _small_imagenet(root)
+    assert {k: v[0] for k, v in _snapshot(root).items()} == \
+        {k: v[0] for k, v in files.items()}
+    assert os.listdir(tmp_path) == ['data']
+
+
+def test_train_val_toy_cfg_mismatch_is_a_config_error(tmp_path):
+    from iformer_mm.datasets import check_datasets
+    from iformer_mm.errors import ConfigError
+    root = str(tmp_path / 'toy')
+    ds = dict(type='ToyCocoDataset', data_root=root)
+    cfg = Config(dict(
+        train_dataloader=dict(dataset=dict(ds, toy_cfg=dict(num_train=4))),
+        val_dataloader=dict(dataset=dict(ds, toy_cfg=dict(num_train=8))),
+        val_cfg=dict(type='ValLoop')))
+    with pytest.raises(ConfigError, match='toy_cfg') as info:
+        check_datasets(cfg, ('train', 'val'))
+    assert root in str(info.value) and 'num_train' in str(info.value)
+    assert not osp.exists(root)  # checked before anything is generated
+
+
+def test_train_tool_with_data_root_on_user_data(tmp_path):
+    """tools/train.py on a toy config whose data_root is a user's dataset:
+    exit 2, one line naming the folder, every file untouched."""
+    data = tmp_path / 'imagenet'
+    (data / 'train' / 'n01440764').mkdir(parents=True)
+    (data / 'train' / 'n01440764' / 'a.JPEG').write_bytes(b'\xff\xd8jpeg')
+    (data / 'meta.txt').write_text('labels')
+    before = _snapshot(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, osp.join(ROOT, 'tools', 'train.py'),
+         osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py'),
+         '--work-dir', str(tmp_path / 'work'), '--cfg-options',
+         f'train_dataloader.dataset.data_root={data}',
+         f'val_dataloader.dataset.data_root={data}'],
+        cwd=tmp_path, env=_tool_env(tmp_path), capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
+    assert proc.stderr.startswith('error: ') and str(data) in proc.stderr
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith('work')} == \
+        before
