@@ -116,14 +116,19 @@ def run_through(tmp_path, name, by_epoch, hooks=(), **kw):
 
 @pytest.fixture(scope='module')
 def uninterrupted(tmp_path_factory):
-    """Reference runs, epoch- and iteration-based, never interrupted."""
+    """Reference runs, never interrupted: (by_epoch, infinite sampler) ->
+    (final weights and optimizer state, iterations run)."""
     tmp = tmp_path_factory.mktemp('ref')
     out = {}
-    for by_epoch in (True, False):
-        counter = CountIters()
-        runner = run_through(tmp, f'ref_{by_epoch}', by_epoch, [counter])
-        out[by_epoch] = (final_state(runner), counter.iters)
-    return out
+
+    def get(by_epoch, infinite=False):
+        if (by_epoch, infinite) not in out:
+            counter = CountIters()
+            runner = run_through(tmp, f'ref_{by_epoch}_{infinite}', by_epoch,
+                                 [counter], infinite=infinite)
+            out[by_epoch, infinite] = (final_state(runner), counter.iters)
+        return out[by_epoch, infinite]
+    return get
 
 
 # point of interruption -> (checkpoint it resumes from, iterations left)
@@ -140,11 +145,15 @@ ITER_CASES = {
     'mid_pass': (dict(at_iter=7), 'iter_6.pth', 6),
     'end_of_pass': (dict(at_iter=10), 'iter_9.pth', 3),
     'during_validation': (dict(val_after=8), 'iter_6.pth', 6),
+    # mmseg's configs: an InfiniteSampler, one endless pass
+    'infinite_sampler': (dict(at_iter=11), 'iter_9.pth', 3,
+                         dict(infinite=True)),
 }
 
 
 def _interrupt_and_resume(tmp_path, uninterrupted, by_epoch, point,
-                          expected_ckpt, iters_left, **kw):
+                          expected_ckpt, iters_left, kw=None):
+    kw = kw or {}
     work = tmp_path / 'work'
     cfg = tiny_cfg(str(work), by_epoch, **kw)
     with pytest.raises(Interrupted):
@@ -154,7 +163,7 @@ def _interrupt_and_resume(tmp_path, uninterrupted, by_epoch, point,
     counter = CountIters()
     runner = build(cfg, [counter], resume_from=resume_from)
     runner.train()
-    reference, reference_iters = uninterrupted[by_epoch]
+    reference, reference_iters = uninterrupted(by_epoch, **kw)
     # exactly the iterations that were left, no batch trained twice
     assert counter.iters == reference_iters[-iters_left:]
     assert_bitwise_equal(final_state(runner), reference)
