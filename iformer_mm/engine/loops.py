@@ -9,9 +9,10 @@ every one (reading and augmenting images for nothing). Neither restores the
 random number generators, so augmentations and dropout differ from an
 uninterrupted run.
 
-:class:`ResumableEpochBasedTrainLoop` and :class:`ResumableIterBasedTrainLoop`
-(registered in mmengine's ``LOOPS``; :func:`~iformer_mm.engine.runner.build_runner`
-puts them in place of mmengine's) differ only on resume:
+:class:`ResumableEpochBasedTrainLoop` and
+:class:`ResumableIterBasedTrainLoop` (registered in mmengine's ``LOOPS``;
+:func:`~iformer_mm.engine.runner.make_resumable` puts them in place of
+mmengine's) differ only on resume:
 
 * the batches already trained are skipped in the *batch sampler*, i.e. only
   their indices are drawn, no image is read;

@@ -11,8 +11,9 @@ here so that it can be tested and reused from Python:
   on a machine without CUDA, SyncBN becomes BN, the distributed backend
   becomes gloo, the DDP wrapper becomes :class:`DeviceAwareDDP` and AMP is
   turned off (mmengine's AMP wrapper needs a GPU).
-* :func:`make_resumable` puts :class:`~iformer_mm.engine.checkpointing.SafeCheckpointHook`
-  (atomic saves) and the loops of :mod:`iformer_mm.engine.loops` (exact
+* :func:`make_resumable` puts
+  :class:`~iformer_mm.engine.checkpointing.SafeCheckpointHook` (atomic
+  saves) and the loops of :mod:`iformer_mm.engine.loops` (exact
   mid-epoch resume) in place of mmengine's.
 * :func:`build_runner` checks the datasets (toy datasets are generated,
   missing real ones raise :class:`DatasetNotFoundError`), creates the
