@@ -268,6 +268,19 @@ def test_failed_best_save_keeps_previous_best(tmp_path, failing_writes):
     assert checkpoint_problem(str(work / 'epoch_2.pth')) is None
 
 
+def test_failed_publish_leaves_no_partial_file(tmp_path, failing_writes):
+    """published_keys: the published copy is written atomically too."""
+    work = tmp_path / 'work'
+    cfg = tiny_cfg(str(work), True, iter_ckpt_interval=None)
+    hook = cfg['default_hooks']['checkpoint']
+    hook['published_keys'] = ['meta', 'state_dict']
+    failing_writes(4, 100)  # epoch_1..3, then the published copy
+    with pytest.raises(WriteFailure, match=r'epoch_3-[0-9a-f]{8}\.pth'):
+        build(cfg).train()
+    assert _pth(work) == ['epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth']
+    assert not [n for n in os.listdir(work) if n.endswith('.tmp')]
+
+
 # --------------------------------------------------------------------------
 # Which checkpoint --resume takes
 # --------------------------------------------------------------------------

@@ -24,17 +24,20 @@ Here:
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import os.path as osp
+import pickle
 import random
 import tempfile
 from typing import Optional
 
 import numpy as np
 import torch
-from mmengine.dist import is_main_process
+from mmengine.dist import is_main_process, master_only
 from mmengine.fileio.backends import LocalBackend, register_backend
 from mmengine.hooks import CheckpointHook
+from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
 ATOMIC_BACKEND = 'iformer_atomic_local'
@@ -232,6 +235,28 @@ class SafeCheckpointHook(CheckpointHook):
         if retired is not None and retired != step:
             self._remove(self.file_backend.join_path(
                 self.out_dir, self.filename_tmpl.format(retired)))
+
+    @master_only
+    def _publish_model(self, runner, ckpt_path: str) -> None:
+        """As mmengine's (``published_keys``), written atomically."""
+        if not getattr(self, 'atomic', False):
+            return super()._publish_model(runner, ckpt_path)
+        from mmengine.runner.checkpoint import (_load_checkpoint,
+                                                save_checkpoint)
+        checkpoint = _load_checkpoint(ckpt_path)
+        removed = [k for k in list(checkpoint) if k not in
+                   self.published_keys]
+        for key in removed:
+            checkpoint.pop(key)
+        if removed:
+            print_log(f'Key {removed} will be removed because they are not '
+                      f'found in published_keys.', logger='current')
+        sha = hashlib.sha256(pickle.dumps(checkpoint)).hexdigest()
+        final_path = osp.splitext(ckpt_path)[0] + f'-{sha[:8]}.pth'
+        save_checkpoint(checkpoint, final_path,
+                        backend_args=self.backend_args)
+        print_log(f'The checkpoint ({ckpt_path}) is published to '
+                  f'{final_path}.', logger='current')
 
     def _save_best_checkpoint(self, runner, metrics) -> None:
         if not self.save_best:
