@@ -185,7 +185,10 @@ def _generate_atomically(root: str, params: dict,
                 _check_replaceable(root)
                 old = tempfile.mkdtemp(prefix='.old_' + osp.basename(root),
                                        dir=parent)
-                os.rename(root, osp.join(old, 'data'))
+                try:
+                    os.rename(root, osp.join(old, 'data'))
+                except FileNotFoundError:
+                    pass  # another process moved it first
         try:
             os.rename(tmp, root)
         except OSError:
