@@ -73,11 +73,15 @@ def workspace(tmp_path_factory):
     adds a hook recording the state training starts from."""
     ws = tmp_path_factory.mktemp('det')
     (ws / 'resume_probe.py').write_text(PROBE)
+    # Besides the epoch checkpoints, one mid-epoch: after iteration 3 (the
+    # first batch of epoch 2).
     (ws / 'probe_cfg.py').write_text(
         f"_base_ = {TOY!r}\n"
         "custom_imports = dict(imports=['iformer_mm', 'resume_probe'],\n"
         "                      allow_failed_imports=False)\n"
-        "custom_hooks = [dict(type='ResumeProbeHook', out='probe.pt')]\n")
+        "custom_hooks = [dict(type='ResumeProbeHook', out='probe.pt'),\n"
+        "                dict(type='SafeCheckpointHook', by_epoch=False,\n"
+        "                     interval=3, save_last=False)]\n")
     return ws
 
 
@@ -130,6 +134,31 @@ def test_resume_after_first_checkpoint(trained):
     # AdamW kept counting from the restored state: 2 + 2 steps.
     assert adam_steps(final['optimizer']) == {4.0}
     assert 'coco/segm_mAP:' in out
+
+
+def test_resume_mid_epoch_skips_trained_batches(trained):
+    """Resumed from the checkpoint after the first batch of epoch 2, the
+    run trains only the second batch (mmengine alone replays the epoch)
+    and ends with the uninterrupted run's weights, bitwise."""
+    ws, _ = trained
+    work = ws / 'mid_epoch'
+    work.mkdir()
+    shutil.copy(ws / 'work' / 'iter_3.pth', work / 'iter_3.pth')
+    out = run_tool([
+        sys.executable, osp.join(ROOT, 'tools', 'train.py'), 'probe_cfg.py',
+        '--work-dir', str(work), '--resume', str(work / 'iter_3.pth'),
+        '--no-validate', '--cfg-options', 'train_cfg.max_epochs=2', *SMALL],
+        cwd=ws)
+    assert 'resumed epoch: 1, iter: 3' in out
+    assert 'skipping the 1 batches already trained' in out
+    trained_iters = [ln for ln in out.splitlines() if 'Epoch(train)' in ln]
+    assert len(trained_iters) == 1 and '[2][2/2]' in trained_iters[0]
+    final = load(work / 'epoch_2.pth')
+    reference = load(ws / 'work' / 'epoch_2.pth')
+    assert final['meta']['iter'] == 4 and adam_steps(final['optimizer']) \
+        == {4.0}
+    for key, value in reference['state_dict'].items():
+        assert torch.equal(final['state_dict'][key], value), key
 
 
 def test_test_tool_evaluates_saved_checkpoint(trained):

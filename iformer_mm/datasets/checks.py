@@ -10,7 +10,9 @@ are generated here instead.
 from __future__ import annotations
 
 import os.path as osp
-from typing import Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from ..errors import ConfigError, UserError
 
 DOC = 'docs/getting_started.md'
 
@@ -46,7 +48,7 @@ _KIND = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(UserError, FileNotFoundError):
     """A dataset a config needs is not on disk."""
 
 
@@ -122,20 +124,42 @@ def check_datasets(cfg, splits: Sequence[str] = ('train', 'val')) -> None:
 
     Raises:
         DatasetNotFoundError: a real dataset's files are not on disk.
+        ConfigError: two datasets share a toy data_root with different
+            ``toy_cfg``.
+        UserError: a toy data_root holds data the generator did not write.
     """
     from .builders import TOY_DATASETS, prepare_toy_dataset
+    toy: List[Tuple[str, str, dict]] = []  # (split, type, dataset cfg)
+    real: List[Tuple[str, dict]] = []
     for split in splits:
         loader = cfg.get(f'{split}_dataloader', None)
         if not loader or (split == 'val' and not cfg.get('val_cfg', None)):
             continue
         for ds in _iter_datasets(loader.get('dataset', {})):
             type_name = ds.get('type', '')
-            if isinstance(type_name, str) and \
-                    type_name.split('.')[-1] in TOY_DATASETS:
-                prepare_toy_dataset(type_name.split('.')[-1],
-                                    ds.get('data_root'), ds.get('toy_cfg'))
-                continue
-            kind, paths = _required_paths(ds)
-            for path in paths:
-                if not osp.exists(path):
-                    raise DatasetNotFoundError(_message(kind, path, split))
+            name = type_name.split('.')[-1] if isinstance(type_name,
+                                                          str) else ''
+            if name in TOY_DATASETS:
+                toy.append((split, name, ds))
+            else:
+                real.append((split, ds))
+    # Datasets sharing a toy data_root must agree on its content before
+    # anything is generated: otherwise one regenerates it under the other.
+    toy_roots: Dict[str, Tuple[str, dict]] = {}
+    for split, name, ds in toy:
+        root = osp.abspath(ds.get('data_root') or TOY_DATASETS[name][1])
+        toy_cfg = dict(ds.get('toy_cfg') or {})
+        seen = toy_roots.setdefault(root, (split, toy_cfg))
+        if seen[1] != toy_cfg:
+            raise ConfigError(
+                f'the {seen[0]} and {split} datasets share the toy data_root '
+                f'{root!r} but not their toy_cfg ({seen[1]} vs {toy_cfg}); '
+                f'one would regenerate the folder under the other: give them '
+                f'the same toy_cfg, or different data_root.')
+    for split, name, ds in toy:
+        prepare_toy_dataset(name, ds.get('data_root'), ds.get('toy_cfg'))
+    for split, ds in real:
+        kind, paths = _required_paths(ds)
+        for path in paths:
+            if not osp.exists(path):
+                raise DatasetNotFoundError(_message(kind, path, split))

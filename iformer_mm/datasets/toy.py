@@ -87,32 +87,108 @@ def _place(rng, h, w, boxes, r_range) -> Tuple[float, float, float] | None:
 # --------------------------------------------------------------------------
 # Atomic, versioned generation
 # --------------------------------------------------------------------------
-def _is_complete(root: str, params: dict) -> bool:
+def _read_stamp(root: str):
+    """The stamp of a generated directory: ``None`` if it has none, else a
+    dict (``params`` and ``files``; ``{}`` for an unreadable stamp)."""
     stamp = osp.join(root, _STAMP)
     if not osp.isfile(stamp):
-        return False
+        return None
     try:
         with open(stamp) as f:
-            return json.load(f) == params
+            data = json.load(f)
     except (OSError, ValueError):
-        return False
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    if 'params' not in data:  # the first stamp format: the params alone
+        return dict(params=data, files=None)
+    return data
+
+
+def _is_complete(root: str, params: dict) -> bool:
+    stamp = _read_stamp(root)
+    return bool(stamp) and stamp.get('params') == params
+
+
+def _list_files(root: str) -> List[str]:
+    """Every file and directory under ``root``, relative, sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel = osp.relpath(dirpath, root)
+        for name in dirnames + filenames:
+            out.append(osp.normpath(osp.join(rel, name)))
+    return sorted(out)
+
+
+def _not_ours(root: str, why: str):
+    from ..errors import UserError
+    return UserError(
+        f'toy data_root {root!r} {why}; the toy data generator only replaces '
+        f'folders it created itself (they carry a {_STAMP} file) and left '
+        f'it untouched: set data_root to a new or empty directory.')
+
+
+def _check_replaceable(root: str) -> None:
+    """Raise unless ``root`` may be replaced by a fresh toy dataset: it
+    carries our stamp and holds nothing but the files the stamp lists."""
+    if osp.islink(root) or not osp.isdir(root):
+        raise _not_ours(root, 'exists and is not a directory')
+    stamp = _read_stamp(root)
+    if stamp is None:
+        raise _not_ours(root, 'exists and was not created by the toy data '
+                        f'generator (no {_STAMP} file)')
+    listed = stamp.get('files')
+    if listed is not None:
+        extra = sorted(set(_list_files(root)) - set(listed) - {_STAMP})
+        if extra:
+            raise _not_ours(root, f'holds {len(extra)} file(s) the generator '
+                            f'did not write (e.g. {extra[0]!r})')
 
 
 def _generate_atomically(root: str, params: dict,
                          writer: Callable[[str], None]) -> str:
+    """Make ``root`` hold the toy dataset ``params`` and return its path.
+
+    A complete copy (same stamp) is reused. Otherwise the data is written
+    into a temporary folder beside ``root`` and renamed into place, so that
+    concurrent callers (the processes of a distributed run) never see a
+    partial copy. An existing ``root`` is replaced only if it is an empty
+    directory or a toy dataset this generator wrote (its stamp lists its
+    files and nothing else is in it); anything else raises
+    :class:`~iformer_mm.errors.UserError` and is left untouched.
+    """
     root = osp.abspath(root)
     if _is_complete(root, params):
         return root
+    if osp.lexists(root) and not (osp.isdir(root) and not osp.islink(root)
+                                  and not os.listdir(root)):
+        _check_replaceable(root)
     parent = osp.dirname(root)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix='.tmp_' + osp.basename(root), dir=parent)
+    old = None
     try:
         writer(tmp)
         with open(osp.join(tmp, _STAMP), 'w') as f:
-            json.dump(params, f)
-        if osp.isdir(root) and not _is_complete(root, params):
-            # An old or partial copy: replace it.
-            shutil.rmtree(root, ignore_errors=True)
+            json.dump(dict(params=params, files=_list_files(tmp)), f)
+        if osp.lexists(root):
+            if _is_complete(root, params):
+                return root  # another process finished first
+            if osp.isdir(root) and not os.listdir(root):
+                try:
+                    os.rmdir(root)  # only ever removes an empty directory
+                except OSError:
+                    pass
+            else:
+                # One of our own, with other params: move it aside first,
+                # so that the swap is a rename and nothing is half-deleted.
+                _check_replaceable(root)
+                old = tempfile.mkdtemp(prefix='.old_' + osp.basename(root),
+                                       dir=parent)
+                try:
+                    os.rename(root, osp.join(old, 'data'))
+                except FileNotFoundError:
+                    pass  # another process moved it first
         try:
             os.rename(tmp, root)
         except OSError:
@@ -122,6 +198,8 @@ def _generate_atomically(root: str, params: dict,
     finally:
         if osp.isdir(tmp):
             shutil.rmtree(tmp, ignore_errors=True)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return root
 
 

@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 from mmengine.config import Config, ConfigDict, DictAction
 
 from ..datasets.checks import DatasetNotFoundError
+from ..errors import UserError
 from .dist import LAUNCHERS
 from .runner import build_runner, config_scope, load_config
 
@@ -131,16 +132,42 @@ def train_cfg_from_args(args) -> Config:
     return cfg
 
 
+def lock_work_dir(cfg: Config):
+    """Take the work-dir lock (on the first process of a distributed run)
+    and clear what killed atomic writes left; ``None`` on other ranks."""
+    from .lock import WorkDirLock
+    from .resume import remove_interrupted_writes
+    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID', '0'))
+    if rank != '0':
+        return None
+    lock = WorkDirLock(osp.abspath(cfg.work_dir)).acquire()
+    if lock.took_over:
+        print(f'[iformer_mm] took over the lock of {cfg.work_dir} left by '
+              f"PID {lock.took_over.get('pid')}, which is gone")
+    for path in remove_interrupted_writes(cfg.work_dir):
+        print(f'[iformer_mm] removed {path} (an interrupted checkpoint '
+              f'write)')
+    return lock
+
+
 def train_main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_train_args(argv)
+    lock = None
     try:
         cfg = train_cfg_from_args(args)
+        lock = lock_work_dir(cfg)
         runner = build_runner(cfg, splits=('train', 'val'))
-    except DatasetNotFoundError as e:
+    except (DatasetNotFoundError, UserError) as e:
+        if lock is not None:
+            lock.release()
         print(f'error: {e}', file=sys.stderr)
         return 2
     _route_checkpoint_loading(runner, strict=False)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -11,6 +11,10 @@ here so that it can be tested and reused from Python:
   on a machine without CUDA, SyncBN becomes BN, the distributed backend
   becomes gloo, the DDP wrapper becomes :class:`DeviceAwareDDP` and AMP is
   turned off (mmengine's AMP wrapper needs a GPU).
+* :func:`make_resumable` puts
+  :class:`~iformer_mm.engine.checkpointing.SafeCheckpointHook` (atomic
+  saves) and the loops of :mod:`iformer_mm.engine.loops` (exact
+  mid-epoch resume) in place of mmengine's.
 * :func:`build_runner` checks the datasets (toy datasets are generated,
   missing real ones raise :class:`DatasetNotFoundError`), creates the
   process group where mmengine cannot, and builds the runner.
@@ -27,6 +31,8 @@ from mmengine.logging import print_log
 
 from ..datasets.checks import check_datasets
 from .dist import init_dist_env
+from .loops import RESUMABLE_LOOPS
+from .resume import resolve_resume
 
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
@@ -48,8 +54,11 @@ def load_config(config: str, *, cfg_options: Optional[dict] = None,
                 resume: Optional[str] = None) -> Config:
     """Read ``config`` and apply the tools' command-line options.
 
-    ``resume``: ``None`` (no resume), ``'auto'`` (the latest checkpoint in
-    the work dir) or a checkpoint path.
+    ``resume``: ``None`` (no resume), ``'auto'`` (the newest intact
+    checkpoint in the work dir; with none, one line says so and training
+    starts from scratch) or a checkpoint path (checked:
+    :class:`~iformer_mm.errors.CheckpointError` if missing or truncated).
+    See :mod:`iformer_mm.engine.resume`.
     """
     cfg = Config.fromfile(config)
     cfg.launcher = launcher
@@ -73,12 +82,12 @@ def load_config(config: str, *, cfg_options: Optional[dict] = None,
             raise RuntimeError('--auto-scale-lr needs auto_scale_lr='
                                'dict(base_batch_size=...) in the config.')
         cfg.auto_scale_lr.enable = True
-    if resume == 'auto':
+    resume_from = resolve_resume(cfg.work_dir, resume)
+    if resume_from is not None:
         cfg.resume = True
-        cfg.load_from = None
+        cfg.load_from = resume_from
     elif resume is not None:
-        cfg.resume = True
-        cfg.load_from = resume
+        cfg.resume = False  # nothing to resume: the config's own start
     return cfg
 
 
@@ -150,6 +159,30 @@ def adapt_to_machine(cfg: Config,
     return notes
 
 
+def make_resumable(cfg: Config) -> List[str]:
+    """Use our atomic checkpoint hook and exactly-resuming train loops in
+    place of mmengine's (same arguments); returns what was changed."""
+    notes: List[str] = []
+    n = _replace_types(cfg.get('default_hooks', None), 'CheckpointHook',
+                       'SafeCheckpointHook')
+    n += _replace_types(cfg.get('custom_hooks', None), 'CheckpointHook',
+                        'SafeCheckpointHook')
+    if n:
+        notes.append('CheckpointHook -> SafeCheckpointHook (atomic saves)')
+    train_cfg = cfg.get('train_cfg', None)
+    if isinstance(train_cfg, dict):
+        loop_type = train_cfg.get('type', None)
+        if loop_type is None and 'by_epoch' in train_cfg:
+            by_epoch = train_cfg.pop('by_epoch')
+            loop_type = 'EpochBasedTrainLoop' if by_epoch else \
+                'IterBasedTrainLoop'
+            train_cfg.type = loop_type
+        if isinstance(loop_type, str) and \
+                loop_type.split('.')[-1] in RESUMABLE_LOOPS:
+            train_cfg.type = RESUMABLE_LOOPS[loop_type.split('.')[-1]]
+    return notes
+
+
 def build_runner(cfg: Config, splits: Sequence[str] = ('train', 'val')):
     """Check data, create the process group if needed, build the runner.
 
@@ -163,6 +196,7 @@ def build_runner(cfg: Config, splits: Sequence[str] = ('train', 'val')):
     config_scope(cfg)
     cfg = copy.deepcopy(cfg)
     notes = adapt_to_machine(cfg)
+    notes += make_resumable(cfg)
     check_datasets(cfg, splits)
     dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
     init_dist_env(cfg.get('launcher', 'none'), **dist_cfg)
