@@ -22,12 +22,13 @@ if _util.find_spec('mmengine') is not None:
     from . import datasets  # noqa: F401
     from . import engine  # noqa: F401
 
-__all__ = ['__version__', 'get_model', 'list_models']
+__all__ = ['__version__', 'get_config', 'get_model', 'list_models',
+           'model_info']
 
 
 def __getattr__(name):
     # models by name (model-index.yml): imported on first use
-    if name in ('get_model', 'list_models'):
+    if name in ('get_config', 'get_model', 'list_models', 'model_info'):
         from .apis import hub
         return getattr(hub, name)
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
