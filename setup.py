@@ -110,7 +110,7 @@ if __name__ == '__main__':
             'cls': parse_requirements('cls'),
             'deploy': parse_requirements('deploy'),
             'tests': parse_requirements('tests'),
-            'mim': ['openmim'],
+            'mim': parse_requirements('mim'),
             'all': (parse_requirements('det') + parse_requirements('seg') +
                     parse_requirements('cls') +
                     parse_requirements('deploy') +
