@@ -176,3 +176,50 @@ def test_real_mmengine_run(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert 'slowest epoch' in proc.stdout and 'average iter time' in \
         proc.stdout
+
+
+# --------------------------------------------------------------------------
+# tools/plot_latency_accuracy.py
+# --------------------------------------------------------------------------
+def test_latency_accuracy_plot_places_measured_points(tmp_path):
+    import plot_latency_accuracy as pla
+
+    def row(key, ms, status='ok'):
+        return {'key': key, 'status': status,
+                'onnx': {'timing': {'median_ms': ms}},
+                'torch': {'timing': {'median_ms': ms * 3}}}
+    run = {'coreml_runtime': False, 'config': {'resolution': [512, 512]},
+           'environment': {'cpu': 'Test CPU', 'threads': 2},
+           'results': [row('iformer-m:cc-hybrid', 40.0),
+                       row('iformer-m:global', 99.0),  # not Table 5's layout
+                       row('resnet18', 30.0),
+                       row('swin-t', 0, status='failed')]}
+    fig, points = pla.plot(run, str(tmp_path / 'p.png'))
+    assert points == [('iFormer-M', 40.0), ('ResNet-18', 30.0)]
+    paper_ax, here_ax = fig.axes[:2]
+    # right panel: (measured ms, the paper's box AP from Table 5)
+    here = sorted(tuple(c.get_offsets()[0]) for c in here_ax.collections)
+    assert here == [(30.0, 34.0), (40.0, 40.8)]
+    # left panel: Table 5's latencies; Swin-T ("Failed") has none
+    paper = {tuple(c.get_offsets()[0]) for c in paper_ax.collections}
+    assert (4.00, 40.8) in paper and (6.60, 42.2) in paper
+    assert len(paper) == len(pla.TABLE5) - 1
+    fig, points = pla.plot(run, str(tmp_path / 'q.png'), metric='miou',
+                           source='torch')
+    here = sorted(tuple(c.get_offsets()[0]) for c in fig.axes[1].collections)
+    assert here == [(90.0, 32.9), (120.0, 42.4)]
+
+
+def test_latency_accuracy_plot_bad_input(tmp_path):
+    bad = tmp_path / 'bad.json'
+    bad.write_text('{"results": []}')
+    for args, needle in [([str(tmp_path / 'none.json')], 'no such file'),
+                         ([str(bad)], 'no timed backbone of Table 5')]:
+        proc = subprocess.run(
+            [sys.executable, osp.join(REPO, 'tools',
+                                      'plot_latency_accuracy.py'), *args,
+             '--out', str(tmp_path / 'x.png')],
+            capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], proc.stderr
