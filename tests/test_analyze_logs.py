@@ -223,3 +223,20 @@ def test_latency_accuracy_plot_bad_input(tmp_path):
         assert proc.returncode == 2
         lines = proc.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], proc.stderr
+
+
+def test_readme_curve_image_is_regenerated_by_the_tool(tmp_path):
+    """docs/toy_seg_curves.png comes from the committed log through the
+    command the README gives; rerunning it gives the same picture."""
+    from matplotlib.testing.compare import compare_images
+    out = tmp_path / 'toy_seg_curves.png'
+    proc = run_tool([
+        'plot_curve', osp.join(REPO, 'docs', 'logs', 'toy_seg_scalars.json'),
+        '--keys', 'loss', 'mIoU', 'aAcc', '--legend',
+        'iFormer-T Semantic FPN, toy ADE', '--title',
+        'configs/toy/fpn_iformer_t_toy.py (val every 10 iters)', '--out',
+        str(out)], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    diff = compare_images(osp.join(REPO, 'docs', 'toy_seg_curves.png'),
+                          str(out), tol=2)
+    assert diff is None, diff
