@@ -107,7 +107,9 @@ def browse(cfg, output_dir=None, show=False, wait=2.0, number=None,
     init_default_scope(scope)
     registry = importlib.import_module(f'{scope}.registry')
     dataset = registry.DATASETS.build(loader['dataset'])
-    visualizer = registry.VISUALIZERS.build(cfg.visualizer)
+    vis_cfg = dict(cfg.visualizer)
+    vis_cfg.setdefault('name', 'browse_dataset')  # mmpretrain's lacks one
+    visualizer = registry.VISUALIZERS.build(vis_cfg)
     visualizer.dataset_meta = dataset.metainfo
     total = min(len(dataset), number or len(dataset))
     if output_dir:
