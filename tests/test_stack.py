@@ -12,17 +12,33 @@ import torch
 
 import iformer_mm  # noqa: F401  (registers IFormer in mmengine's root MODELS)
 
-STACK = {
-    'mmcv': '2.1.0',
-    'mmdet': '3.3.0',
-    'mmsegmentation': '1.2.2',
-    'mmpretrain': '1.2.0',
-}
+from iformer_mm.check import read_constraints, spec_ok  # noqa: E402
+
+# the pins live in constraints.txt, which tools/install.py installs from
+PINS = read_constraints()
+STACK = ['mmcv', 'mmdet', 'mmsegmentation', 'mmpretrain', 'mmengine',
+         'coremltools', 'numpy']
 
 
-@pytest.mark.parametrize('dist,version', sorted(STACK.items()))
-def test_pinned_versions(dist, version):
-    assert metadata.version(dist) == version
+@pytest.mark.parametrize('dist', STACK)
+def test_pinned_versions(dist):
+    assert spec_ok(metadata.version(dist), PINS[dist]), (
+        dist, metadata.version(dist), PINS[dist])
+
+
+def test_opencv_below_5():
+    """mmseg's dataset browser crashes with opencv 5: constraints.txt keeps
+    every installed opencv wheel below it."""
+    found = {}
+    for dist in ('opencv-python', 'opencv-python-headless'):
+        try:
+            found[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    assert found, 'no opencv wheel installed (mmengine needs one)'
+    for dist, version in found.items():
+        assert PINS[dist] == '>=4.5,<5'
+        assert spec_ok(version, PINS[dist]), (dist, version)
 
 
 @pytest.mark.parametrize('module', [

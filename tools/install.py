@@ -43,20 +43,64 @@ import threading
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TORCH_DEFAULT = '2.13.0'
-TORCHVISION_DEFAULT = '0.28.0'
-MMCV_VERSION = '2.1.0'
-SETUPTOOLS_SPEC = 'setuptools>=77.0.3,<81'
-NUMPY_SPEC = 'numpy>=1.26,<2.4'
-OPENMMLAB = {
-    'mmdet': '3.3.0',
-    'mmsegmentation': '1.2.2',
-    'mmpretrain': '1.2.0',
-}
-MMENGINE_SPEC = 'mmengine>=0.10.4,<1.0.0'
-COREMLTOOLS_VERSION = '9.0'
-TOOLS = ['onnx', 'onnxruntime', 'pytest', 'timm']
-UNDECLARED = ['ftfy', 'regex']  # mmsegmentation 1.2.2 needs, never declares
+# ---------------------------------------------------------------------------
+# Pins and the probe: both come from the repository (constraints.txt,
+# requirements/*.txt, iformer_mm/check.py), which the stack test and
+# setup.py read too.
+# ---------------------------------------------------------------------------
+CONSTRAINTS = osp.join(REPO, 'constraints.txt')
+CHECK = osp.join(REPO, 'iformer_mm', 'check.py')
+
+
+def read_requirements(name: str) -> list:
+    """Requirement lines of requirements/<name>.txt, comments dropped."""
+    with open(osp.join(REPO, 'requirements', name + '.txt')) as fh:
+        return [line.split('#', 1)[0].strip() for line in fh
+                if line.split('#', 1)[0].strip()]
+
+
+def _load_check():
+    """iformer_mm/check.py as a stand-alone module (standard library only
+    at import; the package itself may not be importable yet)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('_iformer_mm_check', CHECK)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_check = _load_check()
+spec_ok = _check.spec_ok
+
+
+def read_constraints() -> dict:
+    """{distribution: specifier} from constraints.txt."""
+    return _check.read_constraints(CONSTRAINTS)
+
+
+def exact(spec: str) -> str:
+    """'==2.1.0' -> '2.1.0' (constraints.txt pins these exactly)."""
+    assert spec.startswith('=='), spec
+    return spec[2:]
+
+
+PINS = read_constraints()
+_TORCH = dict(r.split('==') for r in read_requirements('torch'))
+TORCH_DEFAULT = _TORCH['torch']
+TORCHVISION_DEFAULT = _TORCH['torchvision']
+MMCV_VERSION = exact(PINS['mmcv'])
+SETUPTOOLS_SPEC = 'setuptools' + PINS['setuptools']
+NUMPY_SPEC = 'numpy' + PINS['numpy']
+OPENMMLAB = {d: exact(PINS[d]) for d in ('mmdet', 'mmsegmentation',
+                                          'mmpretrain')}
+MMENGINE_SPEC = 'mmengine' + PINS['mmengine']
+COREMLTOOLS_VERSION = exact(PINS['coremltools'])
+# distributions (names without version) of the extras the installer adds
+TOOLS = [re.split(r'[<>=!~ ]', r)[0] for r in
+         read_requirements('deploy') + read_requirements('tests')
+         if not r.startswith(('coremltools', 'numpy'))]
+UNDECLARED = [r for r in read_requirements('seg')
+              if not r.startswith('mmsegmentation')]
 DIST_NAME = 'iformer-mm'
 HEARTBEAT_S = 30
 
@@ -64,100 +108,28 @@ STEPS = [
     ('build-tools', 'build tools (setuptools<81, wheel, ninja)'),
     ('torch', 'torch + torchvision'),
     ('mmcv', f'mmcv {MMCV_VERSION} with ops'),
-    ('openmmlab', 'mmengine, mmdet 3.3.0, mmseg 1.2.2, mmpretrain 1.2.0'),
-    ('tools', 'coremltools, onnx, onnxruntime, pytest, timm'),
+    ('openmmlab', 'mmengine, ' + ', '.join(
+        f'{d.replace("mmsegmentation", "mmseg")} {v}'
+        for d, v in OPENMMLAB.items())),
+    ('tools', ', '.join(['coremltools', *TOOLS])),
     ('package', 'iformer_mm (editable)'),
     ('verify', 'final check'),
 ]
 
-# ---------------------------------------------------------------------------
-# The probe: runs in a fresh interpreter (outside the repo, so that
-# ``import iformer_mm`` only finds the installed package) and prints JSON.
-# ---------------------------------------------------------------------------
-PROBE = r'''
-import json, os, sys, time, traceback
-from importlib import metadata
-out = {"python": sys.version.split()[0], "versions": {}, "ok": {}, "err": {}}
-def ver(dist):
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-for d in DISTS:
-    out["versions"][d] = ver(d)
-def check(name, fn):
-    t = time.time()
-    try:
-        fn()
-        out["ok"][name] = True
-    except BaseException as e:  # noqa
-        out["ok"][name] = False
-        out["err"][name] = (type(e).__name__ + ": " + str(e)).strip()[:600]
-    out.setdefault("time", {})[name] = round(time.time() - t, 2)
-def build_tools():
-    import pkg_resources, setuptools  # noqa
-    # installed in this environment (setuptools also puts a vendored wheel
-    # on sys.path, and a ninja elsewhere on PATH may be gone tomorrow)
-    assert ver("wheel") and ver("ninja"), "wheel or ninja missing"
-def torch_():
-    import torch
-    out["torch_version"] = torch.__version__
-    out["torch_cuda"] = torch.version.cuda
-    out["cuda_available"] = bool(torch.cuda.is_available())
-def torchvision_():
-    import torch, torchvision
-    out["torchvision_version"] = torchvision.__version__
-    from torchvision.ops import nms
-    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.],
-                          [50., 50., 60., 60.]])
-    keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
-    assert keep.tolist() == [0, 2], keep
-def mmcv_ops():
-    import torch, mmcv
-    from mmcv.ops import RoIAlign, nms
-    assert mmcv.__version__ == MMCV, mmcv.__version__
-    boxes = torch.tensor([[0., 0., 10., 10.], [1., 1., 11., 11.],
-                          [50., 50., 60., 60.]])
-    dets, keep = nms(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5)
-    assert keep.tolist() == [0, 2], keep
-    feat = torch.arange(16.).view(1, 1, 4, 4)
-    rois = torch.tensor([[0., 0., 0., 4., 4.]])
-    y = RoIAlign((2, 2), 1.0, 1, aligned=True)(feat, rois)
-    assert torch.allclose(y.flatten(), torch.tensor([2.5, 4.5, 10.5, 12.5])), y
-def openmmlab():
-    import mmdet, mmseg, mmpretrain, mmseg.models, mmpretrain.models  # noqa
-def tools():
-    import onnx, onnxruntime, pytest, timm  # noqa
-    import coremltools  # noqa
-def package():
-    import iformer_mm
-    origin = os.path.realpath(iformer_mm.__file__)
-    repo = os.path.realpath(REPO)
-    assert origin.startswith(repo + os.sep), (
-        "iformer_mm is imported from " + origin + ", not from " + repo)
-    assert ver(DIST) is not None, DIST + " is not installed"
-check("build-tools", build_tools)
-check("torch", torch_)
-if out["ok"]["torch"]:
-    check("torchvision", torchvision_)
-    check("mmcv", mmcv_ops)
-    check("openmmlab", openmmlab)
-    check("tools", tools)
-    check("package", package)
-print("@@PROBE@@" + json.dumps(out))
-'''
-
 
 def probe(python=sys.executable) -> dict:
-    dists = ['pip', 'setuptools', 'wheel', 'ninja', 'torch', 'torchvision',
-             'mmcv', 'mmengine', *OPENMMLAB, 'numpy', 'coremltools',
-             *TOOLS, *UNDECLARED, DIST_NAME]
-    src = (f'DISTS = {dists!r}\nMMCV = {MMCV_VERSION!r}\n'
-           f'REPO = {REPO!r}\nDIST = {DIST_NAME!r}\n') + PROBE
+    """Run iformer_mm/check.py as a file in a fresh interpreter.
+
+    Run from a temporary directory, so that ``import iformer_mm`` finds
+    only the installed package; standard library only until it imports
+    what it checks.
+    """
     env = dict(os.environ)
     env.pop('PYTHONPATH', None)
-    proc = subprocess.run([python, '-c', src], cwd=tempfile.gettempdir(),
-                          env=env, capture_output=True, text=True)
+    proc = subprocess.run([python, CHECK, '--json', '--repo', REPO,
+                           '--constraints', CONSTRAINTS],
+                          cwd=tempfile.gettempdir(), env=env,
+                          capture_output=True, text=True)
     for line in proc.stdout.splitlines():
         if line.startswith('@@PROBE@@'):
             return json.loads(line[len('@@PROBE@@'):])
@@ -288,14 +260,13 @@ class Installer:
         self.run([sys.executable, '-m', 'pip', *args], what, **kw)
 
     def constraints(self, state: dict) -> str:
-        """Pins that keep later installs from touching torch/mmcv/numpy."""
+        """constraints.txt plus the installed torch/torchvision pair, so that
+        later installs never touch torch (or mmcv, numpy, opencv)."""
         v = state['versions']
-        lines = [SETUPTOOLS_SPEC, NUMPY_SPEC]
+        lines = [f'{d}{spec}' for d, spec in PINS.items()]
         for dist in ('torch', 'torchvision'):
             if v.get(dist):
                 lines.append(f'{dist}=={v[dist]}')
-        if v.get('mmcv') == MMCV_VERSION:
-            lines.append(f'mmcv=={MMCV_VERSION}')
         os.makedirs(self.log_dir, exist_ok=True)
         path = osp.join(self.log_dir, 'constraints.txt')
         with open(path, 'w') as fh:
@@ -511,17 +482,44 @@ def step_tools(ins: Installer, st: dict) -> str:
     have = all(v.get(d) for d in TOOLS) and \
         v.get('coremltools') == COREMLTOOLS_VERSION and \
         vtuple(v.get('numpy')) < (2, 4)
-    if have and st['ok'].get('tools'):
+    if have and st['ok'].get('tools') and not pin_violations(st):
         return (f'in place (coremltools {v["coremltools"]}, numpy '
                 f'{v["numpy"]}, onnxruntime {v["onnxruntime"]})')
-    reqs = [f'coremltools=={COREMLTOOLS_VERSION}', NUMPY_SPEC, *TOOLS]
-    ins.pip(['install', '-c', ins.constraints(st), *reqs],
-            'pip install ' + ' '.join(reqs))
-    st.update(probe())
-    if not st['ok'].get('tools'):
-        raise StepFailed('installed but import fails: '
-                         + st['err'].get('tools', ''), ins.log_path())
-    return 'installed'
+    done = []
+    if not (have and st['ok'].get('tools')):
+        reqs = [f'coremltools=={COREMLTOOLS_VERSION}', NUMPY_SPEC, *TOOLS]
+        ins.pip(['install', '-c', ins.constraints(st), *reqs],
+                'pip install ' + ' '.join(reqs))
+        st.update(probe())
+        if not st['ok'].get('tools'):
+            raise StepFailed('installed but import fails: '
+                             + st['err'].get('tools', ''), ins.log_path())
+        done.append('installed')
+    bad = pin_violations(st)
+    if bad:
+        # e.g. opencv-python 5 let in by an earlier install: mmseg's
+        # dataset browser crashes with it
+        reqs = [f'{d}{PINS[d]}' for d in bad]
+        ins.pip(['install', '-c', ins.constraints(st), *reqs],
+                'pip install ' + ' '.join(f'"{r}"' for r in reqs)
+                + '  (back inside constraints.txt)')
+        st.update(probe())
+        if pin_violations(st):
+            raise StepFailed('still outside constraints.txt: '
+                             + st['err'].get('pins', ''), ins.log_path())
+        done.append('brought ' + ', '.join(bad) + ' inside constraints.txt')
+    return '; '.join(done)
+
+
+def pin_violations(st: dict) -> list:
+    """Installed distributions outside constraints.txt that pip can fix
+    (mmcv is built in step 3, setuptools set in step 1)."""
+    if st['ok'].get('pins', True):
+        return []
+    v = st['versions']
+    return [d for d, spec in PINS.items()
+            if d not in ('mmcv', 'setuptools') and v.get(d) is not None
+            and not spec_ok(v[d], spec)]
 
 
 def step_package(ins: Installer, st: dict) -> str:
@@ -538,7 +536,7 @@ def step_package(ins: Installer, st: dict) -> str:
 
 def step_verify(ins: Installer, st: dict) -> str:
     bad = [k for k in ('build-tools', 'torch', 'torchvision', 'mmcv',
-                       'openmmlab', 'tools', 'package')
+                       'openmmlab', 'tools', 'package', 'pins')
            if not st['ok'].get(k)]
     if bad:
         raise StepFailed('still not working: ' + '; '.join(
@@ -554,7 +552,7 @@ def complete(st: dict) -> bool:
     v = st['versions']
     return (all(st['ok'].get(k) for k in (
         'build-tools', 'torch', 'torchvision', 'mmcv', 'openmmlab', 'tools',
-        'package'))
+        'package', 'pins'))
         and setuptools_ok(v.get('setuptools'))
         and all(v.get(d) == ver for d, ver in OPENMMLAB.items())
         and all(v.get(d) for d in [*TOOLS, *UNDECLARED])
@@ -587,7 +585,8 @@ def report(st: dict) -> None:
                 for d in ['mmengine', *OPENMMLAB])),
             ('tools', f'coremltools {st["versions"].get("coremltools")}, '
              f'numpy {st["versions"].get("numpy")}'),
-            ('package', st['versions'].get(DIST_NAME) or '-')]
+            ('package', st['versions'].get(DIST_NAME) or '-'),
+            ('pins', 'installed versions against constraints.txt')]
     for key, what in rows:
         ok = st['ok'].get(key)
         mark = 'ok ' if ok else ('-- ' if ok is None else 'BAD')
