@@ -175,20 +175,33 @@ def test_tool_end_to_end(tmp_path, capsys):
         assert r['coreml']['census']['total_ops'] > 0
         assert r['onnx']['max_abs_diff'] <= 1e-3
         assert r['fold_max_abs_diff'] <= 1e-3
-        for backend in ('torch', 'onnx'):
-            t = r[backend]['timing']
+        for t in (r['torch']['timing'], r['torch']['channels_last'],
+                  r['onnx']['timing']):
             assert t['runs'] == 2 and t['min_ms'] <= t['median_ms'] <= \
                 t['p90_ms']
-        assert 'proxy' in r['torch']['backend']
+        assert r['torch']['timing']['memory_format'] == 'NCHW'
+        assert r['torch']['channels_last']['memory_format'] == \
+            'channels_last'
+        assert r['torch']['backend'] == 'PyTorch eager CPU (fused), proxy'
+        assert r['torch']['fold_info']['left'] == 0
         assert 'proxy' in r['onnx']['backend']
+        # The share of the measured GEMM rate is flops / time / rate.
+        share = r['gemm_fraction']['torch_nchw']
+        assert share == pytest.approx(
+            r['flops'] / (r['torch']['timing']['median_ms'] * 1e-3) /
+            run['gemm']['flops_per_s'])
+        assert r['paper'] is None  # no published figure at 64x64
     if platform.system() != 'Darwin':
         assert run['coreml_runtime'] is False
         assert 'Core ML cannot run on' in printed
         assert 'not timed (no Core ML runtime)' in printed
         assert all(r['coreml']['status'] == 'validated'
                    for r in run['results'])
-    assert 'PyTorch eager CPU (fused)' in printed
+        assert 'MLComputePlan) needs macOS' in printed
+    assert 'PyTorch eager CPU NCHW' in printed
+    assert 'channels_last' in printed
     assert 'ONNX Runtime CPU' in printed
+    assert 'GEMM rate measured in this run' in printed
 
 
 @needs_ct
@@ -235,13 +248,19 @@ def test_peer_from_the_mmdet_registry(tmp_path):
     from iformer_mm.deploy.backbones import resolve_backbone
     from iformer_mm.deploy.benchmark import BenchmarkConfig, run_benchmark
     spec = resolve_backbone('resnet18')
-    assert spec.source == 'mmdet.ResNet' and spec.paper['iphone13_ms'] == 2.85
+    assert spec.source == 'mmdet.ResNet'
+    assert [f['iphone13_ms'] for f in spec.paper] == [2.85]
     cfg = BenchmarkConfig(backbones=['resnet18'], resolution=(64, 64),
                           warmup=0, runs=1, out_dir=str(tmp_path),
-                          chart=False, onnx=False)
+                          chart=False, onnx=False, channels_last=False)
     (r, ) = run_benchmark(cfg, show_progress=False)['results']
     assert r['status'] == 'ok', r.get('error')
     assert r['deploy'].startswith('eval mode')
+    # The generic torch.fx pass folds all 20 BN of ResNet-18 (stem 1,
+    # 8 blocks x 2, 3 downsamples), so the peer is labelled fused too.
+    info = r['torch']['fold_info']
+    assert (info['batchnorms'], info['folded'], info['left']) == (20, 20, 0)
+    assert r['torch']['fold'] == 'fused' and info['max_abs_diff'] < 1e-3
     assert r['coreml']['status'] == 'validated'
     assert len(r['output_shapes']) == 4
 
@@ -295,9 +314,14 @@ def test_backbone_names():
     from iformer_mm.deploy.backbones import resolve_backbone
     spec = resolve_backbone('iformer-m')
     assert spec.key == 'iformer-m:cc-hybrid'
-    assert spec.paper == dict(iphone13_ms=4.0, failed=False,
-                              source='Table 5 / Table 17')
-    assert resolve_backbone('M:global').paper['failed'] is True
+    assert sorted((f['source'], f['iphone13_ms']) for f in spec.paper) == [
+        ('paper, Table 17', 4.0), ('paper, Table 5', 4.0)]
+    glob = {tuple(f['size']): f for f in resolve_backbone('M:global').paper}
+    assert glob[(512, 512)]['failed'] is True
+    assert glob[(224, 224)]['iphone13_ms'] == 1.10
+    assert resolve_backbone('m:faster').key == 'iformer-m:authors-fa'
+    assert [f['iphone13_ms'] for f in
+            resolve_backbone('iformer-m:authors-fa').paper] == [4.0]
     assert resolve_backbone('iformer_l2:hybrid').key == 'iformer-l2:hybrid'
     model = resolve_backbone('iformer-t:hybrid').build()
     assert model.window_chunks == 1 and model.stages[2].layout.windowed
@@ -332,4 +356,4 @@ def test_config_backbone_is_taken():
     model = spec.build()  # init_cfg (a download) is dropped
     assert model.arch_name == 'm' and model.init_cfg is None
     if model.window_chunks == 16 and model.stages[2].layout.windowed:
-        assert spec.paper['iphone13_ms'] == 4.0
+        assert {f['iphone13_ms'] for f in spec.paper} == {4.0}
