@@ -3,7 +3,6 @@ argument handling, the timing protocol's arithmetic, the op-placement
 summary and the report, against recorded result objects shaped like
 coremltools 9's (``MLModelBenchmarker.Measurement``, ``MLComputePlan``,
 ``remote_device.Device``). Nothing here runs Core ML."""
-import asyncio
 import platform
 from dataclasses import dataclass, field
 from typing import List, Optional

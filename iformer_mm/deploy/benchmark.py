@@ -26,10 +26,9 @@ from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
                      coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
                      save_package, validate_package)
-from .export import (ImageInput, TupleOutputs, count_batchnorms,
-                     count_parameters, export_onnx, export_program,
-                     flatten_outputs, fold_conv_bn_fx, fold_label,
-                     prepare_for_deploy)
+from .export import (ImageInput, TupleOutputs, count_parameters,
+                     export_onnx, export_program, flatten_outputs,
+                     fold_conv_bn_fx, fold_label, prepare_for_deploy)
 from .latency import (count_flops, gemm_fraction, max_abs_diff,
                       measure_gemm_rate, time_onnxruntime, time_torch)
 

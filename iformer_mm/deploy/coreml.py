@@ -17,7 +17,6 @@ import logging
 import os
 import platform
 import sys
-import time
 import warnings
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
