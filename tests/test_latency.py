@@ -104,7 +104,9 @@ def test_iformer_t_converts_in_three_layouts(tmp_path):
                                           save_package, validate_package)
     from iformer_mm.deploy.export import (TupleOutputs, export_program,
                                           prepare_for_deploy)
-    shape = (1, 3, 128, 128)
+    # Stage 3 is 8x20 tokens: padded to 16x32, two 16x16 windows (a single
+    # window is not partitioned at all).
+    shape = (1, 3, 128, 320)
     x = torch.randn(shape)
     census = {}
     for spec in table17_specs('t'):
