@@ -108,7 +108,7 @@ def _fold_cell(torch_rows: Dict[str, Any]) -> str:
                else 'structural pass')
         text += f' ({total - left}/{total} BN folded, {how})'
     else:
-        text += ' (no BatchNorm to fold)'
+        text += ' (no BatchNorm left to fold)'
     if info.get('error'):
         text += f": {info['error'][:80]}"
     return text
