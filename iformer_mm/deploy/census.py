@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, Optional
+from typing import Any, Dict, Iterable, Optional, Tuple
 
 #: The rearrangement ops the census reports one by one.
 REARRANGE_OPS = ('reshape', 'transpose', 'concat', 'split')
@@ -150,3 +150,73 @@ def op_census(model_or_spec_or_path) -> Dict[str, Any]:
     else:
         weights_dir = getattr(model_or_spec_or_path, 'weights_dir', None)
     return census_from_spec(_load_spec(model_or_spec_or_path), weights_dir)
+
+
+def census_of_module(model, size, ios_target: str = 'iOS17',
+                     fp16: bool = True) -> Dict[str, Any]:
+    """Census of a PyTorch backbone converted by this project's pipeline:
+    ``torch.export`` -> coremltools ML program (FP32 tensor input, FP16
+    compute) at ``size`` (an int or ``(height, width)``), in memory.
+
+    The result also says ``max_rank``: the highest rank of any tensor in the
+    ``torch.export`` graph (Core ML supports rank <= 5; coremltools expands
+    anything higher into chains of rank-5 reshapes and transposes).
+    """
+    import torch
+
+    from .coreml import convert_exported_program
+    from .export import TupleOutputs, export_program
+    height, width = (size, size) if isinstance(size, int) else size
+    model = TupleOutputs(model).eval()
+    example = torch.zeros(1, 3, height, width)
+    with torch.no_grad():
+        num_outputs = len(model(example))
+    exported = export_program(model, example)
+    ranks = [len(node.meta['val'].shape)
+             for node in exported.graph.nodes
+             if isinstance(node.meta.get('val'), torch.Tensor)]
+    mlmodel = convert_exported_program(exported, example.shape, num_outputs,
+                                       ios_target, fp16=fp16)
+    result = census_from_spec(mlmodel.get_spec())
+    result['max_rank'] = max(ranks, default=0)
+    return result
+
+
+#: Core ML ops (``total_ops``) of this project's iFormer at 512x512, FP16,
+#: iOS17, coremltools 9.0, torch 2.13, per ``arch:layout``, as measured by
+#: ``benchmarks/coreml_vs_authors.py --sweep`` (2-core Linux, README).
+MEASURED_OPS_512: Dict[str, int] = {
+    'iformer-t:global': 178, 'iformer-t:hybrid': 184,
+    'iformer-t:cc-hybrid': 278, 'iformer-t:window': 184,
+    'iformer-t:authors': 278, 'iformer-t:authors-fa': 278,
+    'iformer-s:global': 193, 'iformer-s:hybrid': 199,
+    'iformer-s:cc-hybrid': 293, 'iformer-s:window': 199,
+    'iformer-s:authors': 293, 'iformer-s:authors-fa': 293,
+    'iformer-m:global': 215, 'iformer-m:hybrid': 221,
+    'iformer-m:cc-hybrid': 315, 'iformer-m:window': 221,
+    'iformer-m:authors': 315, 'iformer-m:authors-fa': 315,
+    'iformer-l:global': 298, 'iformer-l:hybrid': 304,
+    'iformer-l:cc-hybrid': 398, 'iformer-l:window': 304,
+    'iformer-l:authors': 398, 'iformer-l:authors-fa': 398,
+    'iformer-l2:global': 416, 'iformer-l2:hybrid': 422,
+    'iformer-l2:cc-hybrid': 516, 'iformer-l2:window': 422,
+    'iformer-l2:authors': 516, 'iformer-l2:authors-fa': 516,
+    'iformer-h:global': 600, 'iformer-h:hybrid': 606,
+    'iformer-h:cc-hybrid': 700, 'iformer-h:window': 606,
+    'iformer-h:authors': 700, 'iformer-h:authors-fa': 700,
+}
+#: Upper bounds on those op counts: the measurement plus 5 ops of headroom
+#: (a coremltools pass that changes shape by an op or two is not a
+#: regression; the rank-6 window rearrangement was +740 ops on iFormer-M).
+#: ``tests/test_census.py`` checks a subset, the sweep checks all.
+OP_BUDGETS: Dict[str, int] = {key: ops + 5
+                              for key, ops in MEASURED_OPS_512.items()}
+
+#: The authors' own backbones (``detection/iformer.py`` at commit 2a87540 of
+#: github.com/nirvanesque/iFormer, BN folded with their
+#: ``replace_batchnorm``) through the same pipeline at 512x512:
+#: ``(total_ops, rearrange_bytes)``, measured by
+#: ``benchmarks/coreml_vs_authors.py --authors-repo ...``.
+AUTHORS_CENSUS_512: Dict[str, Tuple[int, int]] = {
+    'm': (629, 21430272),
+}
