@@ -20,7 +20,8 @@ import torch.nn as nn
 
 from iformer_mm.deploy.predictor import data as D
 from iformer_mm.deploy.predictor import model as M
-from iformer_mm.deploy.predictor.features import CLASSES, summarize
+from iformer_mm.deploy.predictor.features import (CLASSES, TRANSPOSE_SIZES,
+                                                   summarize)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_COREMLTOOLS = importlib.util.find_spec('coremltools') is not None
@@ -240,7 +241,8 @@ def _features(**by_class_macs_mb):
                 bytes_in=sum(v['bytes_in'] for v in by_class.values()),
                 bytes_out=0, bytes_const=0, largest_tensor_bytes=biggest,
                 largest_matmul_out_bytes=biggest, largest_rank5_bytes=0,
-                rank5_bytes=0, max_rank=4, rearrange_bytes=0)
+                rank5_bytes=0, max_rank=4, rearrange_bytes=0,
+                transpose_bytes_over={str(s): 0 for s in TRANSPOSE_SIZES})
 
 
 def _fixture(n=24, seed=0):

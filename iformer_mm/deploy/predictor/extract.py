@@ -22,9 +22,28 @@ from .references import build_reference, check_params
 FEATURES_PATH = os.path.join(DATA_DIR, 'features_iphone13.json')
 
 
+def _register_alias_op() -> None:
+    """coremltools 9.0's torch.export frontend has no converter for
+    ``aten.alias`` (timm's GhostNetV3 and LowFormer emit it); an alias is
+    an identity, which coremltools' graph passes then remove."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.frontend.torch import ops as torch_ops
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import (
+        _TORCH_OPS_REGISTRY, register_torch_op)
+    if _TORCH_OPS_REGISTRY.get_func('alias') is not None:
+        return
+
+    def alias(context, node):
+        x = torch_ops._get_inputs(context, node, expected=1)[0]
+        context.add(mb.identity(x=x, name=node.name))
+
+    register_torch_op(alias)
+
+
 def convert_spec(model, resolution: int):
     """The ML program spec of ``model`` at ``resolution`` (not saved)."""
     import torch
+    _register_alias_op()
     from iformer_mm.deploy.coreml import convert_exported_program
     from iformer_mm.deploy.export import TupleOutputs, export_program
     wrapped = TupleOutputs(model).eval()

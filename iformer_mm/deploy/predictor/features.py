@@ -11,6 +11,8 @@ program's type annotations and the weight shapes from the ``const`` ops:
   ``transpose_x``); 0 for other ops;
 * ``bytes_in`` (activations read, inputs that are not constants),
   ``bytes_out`` (written) and ``bytes_const`` (weights read);
+* transposes by size: bytes moved by transposes whose output exceeds
+  64 KB / 256 KB / 1 MB (``transpose_bytes_over``);
 * tensor ranks and sizes: the largest output of any op, the largest output
   of an activation x activation ``matmul`` (an attention matrix), the
   largest output of rank >= 5.
@@ -26,7 +28,12 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 from iformer_mm.deploy.census import REARRANGE_OPS, _DTYPE_BITS, _iter_ops
 
 #: Bump when the features change meaning (cached features are then stale).
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
+
+#: Transposes are also summed by output size: bytes of the transposes whose
+#: output exceeds each of these sizes (the paper's channel chunking turns a
+#: few large window-partition transposes into many small ones).
+TRANSPOSE_SIZES = (64 * 1024, 256 * 1024, 1024 * 1024)
 
 #: Coarse op classes of the cost model. Ops of no class fall in 'other'.
 OP_CLASSES: Dict[str, Tuple[str, ...]] = {
@@ -197,7 +204,13 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         for c in CLASSES}
     largest = largest_attn = largest_rank5 = max_rank = 0
     rank5_bytes = rearrange_bytes = 0
+    large_transpose = {str(size): 0 for size in TRANSPOSE_SIZES}
     for r in records:
+        if r['type'] == 'transpose':
+            for size in TRANSPOSE_SIZES:
+                if r['out_bytes'] > size:
+                    large_transpose[str(size)] += r['bytes_in'] + \
+                        r['bytes_out']
         for target in (by_type[r['type']], by_class[r['cls']]):
             target['count'] += 1
             for k in ('macs', 'bytes_in', 'bytes_out', 'bytes_const'):
@@ -221,6 +234,7 @@ def summarize(records: List[Dict[str, Any]]) -> Dict[str, Any]:
         largest_tensor_bytes=largest, largest_matmul_out_bytes=largest_attn,
         largest_rank5_bytes=largest_rank5, rank5_bytes=rank5_bytes,
         max_rank=max_rank, rearrange_bytes=rearrange_bytes,
+        transpose_bytes_over=large_transpose,
         by_class=by_class,
         by_type={k: dict(v) for k, v in sorted(by_type.items())})
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, \
 import numpy as np
 
 from .data import DATA_DIR, DEFAULT_DEVICE
-from .features import CLASSES
+from .features import CLASSES, TRANSPOSE_SIZES
 
 MODEL_VERSION = 1
 FIT_ROLES = ('fit', 'user')
@@ -64,6 +64,9 @@ TERMS: Dict[str, Tuple[Callable[[Dict[str, Any]], float], str]] = {
                             'other'), 'ms/MB'),
     'mb_all': (lambda f: (f['bytes_in'] + f['bytes_out']) / _MB, 'ms/MB'),
     'mb_weights': (lambda f: f['bytes_const'] / _MB, 'ms/MB'),
+    **{f'mb_transpose_over_{size // 1024}k': (
+        (lambda s: lambda f: f['transpose_bytes_over'][str(s)] / _MB)(size),
+        'ms/MB') for size in TRANSPOSE_SIZES},
     'ops': (lambda f: float(f['total_ops']), 'ms/op'),
     'const': (lambda f: 1.0, 'ms'),
 }
@@ -80,6 +83,12 @@ TERM_SETS: Dict[str, Tuple[str, ...]] = {
         'mb_conv', 'mb_conv_dw', 'mb_linear', 'mb_matmul', 'mb_elementwise',
         'mb_norm', 'mb_pool', 'mb_transpose', 'mb_rearrange', 'mb_other',
         'mb_weights', 'ops', 'const'),
+    **{f'per-class roofline, large transposes > {size // 1024} KB': (
+        'gmacs_conv', 'gmacs_conv_dw', 'gmacs_linear', 'gmacs_matmul',
+        'mb_conv', 'mb_conv_dw', 'mb_linear', 'mb_matmul', 'mb_elementwise',
+        'mb_norm', 'mb_pool', 'mb_transpose', f'mb_transpose_over_'
+        f'{size // 1024}k', 'mb_rearrange', 'mb_other', 'mb_weights', 'ops',
+        'const') for size in TRANSPOSE_SIZES},
 }
 
 #: Features a "Failed" rule may threshold (all in bytes, except max_rank).

@@ -152,6 +152,29 @@ def reference_for(key: str) -> Reference:
     raise KeyError(f'{key}: {reason}')
 
 
+@torch.no_grad()
+def resize_timm_attention_biases(model: nn.Module, grid: int) -> int:
+    """Give timm EfficientFormer's last-stage attention a ``grid x grid``
+    token bias table (timm fixes it at 7x7, i.e. 224 px; ``img_size`` does
+    not reach it). The biases are zeros: random weights anyway, and only the
+    shapes matter for the converted program."""
+    for module in model.modules():
+        if not (hasattr(module, 'attention_biases') and
+                hasattr(module, 'attention_bias_idxs')):
+            continue
+        heads = module.attention_biases.shape[0]
+        ys, xs = torch.meshgrid(torch.arange(grid), torch.arange(grid),
+                                indexing='ij')
+        pos = torch.stack((ys.flatten(), xs.flatten()))
+        rel = (pos[..., :, None] - pos[..., None, :]).abs()
+        module.attention_biases = nn.Parameter(torch.zeros(heads,
+                                                           grid * grid))
+        module.attention_bias_idxs = rel[0] * grid + rel[1]
+        if hasattr(module, 'attention_bias_cache'):
+            module.attention_bias_cache = {}
+    return grid
+
+
 def library_version(library: str) -> str:
     if library == 'iformer_mm':
         from iformer_mm.version import __version__
@@ -176,6 +199,9 @@ def build_reference(key: str, resolution: int
         if ref.sized:
             kwargs['img_size'] = resolution
         model = timm.create_model(ref.name, pretrained=False, **kwargs)
+        if ref.name.startswith('efficientformer_l'):
+            kwargs['attention_grid'] = resize_timm_attention_biases(
+                model, resolution // 32)
     elif ref.library == 'torchvision':
         import torchvision
         model = getattr(torchvision.models, ref.name)(weights=None, **kwargs)
