@@ -105,9 +105,12 @@ def test_chunked_backbone_equals_unchunked_at_odd_size():
 
 @pytest.mark.parametrize('attention', ['hybrid', 'window', 'authors'])
 def test_windowed_layouts_equal_global_at_224(attention):
+    # At 224 every windowed map (14x14, 7x7) is one padded window; with
+    # window_padding='mask' that is exactly global attention.
     torch.manual_seed(0)
     ref = randomize_bn(IFormer('m', attention='global')).eval()
-    net = IFormer('m', attention=attention, window_chunks=16).eval()
+    net = IFormer('m', attention=attention, window_chunks=16,
+                  window_padding='mask').eval()
     net.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():

@@ -175,20 +175,33 @@ def test_tool_end_to_end(tmp_path, capsys):
         assert r['coreml']['census']['total_ops'] > 0
         assert r['onnx']['max_abs_diff'] <= 1e-3
         assert r['fold_max_abs_diff'] <= 1e-3
-        for backend in ('torch', 'onnx'):
-            t = r[backend]['timing']
+        for t in (r['torch']['timing'], r['torch']['channels_last'],
+                  r['onnx']['timing']):
             assert t['runs'] == 2 and t['min_ms'] <= t['median_ms'] <= \
                 t['p90_ms']
-        assert 'proxy' in r['torch']['backend']
+        assert r['torch']['timing']['memory_format'] == 'NCHW'
+        assert r['torch']['channels_last']['memory_format'] == \
+            'channels_last'
+        assert r['torch']['backend'] == 'PyTorch eager CPU (fused), proxy'
+        assert r['torch']['fold_info']['left'] == 0
         assert 'proxy' in r['onnx']['backend']
+        # The share of the measured GEMM rate is flops / time / rate.
+        share = r['gemm_fraction']['torch_nchw']
+        assert share == pytest.approx(
+            r['flops'] / (r['torch']['timing']['median_ms'] * 1e-3) /
+            run['gemm']['flops_per_s'])
+        assert r['paper'] is None  # no published figure at 64x64
     if platform.system() != 'Darwin':
         assert run['coreml_runtime'] is False
         assert 'Core ML cannot run on' in printed
         assert 'not timed (no Core ML runtime)' in printed
         assert all(r['coreml']['status'] == 'validated'
                    for r in run['results'])
-    assert 'PyTorch eager CPU (fused)' in printed
+        assert 'MLComputePlan) needs macOS' in printed
+    assert 'PyTorch eager CPU NCHW' in printed
+    assert 'channels_last' in printed
     assert 'ONNX Runtime CPU' in printed
+    assert 'GEMM rate measured in this run' in printed
 
 
 @needs_ct
@@ -235,13 +248,19 @@ def test_peer_from_the_mmdet_registry(tmp_path):
     from iformer_mm.deploy.backbones import resolve_backbone
     from iformer_mm.deploy.benchmark import BenchmarkConfig, run_benchmark
     spec = resolve_backbone('resnet18')
-    assert spec.source == 'mmdet.ResNet' and spec.paper['iphone13_ms'] == 2.85
+    assert spec.source == 'mmdet.ResNet'
+    assert [f['iphone13_ms'] for f in spec.paper] == [2.85]
     cfg = BenchmarkConfig(backbones=['resnet18'], resolution=(64, 64),
                           warmup=0, runs=1, out_dir=str(tmp_path),
-                          chart=False, onnx=False)
+                          chart=False, onnx=False, channels_last=False)
     (r, ) = run_benchmark(cfg, show_progress=False)['results']
     assert r['status'] == 'ok', r.get('error')
     assert r['deploy'].startswith('eval mode')
+    # The generic torch.fx pass folds all 20 BN of ResNet-18 (stem 1,
+    # 8 blocks x 2, 3 downsamples), so the peer is labelled fused too.
+    info = r['torch']['fold_info']
+    assert (info['batchnorms'], info['folded'], info['left']) == (20, 20, 0)
+    assert r['torch']['fold'] == 'fused' and info['max_abs_diff'] < 1e-3
     assert r['coreml']['status'] == 'validated'
     assert len(r['output_shapes']) == 4
 
@@ -295,9 +314,14 @@ def test_backbone_names():
     from iformer_mm.deploy.backbones import resolve_backbone
     spec = resolve_backbone('iformer-m')
     assert spec.key == 'iformer-m:cc-hybrid'
-    assert spec.paper == dict(iphone13_ms=4.0, failed=False,
-                              source='Table 5 / Table 17')
-    assert resolve_backbone('M:global').paper['failed'] is True
+    assert sorted((f['source'], f['iphone13_ms']) for f in spec.paper) == [
+        ('paper, Table 17', 4.0), ('paper, Table 5', 4.0)]
+    glob = {tuple(f['size']): f for f in resolve_backbone('M:global').paper}
+    assert glob[(512, 512)]['failed'] is True
+    assert glob[(224, 224)]['iphone13_ms'] == 1.10
+    assert resolve_backbone('m:faster').key == 'iformer-m:authors-fa'
+    assert [f['iphone13_ms'] for f in
+            resolve_backbone('iformer-m:authors-fa').paper] == [4.0]
     assert resolve_backbone('iformer_l2:hybrid').key == 'iformer-l2:hybrid'
     model = resolve_backbone('iformer-t:hybrid').build()
     assert model.window_chunks == 1 and model.stages[2].layout.windowed
@@ -332,4 +356,150 @@ def test_config_backbone_is_taken():
     model = spec.build()  # init_cfg (a download) is dropped
     assert model.arch_name == 'm' and model.init_cfg is None
     if model.window_chunks == 16 and model.stages[2].layout.windowed:
-        assert spec.paper['iphone13_ms'] == 4.0
+        assert {f['iphone13_ms'] for f in spec.paper} == {4.0}
+
+
+# --------------------------------------------------------------------------
+# The fair CPU proxy: one Conv-BN fold for every row, FLOPs, GEMM share.
+# --------------------------------------------------------------------------
+def _randomise_bn(model):
+    gen = torch.Generator().manual_seed(3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) - 0.5)
+    return model.eval()
+
+
+class _Peer(torch.nn.Module):
+    """Conv-BN pairs (with and without conv bias, 1d too), a BN after a
+    non-conv op (not foldable) and a conv read twice (not foldable)."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.b1 = torch.nn.BatchNorm2d(8)
+        self.c2 = torch.nn.Conv2d(8, 8, 1)
+        self.b2 = torch.nn.BatchNorm2d(8)
+        self.c3 = torch.nn.Conv2d(8, 8, 1)
+        self.b3 = torch.nn.BatchNorm2d(8)
+        self.b4 = torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        y = self.b2(self.c2(torch.relu(self.b1(self.c1(x)))))
+        z = self.c3(y)
+        return self.b3(z) + z, self.b4(torch.relu(y))
+
+
+@torch.no_grad()
+def test_fx_fold_matches_the_unfolded_network():
+    from iformer_mm.deploy.export import (count_batchnorms, fold_conv_bn_fx,
+                                          fold_label)
+    model = _randomise_bn(_Peer())
+    x = torch.randn(2, 3, 16, 16)
+    reference = model(x)
+    folded, info = fold_conv_bn_fx(model)
+    out = folded(x)
+    for a, b in zip(out, reference):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert (info['batchnorms'], info['folded'], info['left']) == (4, 2, 2)
+    assert count_batchnorms(folded) == 2
+    assert fold_label(info) == 'partly fused (2/4 BN folded)'
+    # The original module is left as it was.
+    assert count_batchnorms(model) == 4
+    assert torch.equal(model(x)[0], reference[0])
+
+
+def test_fx_fold_labels():
+    from iformer_mm.deploy.export import fold_conv_bn_fx, fold_label
+
+    class Untraceable(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 4, 1)
+            self.b = torch.nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            if x.sum() > 0:        # data-dependent: fx cannot trace it
+                return self.b(self.c(x))
+            return x
+
+    model, info = fold_conv_bn_fx(Untraceable().eval())
+    assert fold_label(info) == 'unfused' and 'cannot trace' in info['error']
+    assert isinstance(model, Untraceable)
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
+                              torch.nn.BatchNorm2d(4)).eval()
+    _, info = fold_conv_bn_fx(seq)
+    assert fold_label(info) == 'fused' and info['folded'] == 1
+    _, info = fold_conv_bn_fx(torch.nn.Conv2d(3, 4, 1))
+    assert fold_label(info) == 'fused' and info['batchnorms'] == 0
+
+
+def test_flops_and_gemm_share():
+    from iformer_mm.deploy.latency import (count_flops, gemm_fraction,
+                                           measure_gemm_rate)
+    conv = torch.nn.Conv2d(4, 8, 3, padding=1)
+    # 2 x Cin x Cout x k x k x H x W.
+    assert count_flops(conv, torch.randn(1, 4, 10, 10)) == \
+        2 * 4 * 8 * 9 * 100
+    assert gemm_fraction(2e9, 100.0, 40e9) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        gemm_fraction(1e9, 0.0, 1e9)
+    ticks = iter([0.0, 0.5, 1.0, 1.25, 2.0, 3.0])
+    rate = measure_gemm_rate(size=8, repeats=3, timer=lambda: next(ticks))
+    assert rate['best_s'] == 0.25
+    assert rate['flops_per_s'] == pytest.approx(2 * 8 ** 3 / 0.25)
+
+
+# --------------------------------------------------------------------------
+# Image input: normalisation folded into ImageType scale / bias.
+# --------------------------------------------------------------------------
+def test_image_normalisation_is_exact():
+    from iformer_mm.deploy.coreml import (IMAGENET_MEAN, IMAGENET_STD,
+                                          ImageNormalisation)
+    norm = ImageNormalisation()
+    pixels = np.array([0., 17., 128., 255.])
+    for c in range(3):
+        core_ml = pixels * norm.scale + norm.bias[c]       # ImageType
+        in_net = core_ml * norm.channel_factors[c]         # first op
+        want = (pixels - IMAGENET_MEAN[c]) / IMAGENET_STD[c]
+        assert np.allclose(in_net, want, rtol=0, atol=1e-12)
+    same = ImageNormalisation(mean=(0, 0, 0), std=(2, 2, 2))
+    assert same.channel_factors is None and same.scale == 0.5
+    with pytest.raises(ValueError):
+        ImageNormalisation(std=(1, 0, 1))
+
+
+@needs_ct
+def test_image_input_package(tmp_path):
+    from iformer_mm.deploy.benchmark import make_example
+    from iformer_mm.deploy.coreml import (ImageNormalisation,
+                                          convert_exported_program,
+                                          input_kind, load_package_spec,
+                                          save_package, validate_package)
+    from iformer_mm.deploy.export import (ImageInput, TupleOutputs,
+                                          export_program)
+    norm = ImageNormalisation()
+    model = TupleOutputs(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
+    x = make_example((1, 3, 32, 32), 0, 'image', norm)
+    # The example is 8-bit pixels, normalised.
+    pixels = x * torch.tensor(norm.std).view(1, 3, 1, 1) + \
+        torch.tensor(norm.mean).view(1, 3, 1, 1)
+    assert torch.allclose(pixels, pixels.round(), atol=1e-4)
+    factors = torch.tensor(norm.channel_factors).view(1, 3, 1, 1)
+    wrapped = ImageInput(model, norm.channel_factors).eval()
+    with torch.no_grad():
+        assert torch.allclose(wrapped(x / factors)[0], model(x)[0],
+                              atol=1e-6)
+    ml = convert_exported_program(export_program(wrapped, x / factors),
+                                  x.shape, 1, image=norm)
+    path = save_package(ml, str(tmp_path / 'img.mlpackage'))
+    check = validate_package(path, x.shape, [(1, 4, 32, 32)])
+    assert check['inputs'] == {'image': [1, 3, 32, 32]}
+    assert input_kind(path) == 'image'
+    spec = load_package_spec(path)
+    image = spec.description.input[0].type.imageType
+    assert (image.width, image.height) == (32, 32)

@@ -33,7 +33,10 @@ import torch.nn.functional as F
 IFORMER_ARCHS = ('t', 's', 'm', 'l', 'l2', 'h')
 
 #: layout name -> (IFormer kwargs, label). Table 17's three settings are
-#: ``global``, ``hybrid`` and ``cc-hybrid``.
+#: ``global``, ``hybrid`` and ``cc-hybrid``; ``authors`` is the layout of the
+#: released detection/segmentation code (``detection/iformer.py``,
+#: ``iFormer_m``: explicit attention) and ``authors-fa`` the same with
+#: ``scaled_dot_product_attention`` (``iFormer_m_faster``).
 IFORMER_LAYOUTS: Dict[str, Tuple[dict, str]] = {
     'global': (dict(attention='global', window_chunks=1), 'global SHMA'),
     'hybrid': (dict(attention='hybrid', window_chunks=1),
@@ -44,32 +47,170 @@ IFORMER_LAYOUTS: Dict[str, Tuple[dict, str]] = {
                'window SHMA (every block)'),
     'authors': (dict(attention='authors', window_chunks=16),
                 "authors' released dense layout, chunked"),
+    'authors-fa': (dict(attention='authors', window_chunks=16,
+                        fused_attn=True),
+                   "authors' released dense layout, chunked, SDPA"),
 }
 LAYOUT_ALIASES = {'cc': 'cc-hybrid', 'cc_hybrid': 'cc-hybrid',
                   'hybrid-cc': 'cc-hybrid', 'chunked': 'cc-hybrid',
-                  'shma': 'global'}
+                  'shma': 'global', 'authors_fa': 'authors-fa',
+                  'faster': 'authors-fa'}
 DEFAULT_LAYOUT = 'cc-hybrid'
 TABLE17_LAYOUTS = ('global', 'hybrid', 'cc-hybrid')
+#: The archs that the released detection code defines (with a ``_faster``
+#: SDPA twin): the ones the ``authors`` layouts are benchmarked for.
+AUTHORS_ARCHS = ('m', 'l', 'l2')
 
-# Reported by the paper (iPhone 13, Core ML, 512x512, ms); None = "Failed"
-# in the paper (ran too long for Core ML to report).
-PAPER_IPHONE13_MS: Dict[str, Tuple[Optional[float], str]] = {
-    'iformer-m:cc-hybrid': (4.00, 'Table 5 / Table 17'),
-    'iformer-m:hybrid': (11.46, 'Table 17'),
-    'iformer-m:global': (None, 'Table 17'),
-    'iformer-l:cc-hybrid': (6.60, 'Table 5'),
-    'iformer-l2:cc-hybrid': (9.06, 'Table 13'),
-    'efficientnet-b0': (4.55, 'Table 5'),
-    'resnet18': (2.85, 'Table 5'),
-    'poolformer-s12': (5.70, 'Table 5'),
-    'efficientformer-l1': (3.50, 'Table 5'),
-    'resnet50': (7.20, 'Table 5'),
-    'poolformer-s24': (10.0, 'Table 5'),
-    'convnext-t': (13.6, 'Table 5'),
-    'efficientformer-l3': (8.40, 'Table 5'),
-    'pvtv2-b1': (27.00, 'Table 5'),
-    'swin-t': (None, 'Table 5'),
-}
+
+# --------------------------------------------------------------------------
+# Published iPhone 13 Core ML latencies, attached to the network that
+# produced them.
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PublishedLatency:
+    """One published iPhone 13 Core ML latency and where it comes from.
+
+    A figure belongs to one network (``key``: arch *and* attention layout)
+    at one input size; the tool prints it only beside a result of that
+    network at that size. ``ms=None`` is the paper's "Failed".
+
+    Paper figures name their ``table``, the ``row`` label the table uses and
+    the ``column`` (0-based, tab-separated) that holds the latency, so that
+    a test can read each one back from the paper's text. Figures from the
+    authors' released code name the ``file``, the ``function`` and the
+    comment (``quote``) written above it.
+    """
+    key: str
+    size: Tuple[int, int]
+    ms: Optional[float]
+    table: Optional[int] = None
+    row: str = ''
+    column: int = 2
+    file: str = ''
+    function: str = ''
+    quote: str = ''
+    note: str = ''
+
+    @property
+    def failed(self) -> bool:
+        return self.ms is None
+
+    @property
+    def kind(self) -> str:
+        return 'paper' if self.table is not None else 'released code'
+
+    @property
+    def source(self) -> str:
+        if self.table is not None:
+            return f'paper, Table {self.table}'
+        return f'{self.file}, {self.function} (comment "{self.quote}")'
+
+    def as_dict(self) -> Dict[str, Any]:
+        return dict(iphone13_ms=self.ms, failed=self.failed,
+                    size=list(self.size), kind=self.kind,
+                    source=self.source, note=self.note)
+
+
+_P512, _P224 = (512, 512), (224, 224)
+_RELEASED_M = ('The released code (detection/iformer.py) puts 4.3 ms on '
+               'iFormer_m and 4.0 ms on iFormer_m_faster (SDPA), both in its '
+               "own layout (our 'authors' / 'authors-fa'); the paper's text "
+               '(Appendix F, Tables 16-17) gives 4.0 ms to the channel-'
+               'chunked hybrid layout.')
+_CLS = ('Table 18 times the classification network (with its head) at '
+        '224x224; the paper says it uses global SHMA at 224 (Table 17).')
+_S24 = 'Table 5 and Table 13 disagree for this network: both are listed.'
+
+#: Every published figure the tool knows. Keys are backbone keys.
+PUBLISHED_LATENCIES: Tuple[PublishedLatency, ...] = (
+    # Table 17: iFormer-M attention layouts (Appendix F describes them).
+    PublishedLatency('iformer-m:global', _P224, 1.10, table=17, row='SHMA',
+                     note='Table 17 row "SHMA, 224".'),
+    PublishedLatency('iformer-m:global', _P512, None, table=17, row='SHMA',
+                     note='Table 17 row "SHMA, 512": Failed.'),
+    PublishedLatency('iformer-m:hybrid', _P512, 11.46, table=17,
+                     row='Hybrid SHMA'),
+    PublishedLatency('iformer-m:cc-hybrid', _P512, 4.0, table=17,
+                     row='CC Hybrid SHMA', note=_RELEASED_M),
+    # Table 5: backbones at 512x512 (Mask R-CNN / Semantic FPN).
+    PublishedLatency('iformer-m:cc-hybrid', _P512, 4.00, table=5,
+                     row='iFormer-M', note=_RELEASED_M),
+    PublishedLatency('iformer-l:cc-hybrid', _P512, 6.60, table=5,
+                     row='iFormer-L'),
+    PublishedLatency('iformer-l:cc-hybrid', _P512, 6.60, table=13,
+                     row='iFormer-L'),
+    PublishedLatency('iformer-l2:cc-hybrid', _P512, 9.06, table=13,
+                     row='iFormer-L2',
+                     note='The released code writes 9.06 ms above '
+                     "iFormer_l2 (its own layout, explicit attention: our "
+                     "'authors'); the paper's text describes the "
+                     'channel-chunked hybrid layout for 512x512.'),
+    PublishedLatency('efficientnet-b0', _P512, 4.55, table=5,
+                     row='EfficientNet-B0'),
+    PublishedLatency('resnet18', _P512, 2.85, table=5, row='ResNet18'),
+    PublishedLatency('poolformer-s12', _P512, 5.70, table=5,
+                     row='PoolFormer-S12'),
+    PublishedLatency('efficientformer-l1', _P512, 3.50, table=5,
+                     row='EfficientFormer-L1'),
+    PublishedLatency('resnet50', _P512, 7.20, table=5, row='ResNet50'),
+    PublishedLatency('resnet50', _P512, 7.20, table=13, row='ResNet50'),
+    PublishedLatency('poolformer-s24', _P512, 10.0, table=5,
+                     row='PoolFormer-S24', note=_S24),
+    PublishedLatency('poolformer-s24', _P512, 12.30, table=13,
+                     row='PoolFormer-S24', note=_S24),
+    PublishedLatency('convnext-t', _P512, 13.6, table=5, row='ConvNeXt-T',
+                     note=_S24),
+    PublishedLatency('convnext-t', _P512, 12.6, table=13, row='ConvNeXt-T',
+                     note=_S24),
+    PublishedLatency('efficientformer-l3', _P512, 8.40, table=5,
+                     row='EfficientFormer-L3'),
+    PublishedLatency('efficientformer-l3', _P512, 8.40, table=13,
+                     row='EfficientFormer-L3'),
+    PublishedLatency('pvtv2-b1', _P512, 27.00, table=5, row='PVTv2-B1'),
+    PublishedLatency('pvtv2-b1', _P512, 27.00, table=13, row='PVTv2-B1'),
+    PublishedLatency('swin-t', _P512, None, table=5, row='Swin-T'),
+    PublishedLatency('swin-t', _P512, None, table=13, row='Swin-T'),
+    # Table 18: classification networks at 224x224.
+    PublishedLatency('iformer-t:global', _P224, 0.60, table=18,
+                     row='iFormer-T', column=3, note=_CLS),
+    PublishedLatency('iformer-s:global', _P224, 0.85, table=18,
+                     row='iFormer-S', column=3, note=_CLS),
+    PublishedLatency('iformer-m:global', _P224, 1.10, table=18,
+                     row='iFormer-M', column=3, note=_CLS),
+    PublishedLatency('iformer-l:global', _P224, 1.60, table=18,
+                     row='iFormer-L', column=3, note=_CLS),
+    PublishedLatency('efficientnet-b0', _P224, 0.89, table=18,
+                     row='EfficientNet-B0', column=3,
+                     note='Table 18 times the classification network.'),
+    # The authors' released code: comments above the detection backbones
+    # (detection/iformer.py; segmentation/iformer.py repeats them). The
+    # comments give no size; the code is the 512x512 dense-prediction
+    # backbone, the size at which the paper times backbones (Sec. 4.2).
+    PublishedLatency('iformer-m:authors', _P512, 4.3,
+                     file='detection/iformer.py', function='iFormer_m',
+                     quote='# 4.3ms',
+                     note='The comment gives no size; 512x512 assumed.'),
+    PublishedLatency('iformer-m:authors-fa', _P512, 4.0,
+                     file='detection/iformer.py', function='iFormer_m_faster',
+                     quote='# using fused_attn 4.0ms',
+                     note='The comment gives no size; 512x512 assumed.'),
+    PublishedLatency('iformer-l2:authors', _P512, 9.06,
+                     file='detection/iformer.py', function='iFormer_l2',
+                     quote='# 24.5M   4500M  9.06ms',
+                     note='Same figure as Table 13 (iFormer-L2).'),
+)
+# Not attached: the comment "# 14.7M  2627M 1.60ms" above iFormer_l in
+# detection/iformer.py is Table 18's 224x224 classification figure (1.60 ms),
+# not a 512x512 detection-backbone latency.
+
+
+def published_latencies(key: str, size: Optional[Tuple[int, int]] = None
+                        ) -> List[PublishedLatency]:
+    """The published figures of backbone ``key``; with ``size``, only those
+    measured at that input size."""
+    return [f for f in PUBLISHED_LATENCIES if f.key == key and
+            (size is None or tuple(f.size) == tuple(size))]
+
 
 # --------------------------------------------------------------------------
 # Peers of Table 5 that the OpenMMLab libraries provide.
@@ -206,11 +347,11 @@ def check_resolution(height: int, width: int, divisor: int = 1,
             f'got {height}x{width}.')
 
 
-def _paper(key: str) -> Optional[Dict[str, Any]]:
-    if key not in PAPER_IPHONE13_MS:
-        return None
-    ms, where = PAPER_IPHONE13_MS[key]
-    return dict(iphone13_ms=ms, failed=ms is None, source=where)
+def _paper(key: str) -> Optional[List[Dict[str, Any]]]:
+    """Every published figure of ``key`` (any size), JSON-able; the report
+    keeps those at the run's size."""
+    figures = published_latencies(key)
+    return [f.as_dict() for f in figures] or None
 
 
 # --------------------------------------------------------------------------
@@ -333,10 +474,11 @@ def _config_spec(path: str) -> BackboneSpec:
     if is_iformer:
         scope = None  # IFormer lives in the root registry: no mmdet needed
         arch = str(backbone.get('arch', 't')).lower()
-        att = backbone.get('attention', 'global')
-        chunks = backbone.get('window_chunks', 1)
+        have = dict(attention=backbone.get('attention', 'global'),
+                    window_chunks=backbone.get('window_chunks', 1),
+                    fused_attn=bool(backbone.get('fused_attn', False)))
         for layout, (kwargs, _) in IFORMER_LAYOUTS.items():
-            if kwargs == dict(attention=att, window_chunks=chunks):
+            if dict(dict(fused_attn=False), **kwargs) == have:
                 paper = _paper(f'iformer-{arch}:{layout}')
     return BackboneSpec(
         key=f'config:{name}', label=f'{name} (config backbone)',
@@ -386,6 +528,13 @@ def resolve_backbone(name: str) -> BackboneSpec:
 def table17_specs(arch: str = 'm') -> list:
     """iFormer-``arch`` in Table 17's three layouts."""
     return [_iformer_spec(arch, layout) for layout in TABLE17_LAYOUTS]
+
+
+def authors_specs(archs=AUTHORS_ARCHS) -> list:
+    """The released code's layouts (explicit attention and SDPA) for the
+    archs it defines (M, L, L2)."""
+    return [_iformer_spec(arch, layout) for arch in archs
+            for layout in ('authors', 'authors-fa')]
 
 
 def all_variant_specs(layouts=TABLE17_LAYOUTS) -> list:

@@ -17,17 +17,21 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from . import report
+from . import macos, report
 from .backbones import (DEFAULT_PEERS, PEERS, BackboneError, BackboneSpec,
-                        all_variant_specs, check_resolution,
+                        all_variant_specs, authors_specs, check_resolution,
                         resolve_backbone, table17_specs)
-from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, IOS_TARGETS,
-                     CoreMLToolsMissing, coreml_runtime_status,
+from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
+                     IOS_TARGETS, CoreMLToolsMissing, ImageNormalisation,
+                     coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
-                     save_package, time_coreml, validate_package)
-from .export import (TupleOutputs, count_parameters, export_onnx,
-                     export_program, flatten_outputs, prepare_for_deploy)
-from .latency import max_abs_diff, time_onnxruntime, time_torch
+                     save_package, validate_package)
+from .export import (ImageInput, TupleOutputs, count_batchnorms,
+                     count_parameters, export_onnx, export_program,
+                     flatten_outputs, fold_conv_bn_fx, fold_label,
+                     prepare_for_deploy)
+from .latency import (count_flops, gemm_fraction, max_abs_diff,
+                      measure_gemm_rate, time_onnxruntime, time_torch)
 
 DEFAULT_BACKBONES = ('iformer-m', )
 DEFAULT_OUT = os.path.join('work_dirs', 'latency')
@@ -43,6 +47,13 @@ class BenchmarkConfig:
     compute_unit: str = 'ALL'
     ios_target: str = DEFAULT_IOS_TARGET
     precision: str = 'fp16'
+    input_type: str = 'tensor'
+    protocol: macos.TimingProtocol = field(
+        default_factory=macos.TimingProtocol)
+    placement: bool = True
+    device: Optional[str] = None
+    device_team: Optional[str] = None
+    channels_last: bool = True
     threads: Optional[int] = None
     coreml: bool = True
     onnx: bool = True
@@ -152,18 +163,42 @@ def _slug(key: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in key)
 
 
+def _published(spec: BackboneSpec, size) -> Optional[List[Dict[str, Any]]]:
+    """The published figures of ``spec`` measured at ``size`` only."""
+    figures = [f for f in (spec.paper or [])
+               if tuple(f['size']) == tuple(size)]
+    return figures or None
+
+
+def make_example(shape, seed: int, input_type: str,
+                 image: Optional[ImageNormalisation]) -> torch.Tensor:
+    """The input of a run: N(0, 1) noise for a tensor input; for an image
+    input, random 8-bit RGB pixels normalised, so that Core ML's image
+    preprocessing sees exactly the same picture."""
+    gen = torch.Generator().manual_seed(seed)
+    if input_type != 'image':
+        return torch.randn(shape, generator=gen)
+    pixels = torch.randint(0, 256, shape, generator=gen).float()
+    mean = torch.tensor(image.mean).view(1, 3, 1, 1)
+    std = torch.tensor(image.std).view(1, 3, 1, 1)
+    return (pixels - mean) / std
+
+
 def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
-                  coreml_runtime: bool, progress: Progress) -> Dict[str, Any]:
+                  coreml_runtime: bool, progress: Progress,
+                  gemm: Optional[Dict[str, Any]] = None,
+                  device=None) -> Dict[str, Any]:
     """Export, convert, census and time one backbone; never raises for a
     model failure (the failure is recorded and the run goes on)."""
     h, w = cfg.resolution
     shape = (1, 3, h, w)
     folder = os.path.join(cfg.out_dir, _slug(spec.key))
     os.makedirs(folder, exist_ok=True)
+    image = ImageNormalisation() if cfg.input_type == 'image' else None
     result: Dict[str, Any] = dict(key=spec.key, label=spec.label,
                                   family=spec.family, source=spec.source,
-                                  paper=spec.paper, status='ok',
-                                  input_shape=list(shape))
+                                  paper=_published(spec, (h, w)),
+                                  status='ok', input_shape=list(shape))
     stage = 'build'
     done_steps = 0
 
@@ -185,8 +220,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
         raw.eval()
         if spec.adapt is not None:
             result['adapted'] = spec.adapt(raw, (h, w))
-        example = torch.randn(shape, generator=torch.Generator().manual_seed(
-            cfg.seed))
+        example = make_example(shape, cfg.seed, cfg.input_type, image)
         raw.eval()
         with torch.inference_mode():
             before = [t.numpy().copy() for t in flatten_outputs(raw(example))]
@@ -205,9 +239,17 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
         if cfg.coreml:
             result['coreml'] = coreml
             coreml['status'] = 'failed'
+            coreml['input'] = image.describe() if image else 'FP32 tensor'
             try:
                 t0 = time.perf_counter()
-                exported = export_program(model, example)
+                if image is None:
+                    exported = export_program(model, example)
+                else:
+                    factors = image.channel_factors
+                    scaled = example if factors is None else \
+                        example / torch.tensor(factors).view(1, 3, 1, 1)
+                    exported = export_program(
+                        ImageInput(model, factors).eval(), scaled)
                 coreml['torch_export_s'] = time.perf_counter() - t0
             except Exception as exc:  # noqa: BLE001  (reported, run goes on)
                 coreml['error'] = (f'torch.export failed: '
@@ -223,7 +265,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 t0 = time.perf_counter()
                 mlmodel = convert_exported_program(
                     exported, shape, len(reference), cfg.ios_target,
-                    fp16=cfg.precision == 'fp16')
+                    fp16=cfg.precision == 'fp16', image=image)
                 coreml['convert_s'] = time.perf_counter() - t0
                 package = save_package(mlmodel, os.path.join(
                     folder, 'model.mlpackage'))
@@ -265,10 +307,27 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
         step('time', 'timing' if cfg.timing else 'checking ONNX output')
         if cfg.timing:
             threads = torch.get_num_threads()
-            progress.step(f'{spec.label}: timing PyTorch eager CPU')
-            result['torch'] = dict(backend='PyTorch eager CPU (fused), proxy',
-                                   timing=time_torch(model, example,
-                                                     cfg.warmup, cfg.runs))
+            # The same Conv-BN fold for every row: iFormer arrives folded by
+            # switch_to_deploy(), peers are folded here by a torch.fx pass.
+            eager, fold_info = fold_conv_bn_fx(model)
+            with torch.inference_mode():
+                folded_out = [t.numpy() for t in eager(example)]
+            fold_info['max_abs_diff'] = max_abs_diff(folded_out, reference)
+            label = fold_label(fold_info)
+            flops = count_flops(eager, example)
+            result['flops'] = flops
+            torch_rows: Dict[str, Any] = dict(
+                backend=f'PyTorch eager CPU ({label}), proxy', fold=label,
+                fold_info=fold_info)
+            progress.step(f'{spec.label}: timing PyTorch eager CPU (NCHW)')
+            torch_rows['timing'] = time_torch(eager, example, cfg.warmup,
+                                              cfg.runs)
+            if cfg.channels_last:
+                progress.step(f'{spec.label}: timing PyTorch eager CPU '
+                              '(channels_last)')
+                torch_rows['channels_last'] = time_torch(
+                    eager, example, cfg.warmup, cfg.runs, channels_last=True)
+            result['torch'] = torch_rows
             if onnx_path:
                 progress.step(f'{spec.label}: timing ONNX Runtime CPU')
                 timing = time_onnxruntime(onnx_path, example.numpy(),
@@ -278,17 +337,25 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                     backend='ONNX Runtime CPU, proxy', status='timed',
                     max_abs_diff=timing.pop('max_abs_diff'),
                     load_s=timing.pop('load_s'), timing=timing)
+            if gemm:
+                rate = gemm['flops_per_s']
+                shares = {}
+                for name, timing in (
+                        ('onnxruntime', (result.get('onnx') or {})
+                         .get('timing')),
+                        ('torch_nchw', torch_rows.get('timing')),
+                        ('torch_channels_last',
+                         torch_rows.get('channels_last'))):
+                    if timing:
+                        shares[name] = gemm_fraction(
+                            flops, timing['median_ms'], rate)
+                result['gemm_fraction'] = shares
             coreml = result.get('coreml') or {}
             if coreml_runtime and coreml.get('status') == 'validated':
                 progress.step(f'{spec.label}: timing Core ML '
-                              f'({cfg.compute_unit})')
-                timing = time_coreml(coreml['package'], example.numpy(),
-                                     cfg.compute_unit, cfg.warmup, cfg.runs,
-                                     reference)
-                coreml.update(status='timed',
-                              backend=f'Core ML ({cfg.compute_unit})',
-                              max_abs_diff=timing.pop('max_abs_diff'),
-                              load_s=timing.pop('load_s'), timing=timing)
+                              f'({cfg.compute_unit}, '
+                              f'{getattr(device, "name", "this Mac")})')
+                _time_coreml(coreml, example, reference, image, cfg, device)
         elif cfg.onnx and onnx_path:
             # Still check ONNX against PyTorch, once, without timing.
             timing = time_onnxruntime(onnx_path, example.numpy(),
@@ -307,9 +374,51 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
     return result
 
 
+def _time_coreml(coreml: Dict[str, Any], example: torch.Tensor,
+                 reference, image, cfg: BenchmarkConfig, device) -> None:
+    """macOS: check one Core ML prediction against PyTorch, then time the
+    package by the protocol and read its op placement."""
+    ct = import_coremltools()
+    feed = coreml_inputs(coreml['package'], example.numpy(), image)
+    try:
+        if device is None:
+            model = ct.models.MLModel(
+                coreml['package'],
+                compute_units=getattr(ct.ComputeUnit, cfg.compute_unit))
+            first = model.predict(feed)
+            outs = [np.asarray(first[f'out{i}'])
+                    for i in range(len(reference))]
+            coreml['max_abs_diff'] = max_abs_diff(outs, reference)
+        timing = macos.benchmark_package(
+            coreml['package'], feed, cfg.compute_unit, cfg.protocol,
+            device=device, placement=cfg.placement)
+    except Exception as exc:  # noqa: BLE001  (reported, run goes on)
+        coreml['timing_error'] = f'{type(exc).__name__}: {exc}'
+        return
+    coreml['placement'] = timing.pop('placement', None)
+    coreml.update(status='timed', timing=timing,
+                  backend=f'Core ML ({cfg.compute_unit}, '
+                  f'{timing["device"]})')
+
+
 # --------------------------------------------------------------------------
 # A whole run.
 # --------------------------------------------------------------------------
+def macos_notes(cfg: BenchmarkConfig) -> List[str]:
+    """One line for each macOS-only feature this run would use that this
+    machine cannot run, with what the user gets instead."""
+    if not cfg.coreml:
+        return []
+    wanted = ['timing'] if cfg.timing else []
+    if cfg.timing and cfg.placement:
+        wanted.append('placement')
+    if cfg.compute_unit != 'ALL':
+        wanted.append('compute_units')
+    if cfg.device:
+        wanted.append('device')
+    return [line for line in map(macos.macos_only, wanted) if line]
+
+
 def collect_specs(cfg: BenchmarkConfig) -> List[BackboneSpec]:
     specs = [resolve_backbone(name) for name in cfg.backbones]
     specs += list(cfg.specs)
@@ -347,6 +456,12 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
                          f'one of {IOS_TARGETS}.')
     if cfg.warmup < 0 or cfg.runs < 1:
         raise ValueError('Need --warmup >= 0 and --runs >= 1.')
+    if cfg.input_type not in INPUT_TYPES:
+        raise ValueError(f'Unknown input type {cfg.input_type!r}; choose one '
+                         f'of {INPUT_TYPES}.')
+    if cfg.device is not None and not cfg.device.strip():
+        raise ValueError('--device needs a device name (as Xcode / '
+                         'devicectl lists it).')
     specs = collect_specs(cfg)
     if not specs:
         raise BackboneError('No backbone to benchmark.')
@@ -359,6 +474,7 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
         runtime, line = False, 'Core ML conversion disabled (--no-coreml).'
     if cfg.coreml and runtime and not cfg.timing:
         line += ' Timing disabled (--no-timing).'
+    notes = macos_notes(cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
@@ -366,19 +482,39 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
 
     progress = Progress(len(specs) * len(_STEPS), enabled=show_progress)
     progress.log(f'Core ML: {line}')
+    for note in notes:
+        progress.log(note)
+    device = None
+    if cfg.device and runtime and cfg.coreml:
+        progress.log(f'Preparing {cfg.device} (builds and installs '
+                     "coremltools' model-runner app) ...")
+        try:
+            device = macos.prepare_device(cfg.device, cfg.device_team)
+        except Exception as exc:  # noqa: BLE001  (said, run goes on)
+            notes.append(f'--device {cfg.device}: could not be prepared '
+                         f'({type(exc).__name__}: {exc}); Core ML is timed '
+                         'on this Mac instead.')
+            progress.log(notes[-1])
+    gemm = None
+    if cfg.timing:
+        progress.log('Measuring this machine\'s fp32 matmul rate ...')
+        gemm = measure_gemm_rate()
     results = []
     started = time.perf_counter()
     try:
         for spec in specs:
-            results.append(benchmark_one(spec, cfg, runtime, progress))
+            results.append(benchmark_one(spec, cfg, runtime, progress,
+                                         gemm=gemm, device=device))
     finally:
         progress.close()
 
     config = {k: v for k, v in asdict(cfg).items() if k != 'specs'}
     config['backbones'] = [s.key for s in specs]
     config['batch'] = 1
+    config['protocol']['description'] = cfg.protocol.describe()
     run = dict(config=config, environment=environment(threads),
-               coreml_runtime=runtime, coreml_line=line, results=results,
+               coreml_runtime=runtime, coreml_line=line, macos_notes=notes,
+               gemm=gemm, results=results,
                wall_s=time.perf_counter() - started)
     md = report.markdown_report(run)
     run['outputs'] = dict(
@@ -422,16 +558,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--all-variants', action='store_true',
                    help='add every iFormer arch in the three Table 17 '
                    'layouts')
+    p.add_argument('--authors', action='store_true',
+                   help="add the released code's layouts (authors: explicit "
+                   'attention, authors-fa: SDPA) for iFormer-M, L and L2')
+    p.add_argument('--no-channels-last', action='store_true',
+                   help='skip the channels_last PyTorch timing')
     p.add_argument('--warmup', type=int, default=3)
     p.add_argument('--runs', type=int, default=10)
     p.add_argument('--out', default=DEFAULT_OUT, help='output folder')
-    p.add_argument('--compute-unit', default='ALL', choices=COMPUTE_UNITS,
-                   help='Core ML compute unit (macOS)')
-    p.add_argument('--ios-target', default=DEFAULT_IOS_TARGET,
-                   choices=IOS_TARGETS,
-                   help='minimum deployment target of the package')
-    p.add_argument('--precision', default='fp16', choices=('fp16', 'fp32'),
-                   help='Core ML compute precision')
+    mac = p.add_argument_group(
+        'Core ML on macOS (elsewhere each says what it needs and what you '
+        'get instead)')
+    mac.add_argument('--compute-units', '--compute-unit',
+                     dest='compute_unit', default='ALL',
+                     choices=COMPUTE_UNITS,
+                     help='Core ML compute units for timing and placement')
+    mac.add_argument('--ios-target', default=DEFAULT_IOS_TARGET,
+                     choices=IOS_TARGETS,
+                     help='minimum deployment target of the package')
+    mac.add_argument('--precision', default='fp16', choices=('fp16', 'fp32'),
+                     help='Core ML compute precision (weights and compute)')
+    mac.add_argument('--input-type', default='tensor', choices=INPUT_TYPES,
+                     help='package input: an FP32 tensor, or an RGB image '
+                     '(ct.ImageType, ImageNet normalisation folded into '
+                     'its scale and bias)')
+    mac.add_argument('--rounds', type=int, default=20,
+                     help='Core ML timing: rounds of predictions')
+    mac.add_argument('--per-round', type=int, default=50,
+                     help='Core ML timing: predictions per round')
+    mac.add_argument('--warmup-predictions', type=int, default=10,
+                     help='Core ML timing: untimed predictions first')
+    mac.add_argument('--trim', type=float, default=0.1,
+                     help='Core ML timing: fraction of the rounds dropped at '
+                     'each end for the trimmed mean')
+    mac.add_argument('--no-placement', action='store_true',
+                     help='skip the per-op placement (MLComputePlan)')
+    mac.add_argument('--device', default=None, metavar='NAME',
+                     help='time on an attached iPhone/iPad (name, identifier '
+                     "or UDID) through coremltools' remote-device API")
+    mac.add_argument('--device-team', default=None, metavar='TEAM',
+                     help='Apple development team that signs the '
+                     'model-runner app for --device')
     p.add_argument('--threads', type=int, default=None,
                    help='CPU threads for the proxies (default: torch\'s)')
     p.add_argument('--no-coreml', action='store_true',
@@ -458,6 +625,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         specs += table17_specs('m')
     if args.all_variants:
         specs += all_variant_specs()
+    if args.authors:
+        specs += authors_specs()
     specs += [resolve_backbone(name) for name in args.backbones]
     if args.peers is not None:
         specs += [resolve_backbone(n) for n in (args.peers or DEFAULT_PEERS)]
@@ -465,6 +634,12 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         backbones=[], resolution=res, warmup=args.warmup,
         runs=args.runs, out_dir=args.out, compute_unit=args.compute_unit,
         ios_target=args.ios_target, precision=args.precision,
+        input_type=args.input_type, protocol=macos.TimingProtocol(
+            warmup=args.warmup_predictions, rounds=args.rounds,
+            per_round=args.per_round, trim=args.trim),
+        placement=not args.no_placement, device=args.device,
+        device_team=args.device_team,
+        channels_last=not args.no_channels_last,
         threads=args.threads, coreml=not args.no_coreml,
         onnx=not args.no_onnx, timing=not args.no_timing,
         chart=not args.no_chart, seed=args.seed, specs=specs)

@@ -150,3 +150,41 @@ def op_census(model_or_spec_or_path) -> Dict[str, Any]:
     else:
         weights_dir = getattr(model_or_spec_or_path, 'weights_dir', None)
     return census_from_spec(_load_spec(model_or_spec_or_path), weights_dir)
+
+
+def census_of_module(model, size, ios_target: str = 'iOS17',
+                     fp16: bool = True) -> Dict[str, Any]:
+    """Census of a PyTorch backbone converted by this project's pipeline:
+    ``torch.export`` -> coremltools ML program (FP32 tensor input, FP16
+    compute) at ``size`` (an int or ``(height, width)``), in memory.
+
+    The result also says ``max_rank``: the highest rank of any tensor in the
+    ``torch.export`` graph (Core ML supports rank <= 5; coremltools expands
+    anything higher into chains of rank-5 reshapes and transposes).
+    """
+    import torch
+
+    from .coreml import convert_exported_program
+    from .export import TupleOutputs, export_program
+    height, width = (size, size) if isinstance(size, int) else size
+    model = TupleOutputs(model).eval()
+    example = torch.zeros(1, 3, height, width)
+    with torch.no_grad():
+        num_outputs = len(model(example))
+    exported = export_program(model, example)
+    ranks = [len(node.meta['val'].shape)
+             for node in exported.graph.nodes
+             if isinstance(node.meta.get('val'), torch.Tensor)]
+    mlmodel = convert_exported_program(exported, example.shape, num_outputs,
+                                       ios_target, fp16=fp16)
+    result = census_from_spec(mlmodel.get_spec())
+    result['max_rank'] = max(ranks, default=0)
+    return result
+
+
+#: Upper bounds on Core ML ops (``total_ops``) of this project's iFormer at
+#: 512x512, FP16, iOS17 (coremltools 9.0), per ``arch:layout``. Measured by
+#: ``benchmarks/coreml_vs_authors.py --sweep`` (README) with a few ops of
+#: headroom; a regression above a bound fails ``tests/test_census.py`` (a
+#: subset) and the sweep (all of them).
+OP_BUDGETS: Dict[str, int] = {}

@@ -27,6 +27,56 @@ COMPUTE_UNITS = ('ALL', 'CPU_ONLY', 'CPU_AND_GPU', 'CPU_AND_NE')
 IOS_TARGETS = ('iOS16', 'iOS17', 'iOS18')
 DEFAULT_IOS_TARGET = 'iOS17'
 INPUT_NAME = 'image'
+INPUT_TYPES = ('tensor', 'image')
+#: The ImageNet normalisation every backbone here is trained with (RGB,
+#: 0-255 pixels), as in the configs' data preprocessors.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class ImageNormalisation:
+    """``(pixel - mean[c]) / std[c]`` split between a Core ML ``ImageType``
+    and the network.
+
+    ``ct.ImageType`` applies ``scale * pixel + bias[c]`` with one scale for
+    all channels (coremltools 9 rejects a per-channel scale list in the
+    torch.export path), so the image type gets ``scale = 1 / s`` with ``s``
+    the mean of the stds and ``bias[c] = -mean[c] / s``, and, where the stds
+    differ, the network starts with one per-channel multiply by
+    ``s / std[c]``. The result is exactly the normalised input.
+    """
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN,
+                 std: Sequence[float] = IMAGENET_STD) -> None:
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError('An RGB normalisation needs 3 means and 3 '
+                             f'positive stds, got {mean}, {std}.')
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(v) for v in std)
+        self.common = sum(self.std) / 3
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / self.common
+
+    @property
+    def bias(self) -> List[float]:
+        return [-m / self.common for m in self.mean]
+
+    @property
+    def channel_factors(self) -> Optional[List[float]]:
+        """The in-network per-channel multiply, or None when not needed."""
+        factors = [self.common / v for v in self.std]
+        return None if max(factors) == min(factors) else factors
+
+    def describe(self) -> str:
+        text = (f'ImageType RGB 0-255, scale 1/{self.common:.3f}, bias '
+                '[' + ', '.join(f'{b:.4f}' for b in self.bias) + ']')
+        if self.channel_factors:
+            text += ('; one per-channel multiply ['
+                     + ', '.join(f'{f:.4f}' for f in self.channel_factors)
+                     + '] in the network (Core ML takes one scale)')
+        return text
 
 
 class CoreMLToolsMissing(ImportError):
@@ -109,21 +159,30 @@ def _target(ct, name: str):
 def convert_exported_program(exported, input_shape: Sequence[int],
                              num_outputs: int,
                              ios_target: str = DEFAULT_IOS_TARGET,
-                             fp16: bool = True):
+                             fp16: bool = True,
+                             image: Optional[ImageNormalisation] = None):
     """Convert a ``torch.export.ExportedProgram`` to an ML program.
 
-    Inputs and outputs stay FP32 tensors (what an app feeds in and reads);
-    compute and weights are FP16 when ``fp16``.
+    Outputs stay FP32 tensors (what an app reads); the input is an FP32
+    tensor, or with ``image`` an RGB ``ct.ImageType`` whose scale and bias
+    do the normalisation (export the network wrapped in
+    :class:`ImageInput` then). Compute and weights are FP16 when ``fp16``.
     """
     ct = import_coremltools()
     outputs = [ct.TensorType(name=f'out{i}', dtype=np.float32)
                for i in range(num_outputs)]
+    if image is None:
+        input_type = ct.TensorType(name=INPUT_NAME, shape=tuple(input_shape),
+                                   dtype=np.float32)
+    else:
+        input_type = ct.ImageType(name=INPUT_NAME, shape=tuple(input_shape),
+                                  scale=image.scale, bias=image.bias,
+                                  color_layout=ct.colorlayout.RGB)
     with _quiet_coremltools():
         mlmodel = ct.convert(
             exported,
             convert_to='mlprogram',
-            inputs=[ct.TensorType(name=INPUT_NAME, shape=tuple(input_shape),
-                                  dtype=np.float32)],
+            inputs=[input_type],
             outputs=outputs,
             compute_precision=(ct.precision.FLOAT16 if fp16 else
                                ct.precision.FLOAT32),
@@ -165,7 +224,19 @@ def load_package_spec(path: str):
 
 
 def _shape_of(feature) -> Tuple[int, ...]:
+    if feature.type.WhichOneof('Type') == 'imageType':
+        image = feature.type.imageType
+        channels = 1 if image.colorSpace == image.GRAYSCALE else 3
+        return (1, channels, int(image.height), int(image.width))
     return tuple(int(d) for d in feature.type.multiArrayType.shape)
+
+
+def input_kind(path_or_spec) -> str:
+    """'image' or 'tensor': the input type of a saved package or spec."""
+    spec = load_package_spec(path_or_spec) if isinstance(
+        path_or_spec, str) else path_or_spec
+    kind = spec.description.input[0].type.WhichOneof('Type')
+    return 'image' if kind == 'imageType' else 'tensor'
 
 
 def validate_package(path: str, input_shape: Sequence[int],
@@ -211,23 +282,15 @@ def validate_package(path: str, input_shape: Sequence[int],
                 census=census)
 
 
-def time_coreml(path: str, inputs: np.ndarray, compute_unit: str,
-                warmup: int, runs: int, reference: Sequence[np.ndarray]
-                ) -> Dict[str, Any]:
-    """Load, compile and time a package with Core ML (macOS only)."""
-    from .latency import summarize, time_callable, max_abs_diff
-    ct = import_coremltools()
-    if compute_unit not in COMPUTE_UNITS:
-        raise ValueError(f'Unknown compute unit {compute_unit!r}; choose one '
-                         f'of {COMPUTE_UNITS}.')
-    start = time.perf_counter()
-    with _quiet_coremltools():
-        model = ct.models.MLModel(
-            path, compute_units=getattr(ct.ComputeUnit, compute_unit))
-    feed = {INPUT_NAME: inputs.astype(np.float32)}
-    first = model.predict(feed)  # the first call finishes compilation
-    load_s = time.perf_counter() - start
-    times = time_callable(lambda: model.predict(feed), warmup, runs)
-    outs = [np.asarray(first[f'out{i}']) for i in range(len(reference))]
-    return dict(summarize(times), load_s=load_s,
-                max_abs_diff=max_abs_diff(outs, reference))
+def coreml_inputs(path: str, inputs: np.ndarray,
+                  image: Optional[ImageNormalisation] = None
+                  ) -> Dict[str, Any]:
+    """The prediction feed of a package: the FP32 tensor, or for an image
+    input the RGB picture whose normalisation is ``inputs``."""
+    if image is None:
+        return {INPUT_NAME: inputs.astype(np.float32)}
+    from PIL import Image
+    pixels = (inputs[0].transpose(1, 2, 0) * np.array(image.std) +
+              np.array(image.mean))
+    return {INPUT_NAME: Image.fromarray(
+        np.clip(np.rint(pixels), 0, 255).astype(np.uint8), 'RGB')}

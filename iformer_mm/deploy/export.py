@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import warnings
-from typing import List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -23,6 +24,24 @@ class TupleOutputs(nn.Module):
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         return tuple(flatten_outputs(self.backbone(x)))
+
+
+class ImageInput(nn.Module):
+    """The network behind a Core ML image input: multiplies the input by
+    per-channel ``factors`` first (what :class:`~.coreml.ImageNormalisation`
+    leaves to the network), or passes it through when there are none."""
+
+    def __init__(self, model: nn.Module, factors=None) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer(
+            'factors', None if factors is None else
+            torch.tensor(factors, dtype=torch.float32).view(1, -1, 1, 1))
+
+    def forward(self, x: torch.Tensor):
+        if self.factors is not None:
+            x = x * self.factors
+        return self.model(x)
 
 
 def flatten_outputs(outputs) -> List[torch.Tensor]:
@@ -51,6 +70,98 @@ def prepare_for_deploy(model: nn.Module) -> Tuple[nn.Module, str]:
         model.eval()
         return model, 'switch_to_deploy(): BN folded'
     return model, 'eval mode (BN left to the converters)'
+
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def count_batchnorms(model: nn.Module) -> int:
+    """BatchNorm layers left in ``model`` (what a fold did not remove)."""
+    return sum(isinstance(m, _BN_TYPES) for m in model.modules())
+
+
+def _fold_into_conv(conv: nn.Module, bn: nn.Module) -> nn.Module:
+    """A new conv computing ``bn(conv(x))`` in eval mode."""
+    fused = copy.deepcopy(conv)
+    std = (bn.running_var + bn.eps).sqrt()
+    gamma = bn.weight if bn.affine else torch.ones_like(std)
+    beta = bn.bias if bn.affine else torch.zeros_like(std)
+    scale = gamma / std
+    shape = (-1, ) + (1, ) * (conv.weight.dim() - 1)
+    fused.weight = nn.Parameter(conv.weight * scale.reshape(shape))
+    bias = conv.bias if conv.bias is not None else \
+        torch.zeros_like(bn.running_mean)
+    fused.bias = nn.Parameter((bias - bn.running_mean) * scale + beta)
+    return fused
+
+
+@torch.no_grad()
+def fold_conv_bn_fx(model: nn.Module) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Fold every ``Conv -> BatchNorm`` pair of ``model`` (eval mode) with a
+    ``torch.fx`` graph pass: a BN whose only input is a convolution that
+    nothing else reads is merged into that convolution.
+
+    Works on any network that ``torch.fx.symbolic_trace`` can trace (most
+    OpenMMLab backbones); a network it cannot trace is returned unchanged.
+    Returns ``(module, info)``; ``info`` says how many BN layers there were,
+    how many were folded, and why not where it failed (``error``).
+    """
+    import torch.fx as fx
+    model.eval()
+    before = count_batchnorms(model)
+    info: Dict[str, Any] = dict(method='torch.fx Conv-BN fold',
+                                batchnorms=before, folded=0)
+    if before == 0:
+        info['left'] = 0
+        return model, info
+    try:
+        graph_module = fx.symbolic_trace(model)
+    except Exception as exc:  # noqa: BLE001  (untraceable: reported)
+        info.update(left=before, error=f'torch.fx cannot trace it: '
+                    f'{type(exc).__name__}: {str(exc).splitlines()[0][:160]}')
+        return model, info
+    modules = dict(graph_module.named_modules())
+    folded = 0
+    for node in list(graph_module.graph.nodes):
+        if node.op != 'call_module' or not isinstance(
+                modules.get(node.target), _BN_TYPES):
+            continue
+        if len(node.args) != 1 or node.kwargs:
+            continue
+        src = node.args[0]
+        if not (isinstance(src, fx.Node) and src.op == 'call_module' and
+                isinstance(modules.get(src.target), _CONV_TYPES) and
+                len(src.users) == 1):
+            continue
+        conv, bn = modules[src.target], modules[node.target]
+        if not bn.track_running_stats or bn.running_mean is None:
+            continue
+        fused = _fold_into_conv(conv, bn)
+        parent, _, name = src.target.rpartition('.')
+        setattr(graph_module.get_submodule(parent) if parent else
+                graph_module, name, fused)
+        modules[src.target] = fused
+        node.replace_all_uses_with(src)
+        graph_module.graph.erase_node(node)
+        folded += 1
+    graph_module.graph.eliminate_dead_code()
+    graph_module.delete_all_unused_submodules()
+    graph_module.recompile()
+    graph_module.eval()
+    info.update(folded=folded, left=count_batchnorms(graph_module))
+    return graph_module, info
+
+
+def fold_label(info: Dict[str, Any]) -> str:
+    """``fused`` only when no BatchNorm is left; otherwise ``unfused`` or
+    ``partly fused``, with the counts."""
+    total, left = info.get('batchnorms', 0), info.get('left', 0)
+    if left == 0:
+        return 'fused'
+    if left == total:
+        return 'unfused'
+    return f'partly fused ({total - left}/{total} BN folded)'
 
 
 def export_program(model: nn.Module, example: torch.Tensor):

@@ -14,7 +14,7 @@ import torch
 
 BACKEND_LABELS = {
     'coreml': 'Core ML ({unit})',
-    'torch': 'PyTorch eager CPU (fused), proxy',
+    'torch': 'PyTorch eager CPU ({fold}), proxy',
     'onnxruntime': 'ONNX Runtime CPU, proxy',
 }
 
@@ -64,11 +64,62 @@ def max_abs_diff(outputs: Sequence[np.ndarray],
 
 
 def time_torch(model: torch.nn.Module, inputs: torch.Tensor, warmup: int,
-               runs: int) -> Dict[str, Any]:
-    """Eager PyTorch on CPU under ``inference_mode`` (the model as given)."""
+               runs: int, channels_last: bool = False) -> Dict[str, Any]:
+    """Eager PyTorch on CPU under ``inference_mode``. With
+    ``channels_last`` the model's weights (in place) and the input are
+    converted to NHWC memory format first."""
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
     with torch.inference_mode():
         times = time_callable(lambda: model(inputs), warmup, runs)
-    return summarize(times)
+    return dict(summarize(times),
+                memory_format='channels_last' if channels_last else 'NCHW')
+
+
+# --------------------------------------------------------------------------
+# How much of the machine's matmul rate a network reaches.
+# --------------------------------------------------------------------------
+def measure_gemm_rate(size: int = 1024, repeats: int = 5,
+                      timer: Callable[[], float] = time.perf_counter
+                      ) -> Dict[str, Any]:
+    """This machine's fp32 matmul rate (FLOP/s) at the current torch thread
+    count: the best of ``repeats`` ``size``x``size`` @ ``size``x``size``
+    products (one untimed first)."""
+    if size < 1 or repeats < 1:
+        raise ValueError('Need size >= 1 and repeats >= 1.')
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=gen)
+    b = torch.randn(size, size, generator=gen)
+    torch.mm(a, b)
+    best = float('inf')
+    for _ in range(repeats):
+        start = timer()
+        torch.mm(a, b)
+        best = min(best, timer() - start)
+    flops = 2.0 * size ** 3
+    return dict(flops_per_s=flops / max(best, 1e-12), size=size,
+                repeats=repeats, threads=torch.get_num_threads(),
+                best_s=best)
+
+
+def count_flops(model: torch.nn.Module, inputs: torch.Tensor) -> int:
+    """FLOPs of one forward pass (a multiply-add counts 2) as torch's
+    ``FlopCounterMode`` counts them (matmuls and convolutions)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(inputs)
+    return int(counter.get_total_flops())
+
+
+def gemm_fraction(flops: float, median_ms: float,
+                  gemm_flops_per_s: float) -> float:
+    """The fraction of the machine's measured matmul rate that a network
+    running ``flops`` in ``median_ms`` reaches."""
+    if median_ms <= 0 or gemm_flops_per_s <= 0:
+        raise ValueError('Need a positive time and a positive GEMM rate.')
+    return flops / (median_ms * 1e-3) / gemm_flops_per_s
 
 
 def onnxruntime_session(path: str, threads: int):

@@ -21,12 +21,20 @@ def _timing_cell(timing: Optional[Dict[str, Any]]) -> str:
             f"{_ms(timing['min_ms'])}")
 
 
-def _paper_cell(paper: Optional[Dict[str, Any]]) -> str:
+def _figure_text(figure: Dict[str, Any]) -> str:
+    value = 'Failed' if figure['failed'] else f"{figure['iphone13_ms']:.2f}"
+    return f"{value} ({figure['source']})"
+
+
+def _paper_cell(paper: Optional[List[Dict[str, Any]]]) -> str:
+    """Published figures at this run's size (the caller keeps only those)."""
     if not paper:
         return '–'
-    if paper['failed']:
-        return f"Failed ({paper['source']})"
-    return f"{paper['iphone13_ms']:.2f} ({paper['source']})"
+    return '; '.join(_figure_text(f) for f in paper)
+
+
+def _pct(value: Optional[float]) -> str:
+    return '–' if value is None else f'{100 * value:.1f}%'
 
 
 def _failure(result: Dict[str, Any]) -> Optional[str]:
@@ -40,7 +48,9 @@ def coreml_cell(result: Dict[str, Any]) -> str:
     coreml = result.get('coreml') or {}
     status = coreml.get('status')
     if status == 'timed':
-        return _timing_cell(coreml.get('timing'))
+        timing = coreml['timing']
+        return (f"{_ms(timing['median_ms'])} median / "
+                f"{_ms(timing['trimmed_mean_ms'])} trimmed mean")
     if status in ('converted', 'validated'):
         return 'not timed (no Core ML runtime)'
     if status == 'failed':
@@ -48,33 +58,94 @@ def coreml_cell(result: Dict[str, Any]) -> str:
     return 'skipped'
 
 
-def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any]
-                  ) -> str:
+def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
+                  size: str = '512x512') -> str:
     threads = env.get('threads', '?')
-    head = ('| Backbone | Params (M) | Core ML ms (median / p90 / min) | '
+    head = ('| Backbone | Params (M) | GFLOPs | Core ML ms | '
             f'ONNX Runtime CPU, {threads} thr, proxy ms | '
-            f'PyTorch eager CPU (fused), {threads} thr, proxy ms | '
-            'ONNX vs PyTorch max abs diff | Paper: iPhone 13 Core ML ms '
-            '(reported by the paper) |')
-    lines = [head, '|' + '---|' * 7]
+            f'PyTorch eager CPU NCHW, {threads} thr, proxy ms | '
+            'PyTorch eager CPU channels_last, proxy ms | BN fold (eager) | '
+            'share of measured fp32 GEMM rate (ORT / NCHW / NHWC) | '
+            'ONNX vs PyTorch max abs diff | '
+            f'Published iPhone 13 Core ML ms at {size} (source) |')
+    lines = [head, '|' + '---|' * 11]
     for r in results:
         failure = _failure(r)
         params = f"{r['params_m']:.1f}" if r.get('params_m') else '–'
+        flops = f"{r['flops'] / 1e9:.2f}" if r.get('flops') else '–'
         onnx = r.get('onnx') or {}
+        torch_rows = r.get('torch') or {}
         diff = onnx.get('max_abs_diff')
         diff_cell = '–' if diff is None else (
             f'{diff:.1e}' + ('' if diff <= ONNX_TOLERANCE else ' (> 1e-3!)'))
-        if failure and not r.get('torch'):
-            lines.append(f"| {r['label']} | {params} | {failure} | – | – | "
-                         f"– | {_paper_cell(r.get('paper'))} |")
+        paper = _paper_cell(r.get('paper'))
+        if failure and not torch_rows:
+            lines.append(f"| {r['label']} | {params} | {flops} | {failure} | "
+                         f"– | – | – | – | – | – | {paper} |")
             continue
         core = coreml_cell(r) if not failure else failure
+        shares = r.get('gemm_fraction') or {}
+        share_cell = ' / '.join(_pct(shares.get(k)) for k in (
+            'onnxruntime', 'torch_nchw', 'torch_channels_last'))
         lines.append(
-            f"| {r['label']} | {params} | {core} | "
+            f"| {r['label']} | {params} | {flops} | {core} | "
             f"{_timing_cell(onnx.get('timing'))} | "
-            f"{_timing_cell((r.get('torch') or {}).get('timing'))} | "
-            f"{diff_cell} | {_paper_cell(r.get('paper'))} |")
+            f"{_timing_cell(torch_rows.get('timing'))} | "
+            f"{_timing_cell(torch_rows.get('channels_last'))} | "
+            f"{_fold_cell(torch_rows)} | {share_cell} | "
+            f"{diff_cell} | {paper} |")
     return '\n'.join(lines)
+
+
+def _fold_cell(torch_rows: Dict[str, Any]) -> str:
+    info = torch_rows.get('fold_info')
+    if not info:
+        return '–'
+    text = torch_rows.get('fold', '–')
+    total, left = info.get('batchnorms', 0), info.get('left', 0)
+    if total:
+        text += f' ({total - left}/{total} BN folded by torch.fx)'
+    else:
+        text += ' (no BN left after switch_to_deploy)'
+    if info.get('error'):
+        text += f": {info['error'][:80]}"
+    return text
+
+
+def published_notes(results: List[Dict[str, Any]]) -> List[str]:
+    """The notes of the published figures shown (each once)."""
+    seen, lines = set(), []
+    for r in results:
+        for figure in r.get('paper') or []:
+            note = figure.get('note')
+            if note and (r['label'], note) not in seen:
+                seen.add((r['label'], note))
+                lines.append(f"- {r['label']}: {note}")
+    return lines
+
+
+def coreml_timing_lines(results: List[Dict[str, Any]]) -> List[str]:
+    """Per-backbone Core ML protocol results and op placement (macOS)."""
+    from .macos import placement_lines
+    lines = []
+    for r in results:
+        coreml = r.get('coreml') or {}
+        timing = coreml.get('timing')
+        if coreml.get('timing_error'):
+            lines.append(f"- {r['label']}: Core ML timing failed: "
+                         f"{coreml['timing_error'][:160]}")
+        if not timing:
+            continue
+        lines.append(
+            f"- {r['label']} on {timing['device']} ({timing['compute_unit']})"
+            f": median {timing['median_ms']:.2f} ms, trimmed mean "
+            f"{timing['trimmed_mean_ms']:.2f} ms (rounds "
+            f"{timing['min_round_ms']:.2f}-{timing['max_round_ms']:.2f} ms), "
+            f"load {timing['load_ms']:.0f} ms.")
+        if coreml.get('placement'):
+            lines += ['  ' + line for line in
+                      placement_lines(coreml['placement'])]
+    return lines
 
 
 def census_table(results: List[Dict[str, Any]]) -> str:
@@ -112,20 +183,38 @@ def environment_line(env: Dict[str, Any]) -> str:
 def markdown_report(run: Dict[str, Any]) -> str:
     env, cfg = run['environment'], run['config']
     h, w = cfg['resolution']
+    gemm = run.get('gemm')
+    notes = published_notes(run['results'])
+    timing_lines = coreml_timing_lines(run['results'])
     parts = [
         f"# Backbone latency at {h}x{w}, batch 1",
         '',
         f"**Core ML:** {run['coreml_line']}",
+        *[f'- {line}' for line in run.get('macos_notes') or []],
         '',
-        f"Machine: {environment_line(env)}. Warm-up {cfg['warmup']}, timed "
-        f"runs {cfg['runs']}. Core ML packages: ML program, "
-        f"{cfg['precision'].upper()} compute, FP32 input/output, minimum "
+        f"Machine: {environment_line(env)}. Proxies: warm-up {cfg['warmup']}"
+        f", timed runs {cfg['runs']}, ms as median / p90 / min. Core ML "
+        f"packages: ML program, {cfg['precision'].upper()} compute, input "
+        f"{cfg.get('input_type', 'tensor')}, FP32 outputs, minimum "
         f"deployment target {cfg['ios_target']}"
-        + (f", compute unit {cfg['compute_unit']}" if run['coreml_runtime']
+        + (f", compute units {cfg['compute_unit']}" if run['coreml_runtime']
            else '') + '.',
         '',
-        latency_table(run['results'], env),
+        latency_table(run['results'], env, f'{h}x{w}'),
         '',
+    ]
+    if run['coreml_runtime']:
+        parts += [f"Core ML timing protocol: "
+                  f"{cfg['protocol']['description']}.", '', *timing_lines,
+                  '']
+    if gemm:
+        parts += [f"fp32 GEMM rate measured in this run: "
+                  f"{gemm['flops_per_s'] / 1e9:.1f} GFLOP/s "
+                  f"({gemm['size']}x{gemm['size']} torch.mm, best of "
+                  f"{gemm['repeats']}, {gemm['threads']} threads). GFLOPs "
+                  'count a multiply-add as 2 (torch FlopCounterMode: '
+                  'convolutions and matmuls).', '']
+    parts += [
         '## Core ML op census (device-independent)',
         '',
         census_table(run['results']),
@@ -134,11 +223,16 @@ def markdown_report(run: Dict[str, Any]) -> str:
           for r in run['results'] if r.get('adapted')],
         '',
         'Proxy columns are CPU numbers from this machine, labelled as such; '
-        'they are not Core ML latencies. The paper column is copied from the '
-        'paper (iPhone 13), not measured here. Peers run in eval mode with '
-        'random weights and BN left to the converters; iFormer runs '
-        'switch_to_deploy() (BN folded).',
+        'they are not Core ML latencies. Published figures are copied from '
+        'the paper or the authors\' released code (not measured here) and '
+        f'are shown only beside the network and input size ({h}x{w}) they '
+        'were measured for. "fused" means that no BatchNorm is left in the '
+        'timed PyTorch module: iFormer runs switch_to_deploy(), every '
+        'network then goes through the same torch.fx Conv-BN folding pass; '
+        'a network that pass cannot trace is labelled "unfused".',
     ]
+    if notes:
+        parts += ['', 'Notes on the published figures:', *notes]
     return '\n'.join(parts) + '\n'
 
 
@@ -165,7 +259,7 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     series += [
         ('ONNX Runtime CPU (proxy)',
          lambda r: (r.get('onnx') or {}).get('timing')),
-        ('PyTorch eager CPU, fused (proxy)',
+        ('PyTorch eager CPU, NCHW (proxy)',
          lambda r: (r.get('torch') or {}).get('timing')),
     ]
     n = len(labels)
@@ -194,7 +288,8 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     ax.legend(fontsize=7, loc='upper center', bbox_to_anchor=(0.5, -0.25),
               ncol=len(series), frameon=False)
 
-    paper = [r.get('paper') for r in results]
+    # The first published figure at this size of each network.
+    paper = [(r.get('paper') or [None])[0] for r in results]
     values = [p['iphone13_ms'] if p and not p['failed'] else 0
               for p in paper]
     bars = ax_paper.barh(range(n), values, color='tab:gray')
@@ -206,7 +301,7 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     ax_paper.set_yticks(range(n), [''] * n)
     ax_paper.invert_yaxis()
     ax_paper.set_xlabel('ms, iPhone 13, Core ML')
-    ax_paper.set_title('Reported by the paper (not measured here)',
+    ax_paper.set_title('Published (paper / released code; not measured here)',
                        fontsize=9)
     h, w = run['config']['resolution']
     fig.suptitle(f'Backbone latency at {h}x{w}, batch 1', fontsize=11)

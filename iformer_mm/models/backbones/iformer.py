@@ -62,6 +62,14 @@ AUTHORS_WINDOWED_STAGE3 = {'m': 'all', 'l': 'all_but_last',
 
 ATTENTION_MODES = ('global', 'window', 'hybrid')
 
+#: How windows treat the zeros added to reach a multiple of the window size.
+#: ``'mask'``: padded keys are masked out of SHMA and the padding is re-zeroed
+#: before every CPE, so the valid tokens come out as if the map had not been
+#: padded (size-invariant). ``'zeros'``: the map is zero-padded once at the
+#: partition and nothing is masked; the padded tokens take part in SHMA, CPE
+#: and FFN until the reverse crops them (the authors' released code).
+WINDOW_PADDING_MODES = ('mask', 'zeros')
+
 
 # --------------------------------------------------------------------------
 # Layers that fold for deployment.
@@ -227,13 +235,26 @@ class SHMA(nn.Module):
     The module works on any batch of maps, so a batch of windows is simply a
     larger batch. ``key_valid`` (``[B, 1, N]`` bool) masks padded tokens out
     of the keys.
+
+    Args:
+        dim (int): Channels in and out.
+        qk_reduction (int): R; the query/key width is ``dim // R``.
+        ratio (int): Value width as a multiple of ``dim``. Defaults to 1.
+        fused_attn (bool): Compute ``softmax(Q^T K * scale) V`` with
+            :func:`torch.nn.functional.scaled_dot_product_attention` (the
+            authors' ``*_faster`` networks, ``fa1`` in their block strings)
+            instead of explicit matmul / softmax / matmul. Same scale, same
+            key mask (passed as a boolean ``attn_mask``), same result up to
+            rounding. Defaults to False.
     """
 
-    def __init__(self, dim: int, qk_reduction: int, ratio: int = 1) -> None:
+    def __init__(self, dim: int, qk_reduction: int, ratio: int = 1,
+                 fused_attn: bool = False) -> None:
         super().__init__()
         mid = dim * ratio
         dim_qk = dim // qk_reduction
         self.scale = dim_qk ** -0.5
+        self.fused_attn = bool(fused_attn)
         self.q = ConvNorm(dim, dim_qk)
         self.k = ConvNorm(dim, dim_qk)
         self.v_gate = ConvNorm(dim, 2 * mid)
@@ -245,22 +266,35 @@ class SHMA(nn.Module):
         v, gate = torch.sigmoid(self.v_gate(x)).chunk(2, dim=1)
         q = self.q(x).flatten(2)  # B, Cqk, N
         k = self.k(x).flatten(2)
-        attn = (q.transpose(1, 2) * self.scale) @ k  # B, N, N
-        if key_valid is not None:
-            attn = attn.masked_fill(~key_valid, torch.finfo(attn.dtype).min)
-        attn = attn.softmax(dim=-1)
-        out = (v.flatten(2) @ attn.transpose(1, 2)).view(b, -1, h, w)
+        if self.fused_attn:
+            # [B, N, C] operands; a bool mask is True where a key takes part.
+            out = F.scaled_dot_product_attention(
+                q.transpose(1, 2), k.transpose(1, 2),
+                v.flatten(2).transpose(1, 2), attn_mask=key_valid,
+                scale=self.scale)  # B, N, Cv
+            out = out.transpose(1, 2).reshape(b, -1, h, w)
+        else:
+            attn = (q.transpose(1, 2) * self.scale) @ k  # B, N, N
+            if key_valid is not None:
+                attn = attn.masked_fill(~key_valid,
+                                        torch.finfo(attn.dtype).min)
+            attn = attn.softmax(dim=-1)
+            out = (v.flatten(2) @ attn.transpose(1, 2)).view(b, -1, h, w)
         return self.proj(out * gate)
+
+    def extra_repr(self) -> str:
+        return f'fused_attn={self.fused_attn}'
 
 
 class SHMABlock(nn.Module):
     """Residual SHMA with optional drop path and layer scale."""
 
     def __init__(self, dim: int, qk_reduction: int, drop_path: float = 0.,
-                 layer_scale_init_value: float = 0.) -> None:
+                 layer_scale_init_value: float = 0.,
+                 fused_attn: bool = False) -> None:
         super().__init__()
-        self.mixer = Residual(SHMA(dim, qk_reduction), drop_path,
-                              layer_scale_init_value, dim)
+        self.mixer = Residual(SHMA(dim, qk_reduction, fused_attn=fused_attn),
+                              drop_path, layer_scale_init_value, dim)
 
     def forward(self, x: torch.Tensor,
                 key_valid: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -274,39 +308,69 @@ def window_partition(x: torch.Tensor, window_size: int,
                      chunks: int = 1) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B * H/ws * W/ws, C, ws, ws]``.
 
+    Windows are ordered batch first, then row-major over the map. No tensor
+    of rank above 5 is formed (Core ML's limit; coremltools expands every
+    rank-6 reshape/transpose into a chain of about a dozen ops): with a
+    batch of one the window grid is a single rank-5 transpose; otherwise the
+    map is split along H first (the window rows move to the batch axis), then
+    along W.
+
     With ``chunks > 1`` the channels are split into ``chunks`` groups that are
-    rearranged one after the other and concatenated (channel chunking); the
-    result is identical, only the size of each reshape changes.
+    rearranged one after the other and concatenated (channel chunking, paper
+    Appendix F); the result is identical, only the size of each transpose
+    changes.
     """
     if chunks > 1:
         return torch.cat([window_partition(part, window_size)
                           for part in x.chunk(chunks, dim=1)], dim=1)
     b, c, h, w = x.shape
     ws = window_size
-    x = x.view(b, c, h // ws, ws, w // ws, ws).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(-1, c, ws, ws)
+    nh, nw = h // ws, w // ws
+    if b == 1:
+        # [C, nh, ws, nw, ws] -> [nh, nw, C, ws, ws]
+        x = x.reshape(c, nh, ws, nw, ws).permute(1, 3, 0, 2, 4)
+        return x.reshape(nh * nw, c, ws, ws)
+    # rows of windows to the batch: [B, C, nh, ws, W] -> [B, nh, C, ws, W]
+    x = x.reshape(b, c, nh, ws, w).permute(0, 2, 1, 3, 4)
+    x = x.reshape(b * nh, c, ws, w)
+    # then columns: [B*nh, C, ws, nw, ws] -> [B*nh, nw, C, ws, ws]
+    x = x.reshape(b * nh, c, ws, nw, ws).permute(0, 3, 1, 2, 4)
+    return x.reshape(b * nh * nw, c, ws, ws)
 
 
 def window_reverse(windows: torch.Tensor, window_size: int, height: int,
                    width: int, chunks: int = 1) -> torch.Tensor:
-    """Inverse of :func:`window_partition` for a padded ``height x width``."""
+    """Inverse of :func:`window_partition` for a padded ``height x width``
+    map (no tensor of rank above 5 either)."""
     if chunks > 1:
         return torch.cat([window_reverse(part, window_size, height, width)
                           for part in windows.chunk(chunks, dim=1)], dim=1)
     ws = window_size
     nh, nw = height // ws, width // ws
-    c = windows.shape[1]
-    x = windows.view(-1, nh, nw, c, ws, ws).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(-1, c, height, width)
+    n, c = windows.shape[:2]
+    b = n // (nh * nw)
+    if b == 1:
+        # [nh, nw, C, ws, ws] -> [C, nh, ws, nw, ws]
+        x = windows.reshape(nh, nw, c, ws, ws).permute(2, 0, 3, 1, 4)
+        return x.reshape(1, c, height, width)
+    # columns back: [B*nh, nw, C, ws, ws] -> [B*nh, C, ws, nw, ws]
+    x = windows.reshape(b * nh, nw, c, ws, ws).permute(0, 2, 3, 1, 4)
+    x = x.reshape(b * nh, c, ws, width)
+    # rows back: [B, nh, C, ws, W] -> [B, C, nh, ws, W]
+    x = x.reshape(b, nh, c, ws, width).permute(0, 2, 1, 3, 4)
+    return x.reshape(b, c, height, width)
 
 
 @dataclass
 class _WindowState:
-    """What the reverse needs, and the padding masks (None when unpadded)."""
+    """What the reverse needs, and the padding masks (None when unpadded or
+    with ``window_padding='zeros'``). ``single``: the padded map is one
+    window, so partition and reverse are identities and are skipped."""
     height: int
     width: int
     padded_height: int
     padded_width: int
+    single: bool = False
     valid: Optional[torch.Tensor] = None      # [B*nW, 1, ws, ws] float
     key_valid: Optional[torch.Tensor] = None  # [B*nW, 1, ws*ws] bool
 
@@ -418,12 +482,29 @@ class Stem(nn.Module):
         return self.conv3(self.act2(self.conv2(self.act1(self.conv1(x)))))
 
 
+def _check_window_padding(window_padding) -> str:
+    if window_padding not in WINDOW_PADDING_MODES:
+        raise ValueError(f'window_padding must be one of '
+                         f'{WINDOW_PADDING_MODES} (or None for the default '
+                         f'of the attention layout), got {window_padding!r}.')
+    return window_padding
+
+
 class IFormerStage(nn.Module):
     """Optional Conv-BN 3x3 s2 downsample, then the stage's blocks.
 
     Blocks: ConvBlocks, then ``num_groups`` x (CPE, SHMA, FFN), then one
     ConvBlock (stages with attention); ConvBlocks only otherwise. Window
     partition / reverse happen at the positions given by ``layout``.
+
+    Args:
+        window_padding (str): ``'mask'`` or ``'zeros'``, see
+            :class:`IFormer`. Defaults to ``'mask'``.
+        fused_attn (bool): SHMA through ``scaled_dot_product_attention``.
+            Defaults to False.
+
+    The other arguments are documented by :class:`IFormer`, which builds
+    the stages.
     """
 
     def __init__(self, in_dim: int, dim: int, depth: int, num_groups: int,
@@ -431,8 +512,10 @@ class IFormerStage(nn.Module):
                  drop_path_rates: Sequence[float],
                  layer_scale_init_value: float, attention='global',
                  window_size: int = 16, window_chunks: int = 1,
-                 with_cp: bool = False) -> None:
+                 with_cp: bool = False, window_padding: str = 'mask',
+                 fused_attn: bool = False) -> None:
         super().__init__()
+        self.window_padding = _check_window_padding(window_padding)
         if depth < 3 * num_groups:
             raise ValueError(f'A stage of depth {depth} cannot hold '
                              f'{num_groups} attention groups (3 blocks each).')
@@ -454,7 +537,8 @@ class IFormerStage(nn.Module):
         for g in range(num_groups):
             o = num_prefix + 3 * g
             blocks += [RepCPE(dim, 3),
-                       SHMABlock(dim, qk_reduction, dpr[o + 1], ls),
+                       SHMABlock(dim, qk_reduction, dpr[o + 1], ls,
+                                 fused_attn),
                        FFN(dim, ffn_ratio, dpr[o + 2], ls)]
             roles += ['cpe', 'attn', 'ffn']
         if num_suffix:
@@ -470,19 +554,27 @@ class IFormerStage(nn.Module):
         ws = self.window_size
         b, _, h, w = x.shape
         pad_b, pad_r = (-h) % ws, (-w) % ws
-        state = _WindowState(h, w, h + pad_b, w + pad_r)
+        hp, wp = h + pad_b, w + pad_r
+        state = _WindowState(h, w, hp, wp, single=(hp == ws and wp == ws))
         if pad_b or pad_r:
             x = F.pad(x, (0, pad_r, 0, pad_b))
-            valid = x.new_zeros((b, 1, h + pad_b, w + pad_r))
-            valid[:, :, :h, :w] = 1
-            state.valid = window_partition(valid, ws)
-            state.key_valid = state.valid.flatten(2).bool()
-        return window_partition(x, ws, self.window_chunks), state
+            if self.window_padding == 'mask':
+                valid = x.new_zeros((b, 1, hp, wp))
+                valid[:, :, :h, :w] = 1
+                if not state.single:
+                    valid = window_partition(valid, ws)
+                state.valid = valid
+                state.key_valid = valid.flatten(2).bool()
+        if not state.single:
+            x = window_partition(x, ws, self.window_chunks)
+        return x, state
 
     def _reverse(self, x: torch.Tensor, state: _WindowState) -> torch.Tensor:
-        x = window_reverse(x, self.window_size, state.padded_height,
-                           state.padded_width, self.window_chunks)
-        if state.valid is not None:
+        if not state.single:
+            x = window_reverse(x, self.window_size, state.padded_height,
+                               state.padded_width, self.window_chunks)
+        if (state.padded_height, state.padded_width) != (state.height,
+                                                         state.width):
             x = x[:, :, :state.height, :state.width].contiguous()
         return x
 
@@ -541,6 +633,28 @@ class IFormer(BaseModule):
         window_chunks (int): Channel chunks for window partition / reverse
             (Appendix F); must divide the channels of every stage. 1 means
             no chunking. Defaults to 1.
+        window_padding (str, optional): What the zeros added to reach a
+            multiple of ``window_size`` do (they exist only where a windowed
+            map is not a multiple of the window, e.g. COCO's 800x1333).
+            ``'mask'``: padded keys are masked out of SHMA and the padding
+            is re-zeroed before every CPE, so the valid tokens are computed
+            as if the map had not been padded: the function does not depend
+            on how far the input is from a multiple of the window.
+            ``'zeros'``: the map is zero-padded once at the partition and
+            nothing is masked; the padded tokens take part in SHMA, CPE and
+            FFN until the reverse crops them: the authors' released
+            detection/segmentation code (``WindowPartion`` /
+            ``SHMABlock`` in their ``detection/iformer.py``). Use
+            ``'zeros'`` with the authors' released dense weights (they were
+            trained and evaluated that way); to train your own either works,
+            ``'mask'`` being size-invariant. Both are identical when no
+            padding is needed (e.g. 512x512). Defaults to None: ``'zeros'``
+            for ``attention='authors'``, ``'mask'`` otherwise.
+        fused_attn (bool): Compute SHMA with
+            :func:`torch.nn.functional.scaled_dot_product_attention` (the
+            authors' ``*_faster`` networks) instead of explicit matmul /
+            softmax / matmul; same scale and key mask, equal up to rounding.
+            Defaults to False.
         drop_path_rate (float): Stochastic depth, linearly increasing over
             all blocks. Defaults to 0.
         layer_scale_init_value (float, optional): Overrides the arch's layer
@@ -563,7 +677,9 @@ class IFormer(BaseModule):
     def __init__(self, arch: Union[str, dict] = 't', in_channels: int = 3,
                  out_indices: Sequence[int] = (0, 1, 2, 3),
                  attention='global', window_size: int = 16,
-                 window_chunks: int = 1, drop_path_rate: float = 0.,
+                 window_chunks: int = 1,
+                 window_padding: Optional[str] = None,
+                 fused_attn: bool = False, drop_path_rate: float = 0.,
                  layer_scale_init_value: Optional[float] = None,
                  frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, init_cfg: Optional[dict] = None):
@@ -590,6 +706,11 @@ class IFormer(BaseModule):
                              f'{frozen_stages}.')
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
+        if window_padding is None:
+            window_padding = ('zeros' if isinstance(attention, str)
+                              and attention == 'authors' else 'mask')
+        self.window_padding = _check_window_padding(window_padding)
+        self.fused_attn = bool(fused_attn)
         self.window_size = window_size
         self.window_chunks = window_chunks
         stage_attention = resolve_attention(attention, self.arch_name, groups)
@@ -604,7 +725,8 @@ class IFormer(BaseModule):
                 arch['qk_reduction'][i], arch['conv_ratio'],
                 arch['ffn_ratio'], dpr[start:start + depths[i]],
                 layer_scale_init_value, stage_attention[i], window_size,
-                window_chunks, with_cp))
+                window_chunks, with_cp, self.window_padding,
+                self.fused_attn))
             prev, start = self.dims[i], start + depths[i]
         self.stages = nn.Sequential(*stages)
         self._freeze_stages()
@@ -723,3 +845,87 @@ def switch_to_deploy_all(model: nn.Module) -> nn.Module:
     """Fold BN in every iFormer part of ``model`` (backbone and heads)."""
     model.eval()
     return fuse_modules(model)
+
+
+# --------------------------------------------------------------------------
+# The authors' named networks as IFormer settings.
+# --------------------------------------------------------------------------
+# Their dense networks (detection/iformer.py; segmentation/iformer.py is the
+# same file) window stage 3 ('ws16_wsp1' ... 'ws16_wre1' block strings) on a
+# zero-padded map and chunk the partition into 16 channel groups;
+# ``*_faster`` adds 'fa1' (SDPA) to every SHMA block.
+_DENSE = dict(attention='authors', window_padding='zeros', window_chunks=16)
+
+#: The networks of the authors' released code, by their function name, as
+#: :class:`IFormer` keyword arguments (build one with
+#: :func:`build_authors_preset`). ``'dense'``: ``detection/iformer.py`` and
+#: ``segmentation/iformer.py`` (there is no dense ``iFormer_l2_faster``).
+#: ``'cls'``: ``models/iformer.py``, global attention, except its
+#: ``*_faster`` networks, which that file says are "only used for latency
+#: measurement of detection and segmentation" and which have the dense
+#: layout. Its ``iFormer_l2_faster`` has the dims (48, 128, 256, 448), not
+#: L2's (64, 128, 256, 512); it is kept as written there.
+AUTHORS_PRESETS: Dict[str, Dict[str, dict]] = {
+    'dense': {
+        'iFormer_m': dict(arch='m', fused_attn=False, **_DENSE),
+        'iFormer_m_faster': dict(arch='m', fused_attn=True, **_DENSE),
+        'iFormer_l': dict(arch='l', fused_attn=False, **_DENSE),
+        'iFormer_l_faster': dict(arch='l', fused_attn=True, **_DENSE),
+        'iFormer_l2': dict(arch='l2', fused_attn=False, **_DENSE),
+    },
+    'cls': {
+        'iFormer_t': dict(arch='t', attention='global'),
+        'iFormer_s': dict(arch='s', attention='global'),
+        'iFormer_m': dict(arch='m', attention='global'),
+        'iFormer_m_faster': dict(arch='m', fused_attn=True, **_DENSE),
+        'iFormer_l': dict(arch='l', attention='global'),
+        'iFormer_l_faster': dict(arch='l', fused_attn=True, **_DENSE),
+        'iFormer_l2': dict(arch='l2', attention='global'),
+        'iFormer_l2_faster': dict(
+            arch=dict(ARCH_ZOO['l2'], dims=(48, 128, 256, 448)),
+            # 'authors' needs a named arch: L2's stage-3 layout spelled out
+            attention=['global', 'global',
+                       dict(windowed=[True] * 10 + [False],
+                            reverse='after_attn'), 'global'],
+            window_padding='zeros', window_chunks=16, fused_attn=True),
+        'iFormer_h': dict(arch='h', attention='global'),
+    },
+}
+
+#: Where each preset family comes from in the authors' repository.
+AUTHORS_PRESET_SOURCES = {
+    'dense': 'detection/iformer.py, segmentation/iformer.py',
+    'cls': 'models/iformer.py',
+}
+
+
+def authors_preset(name: str, source: str = 'dense') -> dict:
+    """IFormer keyword arguments of the authors' network ``name``.
+
+    Args:
+        name (str): Their function name, e.g. ``'iFormer_m_faster'``.
+        source (str): ``'dense'`` (their detection/segmentation file) or
+            ``'cls'`` (their classification file). Defaults to ``'dense'``.
+    """
+    if source not in AUTHORS_PRESETS:
+        raise ValueError(f'source must be one of {sorted(AUTHORS_PRESETS)}, '
+                         f'got {source!r}.')
+    table = AUTHORS_PRESETS[source]
+    if name not in table:
+        raise ValueError(f'No network {name!r} in the authors\' '
+                         f'{AUTHORS_PRESET_SOURCES[source]}; valid names: '
+                         f'{sorted(table)}.')
+    return copy.deepcopy(table[name])
+
+
+def build_authors_preset(name: str, source: str = 'dense',
+                         **overrides) -> 'IFormer':
+    """Build :class:`IFormer` as the authors' network ``name``.
+
+    ``overrides`` replace preset keys or add others (``out_indices``,
+    ``init_cfg``, ...), e.g.
+    ``build_authors_preset('iFormer_m_faster', window_chunks=1)``.
+    """
+    kwargs = authors_preset(name, source)
+    kwargs.update(overrides)
+    return IFormer(**kwargs)
