@@ -363,3 +363,50 @@ def test_benchmark_rejects_bad_input(tmp_path):
     assert proc.returncode == 2
     assert 'does not exist' in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------- the tool column
+def test_tool_column_is_labelled_predicted_with_its_error():
+    from iformer_mm.deploy import report
+    from iformer_mm.deploy.predictor.tool import (PREDICTED_HEADER,
+                                                  predicted_cell)
+    pred = dict(status='predicted', ms=4.123, failed=False,
+                heldout_median_pct=12.4, heldout_max_pct=41.0)
+    assert predicted_cell(pred) == \
+        '4.12 (predicted; held-out err 12% median, 41% max)'
+    assert predicted_cell(dict(pred, ms=None, failed=True)).startswith(
+        'Failed (predicted;')
+    assert predicted_cell(None) == '–'
+    assert 'no prediction' in predicted_cell(dict(status='unavailable',
+                                                  error='boom'))
+    results = [dict(key='x', label='Net', status='ok', params_m=1.0,
+                    coreml=dict(status='validated', predicted=pred)),
+               dict(key='y', label='Broken', status='failed',
+                    failed_stage='export', error='bad')]
+    table = report.latency_table(results, dict(threads=2))
+    head, sep, row, broken = table.splitlines()
+    cells = [c.strip() for c in head.strip('|').split('|')]
+    assert PREDICTED_HEADER in cells and 'predicted' in PREDICTED_HEADER
+    col = cells.index(PREDICTED_HEADER)
+    assert cells[col - 1].startswith('PyTorch eager CPU channels_last')
+    assert [c.strip() for c in row.strip('|').split('|')][col] == \
+        predicted_cell(pred)
+    ncols = len(cells)
+    assert sep.count('---') == ncols
+    assert len(broken.strip('|').split('|')) == ncols
+
+
+@needs_ct
+def test_tool_prediction_uses_the_stored_fit():
+    from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor.features import program_features
+    from iformer_mm.deploy.predictor.tool import predict_for_tool
+    spec = convert_spec(_ConvNet().eval(), 16)
+    pred = predict_for_tool(spec)
+    params = M.load_params()
+    assert pred['status'] == 'predicted'
+    assert pred['ms'] == pytest.approx(
+        M.predict_ms(params['coef'], program_features(spec)))
+    assert pred['heldout_median_pct'] == \
+        params['validation']['heldout']['median_abs_pct']
+    assert predict_for_tool(object())['status'] == 'unavailable'
