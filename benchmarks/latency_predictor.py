@@ -120,7 +120,7 @@ def measure_proxies(networks: List[Dict[str, Any]], threads: int,
         model, _ = build_reference(r['key'], res)
         wrapped = TupleOutputs(model).eval()
         x = torch.randn(1, 3, res, res)
-        t = time_torch(wrapped, x, warmup=2, runs=runs)['median_ms']
+        t = time_torch(wrapped, x, warmup=1, runs=runs)['median_ms']
         entry = dict(torch_ms=t)
         try:
             with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +130,7 @@ def measure_proxies(networks: List[Dict[str, Any]], threads: int,
                 export_onnx(wrapped, x, path,
                             [f'out{j}' for j in range(len(ref))])
                 entry['ort_ms'] = time_onnxruntime(
-                    path, x.numpy(), threads, warmup=2, runs=runs,
+                    path, x.numpy(), threads, warmup=1, runs=runs,
                     reference=ref)['median_ms']
         except Exception as exc:  # noqa: BLE001 - reported, not hidden
             log(f'  ONNX Runtime failed for {r["network"]}: {exc}')
@@ -377,7 +377,7 @@ def main(argv=None) -> int:
     parser.add_argument('--no-proxies', action='store_true',
                         help='skip timing the CPU proxies')
     parser.add_argument('--threads', type=int, default=2)
-    parser.add_argument('--runs', type=int, default=5)
+    parser.add_argument('--runs', type=int, default=3)
     parser.add_argument('--dry-run', action='store_true',
                         help='write neither parameters nor plot')
     parser.add_argument('--spec-cache', default=os.path.join(

@@ -269,10 +269,15 @@ def test_fit_recovers_known_coefficients_and_stays_non_negative():
     terms = ('gmacs_conv', 'gmacs_conv_dw', 'gmacs_matmul', 'mb_transpose',
              'ops', 'const')
     params = M.fit(rows, feats, terms)
+    # iPhone 13: compute terms never go below the A15 ANE's peak rate; the
+    # fixture has no matmul work, so that coefficient sits on its floor
+    assert params['floors']['gmacs_matmul'] == pytest.approx(2e9 / 15.8e12
+                                                             * 1e3)
     for t in terms:
         assert params['coef'][t] >= 0
-        assert params['coef'][t] == pytest.approx(truth.get(t, 0.0),
-                                                  rel=1e-4, abs=1e-6)
+        expected = max(truth.get(t, 0.0), params['floors'].get(t, 0.0))
+        assert params['coef'][t] == pytest.approx(expected, rel=1e-4,
+                                                  abs=1e-6)
     for r, f in zip(rows, feats):
         assert M.predict(params, f) == pytest.approx(r['latency_ms'],
                                                      rel=1e-5)
@@ -283,6 +288,21 @@ def test_fit_recovers_known_coefficients_and_stays_non_negative():
     # leave-one-family-out on exact data is exact
     err = M.errors(M.leave_one_family_out(rows, feats, terms))
     assert err['max_abs_pct'] < 1e-3 and err['spearman'] > 0.99
+
+
+def test_compute_floor_binds_only_where_the_device_has_one():
+    rows, feats, truth = _fixture()
+    slow = 0.01                       # ms per GMAC: faster than the ANE peak
+    for r, f in zip(rows, feats):
+        r['latency_ms'] += (slow - truth['gmacs_conv']) * \
+            M.TERMS['gmacs_conv'][0](f)
+    terms = tuple(truth)
+    floor = M.IPHONE13_MS_PER_GMAC_FLOOR
+    assert M.fit(rows, feats, terms)['coef']['gmacs_conv'] == \
+        pytest.approx(floor)
+    other = [dict(r, device='Mac mini', role='user') for r in rows]
+    assert M.fit(other, feats, terms, device='Mac mini')['coef'][
+        'gmacs_conv'] == pytest.approx(slow, rel=1e-4)
 
 
 def test_failed_rule_thresholds_the_separating_feature():

@@ -67,6 +67,7 @@ TERMS: Dict[str, Tuple[Callable[[Dict[str, Any]], float], str]] = {
     **{f'mb_transpose_over_{size // 1024}k': (
         (lambda s: lambda f: f['transpose_bytes_over'][str(s)] / _MB)(size),
         'ms/MB') for size in TRANSPOSE_SIZES},
+    'mb_rank5': (lambda f: f['rank5_bytes'] / _MB, 'ms/MB'),
     'ops': (lambda f: float(f['total_ops']), 'ms/op'),
     'const': (lambda f: 1.0, 'ms'),
 }
@@ -83,6 +84,15 @@ TERM_SETS: Dict[str, Tuple[str, ...]] = {
         'mb_conv', 'mb_conv_dw', 'mb_linear', 'mb_matmul', 'mb_elementwise',
         'mb_norm', 'mb_pool', 'mb_transpose', 'mb_rearrange', 'mb_other',
         'mb_weights', 'ops', 'const'),
+    'compute-classes+memory+rank5': (
+        'gmacs_conv', 'gmacs_conv_dw', 'gmacs_linear', 'gmacs_matmul',
+        'mb_memory', 'mb_transpose', 'mb_rank5', 'mb_weights', 'ops',
+        'const'),
+    'per-class roofline+rank5': (
+        'gmacs_conv', 'gmacs_conv_dw', 'gmacs_linear', 'gmacs_matmul',
+        'mb_conv', 'mb_conv_dw', 'mb_linear', 'mb_matmul', 'mb_elementwise',
+        'mb_norm', 'mb_pool', 'mb_transpose', 'mb_rearrange', 'mb_other',
+        'mb_rank5', 'mb_weights', 'ops', 'const'),
     **{f'per-class roofline, large transposes > {size // 1024} KB': (
         'gmacs_conv', 'gmacs_conv_dw', 'gmacs_linear', 'gmacs_matmul',
         'mb_conv', 'mb_conv_dw', 'mb_linear', 'mb_matmul', 'mb_elementwise',
@@ -111,14 +121,30 @@ def design(features: Sequence[Dict[str, Any]], terms: Sequence[str]
                     dtype=np.float64)
 
 
-def nnls_relative(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Non-negative ``b`` minimising ``sum(((x @ b) - y) / y) ** 2)``."""
+#: Apple's figure for the A15 Neural Engine of the iPhone 13: 15.8 trillion
+#: operations per second. A multiply-accumulate is 2 operations, so no
+#: GMAC can cost less than this (ms): the floor of every compute term of an
+#: iPhone 13 fit. It is hardware data, not fitted, and taken from no table.
+IPHONE13_MS_PER_GMAC_FLOOR = 2e9 / 15.8e12 * 1e3
+DEVICE_FLOORS: Dict[str, Dict[str, float]] = {
+    DEFAULT_DEVICE: {t: IPHONE13_MS_PER_GMAC_FLOOR for t in (
+        'gmacs_conv', 'gmacs_conv_dw', 'gmacs_linear', 'gmacs_matmul',
+        'gmacs_all')},
+}
+
+
+def nnls_relative(x: np.ndarray, y: np.ndarray,
+                  floor: Optional[np.ndarray] = None) -> np.ndarray:
+    """``b >= floor`` (default 0) minimising ``sum(((x @ b) - y) / y) ** 2)``.
+    """
     from scipy.optimize import nnls
     a = x / y[:, None]
+    lb = np.zeros(a.shape[1]) if floor is None else np.asarray(floor, float)
+    target = np.ones(len(y)) - a @ lb
     scale = np.abs(a).max(axis=0)
     scale[scale == 0] = 1.0
-    coef, _ = nnls(a / scale, np.ones(len(y)), maxiter=50 * a.shape[1])
-    return coef / scale
+    coef, _ = nnls(a / scale, target, maxiter=50 * a.shape[1])
+    return lb + coef / scale
 
 
 class LeakError(ValueError):
@@ -148,11 +174,14 @@ def _device_rows(rows: Sequence[Dict[str, Any]], device: str
 
 
 def fit_latency(rows: Sequence[Dict[str, Any]],
-                features: Sequence[Dict[str, Any]], terms: Sequence[str]
+                features: Sequence[Dict[str, Any]], terms: Sequence[str],
+                floors: Optional[Dict[str, float]] = None
                 ) -> Dict[str, float]:
-    """Coefficients (name -> value) of ``terms`` on rows with a latency."""
+    """Coefficients (name -> value) of ``terms`` on rows with a latency;
+    ``floors`` gives a lower bound per term (default 0)."""
     y = np.array([r['latency_ms'] for r in rows], dtype=np.float64)
-    coef = nnls_relative(design(features, terms), y)
+    floor = np.array([(floors or {}).get(t, 0.0) for t in terms])
+    coef = nnls_relative(design(features, terms), y, floor)
     return {t: float(c) for t, c in zip(terms, coef)}
 
 
@@ -210,7 +239,8 @@ def predicts_failed(rule: Optional[Dict[str, Any]],
 
 def fit(rows: Sequence[Dict[str, Any]], features: Sequence[Dict[str, Any]],
         terms: Sequence[str], device: str = DEFAULT_DEVICE,
-        check_leak: bool = True) -> Dict[str, Any]:
+        check_leak: bool = True,
+        floors: Optional[Dict[str, float]] = None) -> Dict[str, Any]:
     """Fit the latency terms and the "Failed" rule on one device's rows.
 
     Args:
@@ -219,7 +249,12 @@ def fit(rows: Sequence[Dict[str, Any]], features: Sequence[Dict[str, Any]],
         terms: names of :data:`TERMS`.
         device: only rows of this device are used; the result records it.
         check_leak: refuse held-out rows (:func:`check_no_leak`).
+        floors: lower bounds of coefficients; default: the device's
+            :data:`DEVICE_FLOORS` (the iPhone 13's peak compute rate), none
+            for other devices.
     """
+    if floors is None:
+        floors = DEVICE_FLOORS.get(device, {})
     pairs = [(r, f) for r, f in zip(rows, features)
              if r.get('device', DEFAULT_DEVICE) == device]
     _device_rows(rows, device)
@@ -229,10 +264,12 @@ def fit(rows: Sequence[Dict[str, Any]], features: Sequence[Dict[str, Any]],
     if len(timed) < len(terms):
         raise ValueError(f'{len(timed)} timed rows cannot fit {len(terms)} '
                          f'terms; add measurements or use fewer terms.')
-    coef = fit_latency([r for r, _ in timed], [f for _, f in timed], terms)
+    coef = fit_latency([r for r, _ in timed], [f for _, f in timed], terms,
+                       floors)
     rule = fit_failed_rule([r for r, _ in pairs], [f for _, f in pairs])
     return dict(model_version=MODEL_VERSION, device=device, terms=list(terms),
                 coef=coef, units={t: TERMS[t][1] for t in terms},
+                floors={t: floors[t] for t in terms if t in floors},
                 failed_rule=rule,
                 fit_rows=sorted(f'{r["key"]}@{r["resolution"]}'
                                 for r, _ in pairs))
@@ -248,7 +285,8 @@ def predict(params: Dict[str, Any], features: Dict[str, Any]
 
 def leave_one_family_out(rows: Sequence[Dict[str, Any]],
                          features: Sequence[Dict[str, Any]],
-                         terms: Sequence[str], device: str = DEFAULT_DEVICE
+                         terms: Sequence[str], device: str = DEFAULT_DEVICE,
+                         floors: Optional[Dict[str, float]] = None
                          ) -> List[Tuple[Dict[str, Any], Optional[float]]]:
     """Predict every row from a fit on the other families only."""
     out = []
@@ -256,7 +294,7 @@ def leave_one_family_out(rows: Sequence[Dict[str, Any]],
         train = [(r, f) for r, f in zip(rows, features)
                  if r['family'] != family]
         params = fit([r for r, _ in train], [f for _, f in train], terms,
-                     device=device)
+                     device=device, floors=floors)
         out += [(r, predict(params, f)) for r, f in zip(rows, features)
                 if r['family'] == family]
     return out
