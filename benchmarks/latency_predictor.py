@@ -69,7 +69,15 @@ def joined(rows: List[Dict[str, Any]], features_path: str
 
 
 def fmt(x: Optional[float], spec: str = '.2f') -> str:
-    return 'Failed' if x is None else format(x, spec)
+    if x is None:
+        return 'Failed'
+    return ('Failed/' if getattr(x, 'failed', False) else '') + \
+        format(float(x), spec)
+
+
+def _jp(p) -> Any:
+    """JSON form of a prediction."""
+    return dict(ms=float(p), failed=bool(getattr(p, 'failed', False)))
 
 
 def fit_rows(usable, device):
@@ -97,9 +105,15 @@ def cmd_fit(args) -> Dict[str, Any]:
     params['term_set'] = best
     lofo = M.leave_one_family_out(tr_rows, tr_feats, M.TERM_SETS[best],
                                   args.device)
+    lofo_err = M.errors(lofo)
+    M.accept_failed_rule(params, lofo_err)
+    if params.get('failed_rule_rejected'):
+        log(f'Failed rule dropped: {params["failed_rule_rejected"]}')
+        lofo = [(r, M.Prediction(float(p))) for r, p in lofo]
     params['validation'] = dict(
-        lofo=M.errors(lofo), term_set_scores=scores,
-        lofo_rows={f'{r["network"]}@{r["resolution"]}': p for r, p in lofo})
+        lofo=lofo_err, term_set_scores=scores,
+        lofo_rows={f'{r["network"]}@{r["resolution"]}': _jp(p)
+                   for r, p in lofo})
     return dict(rows=rows, usable=usable, excluded=excluded, train=train,
                 params=params, lofo=lofo)
 
@@ -153,16 +167,19 @@ def swin_check(pairs) -> str:
     by = {r['network']: p for r, p in pairs}
     if 'Swin-T' not in by:
         return 'n/a'
-    if by['Swin-T'] is None:
-        return 'predicted Failed'
     ratio = by['Swin-T'] / by['ResNet50'] if by.get('ResNet50') else None
-    return f'{ratio:.2f}x ResNet-50' if ratio else 'n/a'
+    text = f'{ratio:.2f}x ResNet-50' if ratio else 'n/a'
+    if getattr(by['Swin-T'], 'failed', False):
+        text = 'predicted Failed; ' + text
+    return text
 
 
 def swin_ok(pairs) -> bool:
     by = {r['network']: p for r, p in pairs}
-    s, r50 = by.get('Swin-T', 0), by.get('ResNet50')
-    return s is None or (r50 is not None and s > 2 * r50)
+    s, r50 = by.get('Swin-T'), by.get('ResNet50')
+    if s is None:
+        return False
+    return getattr(s, 'failed', False) or (r50 is not None and s > 2 * r50)
 
 
 # -------------------------------------------------------------------- plot
@@ -181,7 +198,8 @@ def plot(train_pairs, held_pairs, path: str, title: str) -> Optional[str]:
             (held_pairs, 's', '#cc3311', 'held-out (Table 5, 512x512)')):
         xs = [r['latency_ms'] if r['latency_ms'] else fail_x
               for r, p in pairs]
-        ys = [p if p is not None else fail_x for r, p in pairs]
+        ys = [fail_x if getattr(p, 'failed', False) else min(float(p), 75)
+              for r, p in pairs]
         ax.scatter(xs, ys, marker=marker, c=color, label=label, s=28,
                    alpha=0.85, edgecolors='k', linewidths=0.3)
         if marker == 's':
@@ -241,10 +259,11 @@ def cmd_validate(args) -> int:
         print(f'  {r["network"]:28s} published {fmt(r["latency_ms"]):>7s} '
               f'predicted {fmt(p):>7s}')
     by = {r['key']: p for r, p in t17}
-    g, h, c = (by.get('iformer-m-global-shma', 0),
+    g, h, c = (by.get('iformer-m-global-shma'),
                by.get('iformer-m-hybrid-shma'),
                by.get('iformer-m-cc-hybrid-shma'))
-    t17_ok = g is None and h is not None and c is not None and h >= 2 * c
+    t17_ok = (g is not None and getattr(g, 'failed', False) and
+              h is not None and c is not None and h >= 2 * c)
     print(f'  order right (global Failed, hybrid >= 2x CC): {t17_ok}')
 
     held = [(r, f) for r, f in usable if r['role'] == 'heldout']
@@ -283,20 +302,21 @@ def cmd_validate(args) -> int:
     print(f'\nHeld-out: Table 5, 512x512, {ours["n"]} timed rows + '
           f'{ours["failed_total"]} Failed (never fitted on):')
     print('| method | median abs err | max abs err | Spearman | Failed right '
-          '| Swin-T |')
-    print('|---|---|---|---|---|---|')
+          '| wrongly Failed | Swin-T |')
+    print('|---|---|---|---|---|---|---|')
     for name, (e, swin, _) in results.items():
         print(f'| {name} | {e["median_abs_pct"]:.1f}% | '
               f'{e["max_abs_pct"]:.0f}% ({e["worst"]}) | {e["spearman"]:.2f} '
-              f'| {e["failed_right"]}/{e["failed_total"]} | {swin} |')
+              f'| {e["failed_right"]}/{e["failed_total"]} | '
+              f'{e["false_failed"]} | {swin} |')
     print('\nPer row (ms):')
-    header = '  network              published  predicted'
+    header = '  network              published     predicted'
     for key in proxy_rows:
         header += f'  {key:>8s}'
     print(header)
     for i, (r, p) in enumerate(held_pairs):
         line = (f'  {r["network"]:20s} {fmt(r["latency_ms"]):>9s} '
-                f'{fmt(p):>10s}')
+                f'{fmt(p):>13s}')
         for key, sp in proxy_rows.items():
             line += f'  {sp[i][1]:8.2f}'
         print(line)
@@ -333,8 +353,8 @@ def cmd_validate(args) -> int:
 
     params['validation']['heldout'] = ours
     params['validation']['heldout_rows'] = {
-        r['network']: p for r, p in held_pairs}
-    params['validation']['table17'] = {r['network']: p for r, p in t17}
+        r['network']: _jp(p) for r, p in held_pairs}
+    params['validation']['table17'] = {r['network']: _jp(p) for r, p in t17}
     params['validation']['proxies'] = {k: v[0] for k, v in results.items()}
     params['validation']['targets'] = {n: bool(ok) for n, ok in checks}
     if not args.dry_run:

@@ -315,9 +315,24 @@ def test_failed_rule_thresholds_the_separating_feature():
     assert rule['feature'] in ('largest_matmul_out_bytes',)
     assert 1e6 < rule['threshold'] < 5e7
     params = M.fit(rows, feats, ('gmacs_conv', 'ops', 'const'))
-    assert M.predict(params, feats[0]) is None
-    assert M.predict(params, feats[5]) is not None
-    assert M.errors([(rows[0], None), (rows[5], 1.0)])['failed_right'] == 1
+    assert M.predict(params, feats[0]).failed
+    assert not M.predict(params, feats[5]).failed
+    err = M.errors([(rows[0], M.Prediction(1.0, True)),
+                    (rows[5], M.Prediction(1.0, True)),
+                    (rows[6], M.Prediction(rows[6]['latency_ms'] * 2))])
+    # a wrong "Failed" is counted, and still scored on its number
+    assert (err['failed_right'], err['false_failed'], err['n']) == (1, 1, 2)
+    assert err['max_abs_pct'] == pytest.approx(100.0)
+    # a rule that leave-one-family-out cannot validate is dropped
+    for lofo, kept in ((dict(failed_right=1, failed_total=3,
+                             false_failed=0), True),
+                       (dict(failed_right=0, failed_total=3,
+                             false_failed=0), False),
+                       (dict(failed_right=3, failed_total=3,
+                             false_failed=1), False)):
+        out = M.accept_failed_rule(dict(params), lofo)
+        assert (out['failed_rule'] is not None) == kept
+        assert ('failed_rule_rejected' in out) != kept
 
 
 # ---------------------------------------------------------------- no leak
@@ -394,7 +409,7 @@ def test_tool_column_is_labelled_predicted_with_its_error():
                 heldout_median_pct=12.4, heldout_max_pct=41.0)
     assert predicted_cell(pred) == \
         '4.12 (predicted; held-out err 12% median, 41% max)'
-    assert predicted_cell(dict(pred, ms=None, failed=True)).startswith(
+    assert predicted_cell(dict(pred, failed=True)).startswith(
         'Failed (predicted;')
     assert predicted_cell(None) == '–'
     assert 'no prediction' in predicted_cell(dict(status='unavailable',

@@ -40,18 +40,18 @@ def predict_from_spec(spec, device: str = DEFAULT_DEVICE,
                       ) -> Dict[str, Any]:
     """Predict the Core ML latency of a converted ML program spec.
 
-    Returns ``dict(ms=float | None, failed=bool, device, label,
-    heldout_median_pct, heldout_max_pct)``; ``ms`` is None when the
-    "Failed" rule fires. The held-out errors are those of the stored fit
+    Returns ``dict(ms=float, failed=bool, device, label,
+    heldout_median_pct, heldout_max_pct)``; ``failed`` when the stored
+    "Failed" rule fires (``ms`` is then the cost model's number). The held-out errors are those of the stored fit
     on Table 5's 512x512 rows, to print next to every prediction.
     """
     from .features import program_features
     from .model import load_params, predict
     params = params or load_params(device)
     feats = program_features(spec)
-    ms = predict(params, feats)
+    pred = predict(params, feats)
     held = (params.get('validation') or {}).get('heldout') or {}
-    return dict(ms=ms, failed=ms is None, device=params['device'],
+    return dict(ms=float(pred), failed=pred.failed, device=params['device'],
                 label=f'predicted {params["device"]} (Core ML)',
                 heldout_median_pct=held.get('median_abs_pct'),
                 heldout_max_pct=held.get('max_abs_pct'))

@@ -275,12 +275,41 @@ def fit(rows: Sequence[Dict[str, Any]], features: Sequence[Dict[str, Any]],
                                 for r, _ in pairs))
 
 
+class Prediction(float):
+    """Predicted milliseconds (the cost model's value, always a number),
+    with ``failed`` set when the "Failed" rule fires. Errors are scored on
+    the number, so a wrong "Failed" never hides a row from the metrics."""
+    failed: bool = False
+
+    def __new__(cls, ms: float, failed: bool = False) -> 'Prediction':
+        obj = super().__new__(cls, ms)
+        obj.failed = bool(failed)
+        return obj
+
+
 def predict(params: Dict[str, Any], features: Dict[str, Any]
-            ) -> Optional[float]:
-    """Predicted ms, or ``None`` when the "Failed" rule fires."""
-    if predicts_failed(params.get('failed_rule'), features):
-        return None
-    return predict_ms(params['coef'], features)
+            ) -> Prediction:
+    """Predicted ms; ``.failed`` when the "Failed" rule fires."""
+    return Prediction(predict_ms(params['coef'], features),
+                      predicts_failed(params.get('failed_rule'), features))
+
+
+def accept_failed_rule(params: Dict[str, Any],
+                       lofo: Dict[str, Any]) -> Dict[str, Any]:
+    """Keep the "Failed" rule only if leave-one-family-out shows it works:
+    it flags at least one held-out-family "Failed" row and no row that ran.
+    Otherwise it is dropped (recorded under ``failed_rule_rejected``): a
+    rule the fit set cannot validate must not label networks "Failed"."""
+    rule = params.get('failed_rule')
+    if rule is None:
+        return params
+    if lofo['failed_right'] == 0 or lofo['false_failed'] > 0:
+        params['failed_rule_rejected'] = dict(
+            rule=rule, reason=f'leave-one-family-out: {lofo["failed_right"]}'
+            f'/{lofo["failed_total"]} Failed rows flagged, '
+            f'{lofo["false_failed"]} rows that ran flagged')
+        params['failed_rule'] = None
+    return params
 
 
 def leave_one_family_out(rows: Sequence[Dict[str, Any]],
@@ -302,29 +331,25 @@ def leave_one_family_out(rows: Sequence[Dict[str, Any]],
 
 def errors(pairs: Iterable[Tuple[Dict[str, Any], Optional[float]]]
            ) -> Dict[str, Any]:
-    """Median / max absolute % error and Spearman on rows where both the
-    published and the predicted value are numbers; Failed agreement."""
+    """Median / max absolute % error and Spearman over every row with a
+    published time (a prediction flagged "Failed" is scored on its number
+    and counted in ``false_failed``); "Failed" rows flagged right."""
     from scipy.stats import spearmanr
-    pairs = list(pairs)
-    num = [(r['latency_ms'], p) for r, p in pairs
-           if r['latency_ms'] is not None and p is not None]
-    pct = [abs(p / y - 1) * 100 for y, p in num]
-    worst = None
-    if pct:
-        i = int(np.argmax(pct))
-        worst = [r for r, p in pairs if r['latency_ms'] is not None
-                 and p is not None][i]['network']
+    pairs = [(r, p) for r, p in pairs if p is not None]
+    timed = [(r, p) for r, p in pairs if r['latency_ms'] is not None]
+    pct = [abs(float(p) / r['latency_ms'] - 1) * 100 for r, p in timed]
+    worst = timed[int(np.argmax(pct))][0]['network'] if pct else None
     failed_rows = [(r, p) for r, p in pairs if r['failed']]
     return dict(
-        n=len(num),
+        n=len(timed),
         median_abs_pct=float(np.median(pct)) if pct else None,
         max_abs_pct=float(max(pct)) if pct else None, worst=worst,
-        spearman=(float(spearmanr([y for y, _ in num],
-                                  [p for _, p in num]).statistic)
-                  if len(num) > 2 else None),
-        failed_right=sum(p is None for _, p in failed_rows),
+        spearman=(float(spearmanr([r['latency_ms'] for r, _ in timed],
+                                  [float(p) for _, p in timed]).statistic)
+                  if len(timed) > 2 else None),
+        failed_right=sum(getattr(p, 'failed', False) for _, p in failed_rows),
         failed_total=len(failed_rows),
-        false_failed=sum(p is None for r, p in pairs if not r['failed']))
+        false_failed=sum(getattr(p, 'failed', False) for _, p in timed))
 
 
 def select_terms(rows: Sequence[Dict[str, Any]],
