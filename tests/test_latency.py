@@ -430,6 +430,34 @@ def test_fx_fold_labels():
     model, info = fold_conv_bn_fx(Untraceable().eval())
     assert fold_label(info) == 'unfused' and 'cannot trace' in info['error']
     assert isinstance(model, Untraceable)
+
+    class UntraceableSequential(torch.nn.Module):
+        """fx cannot trace it; its Conv-BN pair sits in a Sequential, which
+        fixes the order, so the structural pass folds it."""
+
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Sequential(
+                torch.nn.Conv2d(3, 4, 3, padding=1, bias=False),
+                torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                torch.nn.Conv2d(4, 4, 1), torch.nn.ReLU(),
+                torch.nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > 0 else x
+
+    net = _randomise_bn(UntraceableSequential())
+    x = torch.rand(1, 3, 8, 8) + 0.1
+    with torch.no_grad():
+        want = net(x)
+        model, info = fold_conv_bn_fx(net)
+        got = model(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    assert info['method'].startswith('structural')
+    assert (info['batchnorms'], info['folded'], info['left']) == (2, 1, 1)
+    assert fold_label(info) == 'partly fused (1/2 BN folded)'
+    assert model is not net and isinstance(net.body[1],
+                                           torch.nn.BatchNorm2d)
     seq = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1),
                               torch.nn.BatchNorm2d(4)).eval()
     _, info = fold_conv_bn_fx(seq)

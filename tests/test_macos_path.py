@@ -239,6 +239,9 @@ def test_protocol_arithmetic():
     assert s['trimmed_mean_ms'] == pytest.approx(5.5)
     assert (s['min_round_ms'], s['max_round_ms']) == (1.0, 100.0)
     assert s['predictions'] == 30 and s['trimmed_each_side'] == 2
+    # The trimmed count rounds down: 7 x 0.2 = 1.4 rounds drop 1 each side.
+    assert TimingProtocol(rounds=7, trim=0.2).trimmed_each_side == 1
+    assert TimingProtocol(rounds=9, trim=0.1).trimmed_each_side == 0
     assert trimmed_mean([5, 1, 3], 0) == 3
     assert trimmed_mean([5, 1, 3, 100], 1) == 4
     with pytest.raises(ValueError, match='Cannot drop'):

@@ -81,6 +81,36 @@ def test_paper_figure_is_in_the_paper(figure):
         assert float(cell) == figure.ms, (cell, figure)
 
 
+#: The network each paper row describes, from the paper's text: Table 17's
+#: rows are Appendix F's layouts of iFormer-M; Tables 5 and 13 time the
+#: dense-prediction backbones, which Appendix F builds with channel-chunked
+#: hybrid SHMA (n=16 at 512x512); Table 18 times the classification
+#: networks, global SHMA at 224 (Table 17, row "SHMA 224").
+TABLE17_ROWS = {'SHMA': 'global', 'Hybrid SHMA': 'hybrid',
+                'CC Hybrid SHMA': 'cc-hybrid'}
+
+
+def _paper_key(figure):
+    if figure.table == 17:
+        return f'iformer-m:{TABLE17_ROWS[figure.row]}'
+    if figure.row.startswith('iFormer-'):
+        arch = figure.row[len('iFormer-'):].lower()
+        layout = 'global' if figure.table == 18 else 'cc-hybrid'
+        return f'iformer-{arch}:{layout}'
+    from iformer_mm.deploy.backbones import PEERS
+    norm = figure.row.replace('-', '').lower()
+    (key, ) = [k for k, (label, _, _) in PEERS.items()
+               if label.replace('-', '').lower() == norm]
+    return key
+
+
+@pytest.mark.parametrize('figure', PAPER_FIGURES,
+                         ids=[f'{f.key}@{f.size[0]}-T{f.table}'
+                              for f in PAPER_FIGURES])
+def test_paper_figure_is_on_the_network_the_paper_describes(figure):
+    assert figure.key == _paper_key(figure)
+
+
 def test_every_paper_table_cited_is_parsed():
     assert {f.table for f in PAPER_FIGURES} == {5, 13, 17, 18}
     # Table 17's three iFormer-M layouts at 512 are on the layouts that

@@ -97,17 +97,56 @@ def _fold_into_conv(conv: nn.Module, bn: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def fold_conv_bn_fx(model: nn.Module) -> Tuple[nn.Module, Dict[str, Any]]:
-    """Fold every ``Conv -> BatchNorm`` pair of ``model`` (eval mode) with a
-    ``torch.fx`` graph pass: a BN whose only input is a convolution that
-    nothing else reads is merged into that convolution.
+def _fold_structural(model: nn.Module) -> int:
+    """Fold Conv-BN pairs whose order the module structure guarantees:
+    consecutive children of an ``nn.Sequential`` and mmcv ``ConvModule``s
+    whose order starts with ``conv, norm``. Works in place; returns the
+    number of BN layers folded."""
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                conv, bn = module._modules[first], module._modules[second]
+                if isinstance(conv, _CONV_TYPES) and \
+                        isinstance(bn, _BN_TYPES) and bn.track_running_stats:
+                    module._modules[first] = _fold_into_conv(conv, bn)
+                    module._modules[second] = nn.Identity()
+                    folded += 1
+        norm_name = getattr(module, 'norm_name', None)
+        order = tuple(getattr(module, 'order', ()))
+        conv = getattr(module, 'conv', None)
+        if norm_name and order[:2] == ('conv', 'norm') and \
+                isinstance(conv, _CONV_TYPES):
+            bn = getattr(module, norm_name, None)
+            if isinstance(bn, _BN_TYPES) and bn.track_running_stats:
+                module.conv = _fold_into_conv(conv, bn)
+                setattr(module, norm_name, nn.Identity())
+                folded += 1
+    return folded
 
-    Works on any network that ``torch.fx.symbolic_trace`` can trace (most
-    OpenMMLab backbones); a network it cannot trace is returned unchanged.
-    Returns ``(module, info)``; ``info`` says how many BN layers there were,
-    how many were folded, and why not where it failed (``error``).
+
+@torch.no_grad()
+def fold_conv_bn_fx(model: nn.Module) -> Tuple[nn.Module, Dict[str, Any]]:
+    """Fold every ``Conv -> BatchNorm`` pair of ``model`` (eval mode).
+
+    First a ``torch.fx`` graph pass: a BN whose only input is a convolution
+    that nothing else reads is merged into that convolution. Where
+    ``torch.fx.symbolic_trace`` cannot trace the network (data-dependent
+    control flow), a structural pass on a copy folds the pairs whose order
+    the modules guarantee (``nn.Sequential`` neighbours, mmcv
+    ``ConvModule``). Returns ``(module, info)``; ``info`` says how many BN
+    layers there were, how many were folded, by which method, and why the
+    graph pass could not run (``error``). The input module is not changed.
     """
     import torch.fx as fx
+    if isinstance(model, TupleOutputs):
+        inner, info = fold_conv_bn_fx(model.backbone)
+        if inner is model.backbone:
+            return model, info
+        wrapped = TupleOutputs(inner)
+        wrapped.eval()
+        return wrapped, info
     model.eval()
     before = count_batchnorms(model)
     info: Dict[str, Any] = dict(method='torch.fx Conv-BN fold',
@@ -117,10 +156,16 @@ def fold_conv_bn_fx(model: nn.Module) -> Tuple[nn.Module, Dict[str, Any]]:
         return model, info
     try:
         graph_module = fx.symbolic_trace(model)
-    except Exception as exc:  # noqa: BLE001  (untraceable: reported)
-        info.update(left=before, error=f'torch.fx cannot trace it: '
-                    f'{type(exc).__name__}: {str(exc).splitlines()[0][:160]}')
-        return model, info
+    except Exception as exc:  # noqa: BLE001  (untraceable: fall back)
+        info['error'] = (f'torch.fx cannot trace it: {type(exc).__name__}: '
+                         f'{str(exc).splitlines()[0][:120]}')
+        copy_ = copy.deepcopy(model)
+        folded = _fold_structural(copy_)
+        info.update(method='structural Conv-BN fold (Sequential, '
+                    'ConvModule)', folded=folded,
+                    left=count_batchnorms(copy_))
+        copy_.eval()  # some backbones' train() returns None, not self
+        return (copy_ if folded else model), info
     modules = dict(graph_module.named_modules())
     folded = 0
     for node in list(graph_module.graph.nodes):

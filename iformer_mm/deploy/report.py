@@ -108,9 +108,11 @@ def _fold_cell(torch_rows: Dict[str, Any]) -> str:
     text = torch_rows.get('fold', '–')
     total, left = info.get('batchnorms', 0), info.get('left', 0)
     if total:
-        text += f' ({total - left}/{total} BN folded by torch.fx)'
+        how = ('torch.fx' if info.get('method', '').startswith('torch.fx')
+               else 'structural pass')
+        text += f' ({total - left}/{total} BN folded, {how})'
     else:
-        text += ' (no BN left after switch_to_deploy)'
+        text += ' (no BatchNorm to fold)'
     if info.get('error'):
         text += f": {info['error'][:80]}"
     return text
