@@ -276,6 +276,9 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 coreml['census'] = check.pop('census')
                 coreml['validation'] = check
                 coreml['status'] = 'validated'
+                # issue 13: predicted iPhone 13 latency (a side column)
+                from .predictor.tool import predict_for_tool
+                coreml['predicted'] = predict_for_tool(mlmodel)
             except Exception as exc:  # noqa: BLE001  (reported, run goes on)
                 coreml['error'] = f'{type(exc).__name__}: {exc}'
                 coreml['traceback'] = traceback.format_exc(limit=6)

@@ -5,6 +5,8 @@ import json
 import os
 from typing import Any, Dict, List, Optional
 
+from .predictor.tool import PREDICTED_HEADER, predicted_cell  # issue 13
+
 ONNX_TOLERANCE = 1e-3
 
 
@@ -64,11 +66,12 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
     head = ('| Backbone | Params (M) | GFLOPs | Core ML ms | '
             f'ONNX Runtime CPU, {threads} thr, proxy ms | '
             f'PyTorch eager CPU NCHW, {threads} thr, proxy ms | '
-            'PyTorch eager CPU channels_last, proxy ms | BN fold (eager) | '
+            'PyTorch eager CPU channels_last, proxy ms | '
+            f'{PREDICTED_HEADER} | BN fold (eager) | '
             'share of measured fp32 GEMM rate (ORT / NCHW / NHWC) | '
             'ONNX vs PyTorch max abs diff | '
             f'Published iPhone 13 Core ML ms at {size} (source) |')
-    lines = [head, '|' + '---|' * 11]
+    lines = [head, '|' + '---|' * 12]
     for r in results:
         failure = _failure(r)
         params = f"{r['params_m']:.1f}" if r.get('params_m') else '–'
@@ -81,7 +84,7 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
         paper = _paper_cell(r.get('paper'))
         if failure and not torch_rows:
             lines.append(f"| {r['label']} | {params} | {flops} | {failure} | "
-                         f"– | – | – | – | – | – | {paper} |")
+                         f"– | – | – | – | – | – | – | {paper} |")
             continue
         core = coreml_cell(r) if not failure else failure
         shares = r.get('gemm_fraction') or {}
@@ -92,6 +95,7 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
             f"{_timing_cell(onnx.get('timing'))} | "
             f"{_timing_cell(torch_rows.get('timing'))} | "
             f"{_timing_cell(torch_rows.get('channels_last'))} | "
+            f"{predicted_cell((r.get('coreml') or {}).get('predicted'))} | "
             f"{_fold_cell(torch_rows)} | {share_cell} | "
             f"{diff_cell} | {paper} |")
     return '\n'.join(lines)

@@ -1,0 +1,447 @@
+"""Tests of the Core ML latency predictor (issue 13): the published data
+against the paper, feature extraction against hand counts, the fit on a
+fixture, the no-leak rule and per-device fits.
+
+The fit/validation on the real data is a benchmark
+(``benchmarks/latency_predictor.py``), not a test.
+"""
+import csv
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from iformer_mm.deploy.predictor import data as D
+from iformer_mm.deploy.predictor import model as M
+from iformer_mm.deploy.predictor.features import (CLASSES, TRANSPOSE_SIZES,
+                                                   summarize)
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HAS_COREMLTOOLS = importlib.util.find_spec('coremltools') is not None
+needs_ct = pytest.mark.skipif(not HAS_COREMLTOOLS,
+                              reason='coremltools not installed')
+
+
+def _paper_path():
+    for path in (os.path.join(ROOT, '..', 'shared', 'paper',
+                              'iformer_paper.md'),
+                 '/work/shared/paper/iformer_paper.md'):
+        if os.path.exists(path):
+            return path
+    return None
+
+
+PAPER = _paper_path()
+needs_paper = pytest.mark.skipif(PAPER is None, reason='paper text not '
+                                 'beside the repo (../shared/paper)')
+
+
+# ---------------------------------------------------------------- the data
+def _paper_tables():
+    """{table: {name: cells}} from the paper's tab-separated tables, parsed
+    independently of the script that wrote the CSV."""
+    lines = open(PAPER, encoding='utf-8').read().splitlines()
+    tables, current = {}, None
+    for line in lines:
+        m = re.match(r'^Table (\d+):', line)
+        if m:
+            current = f'Table {m.group(1)}'
+            tables.setdefault(current, {})
+            continue
+        if current is None or '\t' not in line:
+            continue
+        cells = [re.sub(r'<[^>]+>', '', c).strip() for c in line.split('\t')]
+        name = re.sub(r'\s*\((?:\d{4}[ab]?|Liu et al\., 2022)\)', '',
+                      cells[0]).replace('†', '').replace('*', '').strip()
+        name = ' '.join(name.split())
+        if name:
+            tables[current].setdefault(name, cells)
+    return tables
+
+
+@pytest.fixture(scope='module')
+def rows():
+    return D.load_measurements()
+
+
+def test_csv_schema_roles_and_sources(rows):
+    with open(D.MEASUREMENTS_PATH, newline='') as f:
+        header = next(csv.reader(f))
+    assert tuple(header) == D.COLUMNS
+    assert {r['source'] for r in rows} == {'Table 5', 'Table 13', 'Table 17',
+                                           'Table 18'}
+    seen = set()
+    for r in rows:
+        ident = (r['network'], r['resolution'], r['source'])
+        assert ident not in seen, ident
+        seen.add(ident)
+        assert r['role'] in D.ROLES
+        assert r['failed'] == (r['latency_ms'] is None)
+        if r['source'] in ('Table 5', 'Table 13'):
+            assert r['resolution'] == 512
+            assert r['role'] in ('heldout', 'heldout_alt', 'heldout_extra',
+                                 'repeat')
+        else:
+            assert r['role'] in ('fit', 'repeat')
+    by = {(r['network'], r['source']): r for r in rows}
+    # a few numbers read off the paper by hand
+    assert by[('PVTv2-B1', 'Table 5')]['latency_ms'] == 27.0
+    assert by[('Swin-T', 'Table 5')]['failed']
+    assert by[('iFormer-M (hybrid SHMA)', 'Table 17')]['latency_ms'] == 11.46
+    assert by[('iFormer-M (global SHMA)', 'Table 17')]['failed'] is True
+    assert by[('MobileViTV2-0.5', 'Table 18')]['latency_ms'] == 9.47
+    assert by[('iFormer-M', 'Table 5')]['role'] == 'repeat'
+    # where the paper disagrees with itself, both rows are kept and say so
+    for name, (t5, t13) in {'PoolFormer-S24': (10.0, 12.30),
+                            'ConvNeXt-T': (13.6, 12.6)}.items():
+        a, b = by[(name, 'Table 5')], by[(name, 'Table 13')]
+        assert (a['latency_ms'], b['latency_ms']) == (t5, t13)
+        assert 'disagrees' in a['note'] and 'disagrees' in b['note']
+
+
+def test_load_measurements_rejects_bad_rows(tmp_path):
+    path = tmp_path / 'bad.csv'
+    with open(D.MEASUREMENTS_PATH) as f:
+        text = f.read()
+    path.write_text(text.replace('27.00,Table 5', 'slow,Table 5'))
+    with pytest.raises(ValueError, match=r'line \d+'):
+        D.load_measurements(str(path))
+    path.write_text(text.replace('network,key', 'net,key'))
+    with pytest.raises(ValueError, match='missing columns'):
+        D.load_measurements(str(path))
+
+
+@needs_paper
+def test_every_row_matches_the_paper(rows):
+    tables = _paper_tables()
+    t17 = {'iFormer-M (global SHMA)': 'SHMA',
+           'iFormer-M (hybrid SHMA)': 'Hybrid SHMA',
+           'iFormer-M (CC hybrid SHMA)': 'CC Hybrid SHMA'}
+    for r in rows:
+        table = tables[r['source']]
+        if r['source'] == 'Table 17':
+            matches = [c for n, c in table.items() if n == t17[r['network']]
+                       and c[1] == str(r['resolution'])]
+            # Table 17's SHMA has two rows (224 and 512): look them all up
+            if not matches:
+                matches = [line.split('\t') for line in open(PAPER).read()
+                           .splitlines() if line.startswith(
+                               t17[r['network']] + '\t' +
+                               str(r['resolution']) + '\t')]
+            assert matches, r['network']
+            published = matches[0][2]
+        else:
+            cells = table[r['network']]
+            assert float(cells[1]) == r['params_m'], r['network']
+            if r['source'] == 'Table 18':
+                assert cells[4] == str(r['resolution']), r['network']
+                assert float(cells[2]) == r['gmacs'], r['network']
+                published = cells[3]
+            else:
+                published = cells[2]
+        if published == 'Failed':
+            assert r['failed'], r['network']
+        else:
+            assert float(published) == r['latency_ms'], r['network']
+    # completeness: every latency row of Tables 5 and 18 is in the CSV
+    for source in ('Table 5', 'Table 18'):
+        names = {r['network'] for r in rows if r['source'] == source}
+        paper = {n for n, c in tables[source].items()
+                 if len(c) > 3 and re.match(r'^[\d.]+$', c[1])}
+        assert paper == names, paper ^ names
+
+
+# -------------------------------------------------------------- features
+class _ConvNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.dw = nn.Conv2d(8, 8, 3, padding=1, groups=8)
+
+    def forward(self, x):
+        y = torch.relu(self.c1(x))
+        return y + self.dw(y)
+
+
+class _Attention(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.q = nn.Linear(16, 16)
+
+    def forward(self, x):  # 1x3x16x16 -> 48 tokens of 16 channels
+        t = x.reshape(1, 48, 16)
+        a = torch.softmax(self.q(t) @ t.transpose(1, 2), dim=-1)
+        return a @ t
+
+
+@needs_ct
+def test_features_of_a_small_convnet_match_hand_counts():
+    from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor.features import op_records
+    recs = op_records(convert_spec(_ConvNet().eval(), 16))
+    # FP32 input/output cast to FP16 around the four PyTorch ops
+    assert [r['type'] for r in recs] == ['cast', 'conv', 'relu', 'conv',
+                                         'add', 'cast']
+    conv, relu, dw, add = recs[1:5]
+    assert conv['cls'] == 'conv' and dw['cls'] == 'conv_dw'
+    assert conv['macs'] == 8 * 16 * 16 * 3 * 3 * 3      # out x Cin x k x k
+    assert dw['macs'] == 8 * 16 * 16 * 3 * 3            # depthwise: Cin/g=1
+    fp16_map = 8 * 16 * 16 * 2
+    assert conv['bytes_out'] == relu['bytes_out'] == dw['bytes_out'] \
+        == fp16_map
+    assert conv['bytes_in'] == 3 * 16 * 16 * 2
+    assert add['bytes_in'] == 2 * fp16_map
+    # weights (8x3x3x3) + bias in FP16, plus a few int32 conv parameters
+    assert 8 * 27 * 2 + 16 <= conv['bytes_const'] <= 8 * 27 * 2 + 16 + 64
+    s = summarize(recs)
+    assert s['total_ops'] == 6 and s['macs'] == 55296 + 18432
+    assert s['by_class']['elementwise']['count'] == 4
+    assert s['largest_matmul_out_bytes'] == 0 and s['max_rank'] == 4
+
+
+@needs_ct
+def test_features_of_a_small_attention_match_hand_counts():
+    from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor.features import op_records
+    recs = op_records(convert_spec(_Attention().eval(), 16))
+    kinds = [r['type'] for r in recs]
+    assert kinds.count('matmul') == 2 and kinds.count('linear') == 1
+    assert kinds.count('softmax') == 1
+    lin = next(r for r in recs if r['type'] == 'linear')
+    mm1, mm2 = [r for r in recs if r['type'] == 'matmul']
+    assert lin['macs'] == 48 * 16 * 16
+    assert mm1['out_shape'] == [1, 48, 48]
+    assert mm1['macs'] == 48 * 48 * 16      # q @ k^T contracts 16 channels
+    assert mm2['macs'] == 48 * 16 * 48      # attn @ v contracts 48 tokens
+    assert mm1['cls'] == mm2['cls'] == 'matmul'   # activation x activation
+    s = summarize(recs)
+    assert s['largest_matmul_out_bytes'] == 48 * 48 * 2
+    assert s['by_class']['linear']['macs'] == 48 * 16 * 16
+
+
+# ------------------------------------------------------------------- fit
+def _features(**by_class_macs_mb):
+    """Synthetic features: ``conv=(gmacs, mb)`` per class, plus ops."""
+    ops = by_class_macs_mb.pop('ops', 10)
+    biggest = by_class_macs_mb.pop('largest', 1000)
+    by_class = {c: dict(count=0, macs=0, bytes_in=0, bytes_out=0,
+                        bytes_const=0) for c in CLASSES}
+    for c, (gmacs, mb) in by_class_macs_mb.items():
+        by_class[c].update(macs=int(gmacs * 1e9), bytes_in=int(mb * 1e6),
+                           count=1)
+    return dict(by_class=by_class, total_ops=ops,
+                macs=sum(v['macs'] for v in by_class.values()),
+                bytes_in=sum(v['bytes_in'] for v in by_class.values()),
+                bytes_out=0, bytes_const=0, largest_tensor_bytes=biggest,
+                largest_matmul_out_bytes=biggest, largest_rank5_bytes=0,
+                rank5_bytes=0, max_rank=4, rearrange_bytes=0,
+                transpose_bytes_over={str(s): 0 for s in TRANSPOSE_SIZES})
+
+
+def _fixture(n=24, seed=0):
+    rng = np.random.default_rng(seed)
+    truth = dict(gmacs_conv=0.5, gmacs_conv_dw=3.0, mb_transpose=0.2,
+                 ops=0.004, const=0.1)
+    rows, feats = [], []
+    for i in range(n):
+        f = _features(conv=(rng.uniform(0.1, 3), 0),
+                      conv_dw=(rng.uniform(0, 0.2), 0),
+                      transpose=(0, rng.uniform(0, 10)),
+                      ops=int(rng.integers(50, 400)),
+                      largest=int(rng.integers(1e5, 1e6)))
+        y = sum(c * M.TERMS[t][0](f) for t, c in truth.items())
+        rows.append(dict(network=f'net{i}', key=f'net{i}', resolution=224,
+                         family=f'fam{i % 6}', latency_ms=y, failed=False,
+                         role='fit', source='Table 18'))
+        feats.append(f)
+    return rows, feats, truth
+
+
+def test_fit_recovers_known_coefficients_and_stays_non_negative():
+    rows, feats, truth = _fixture()
+    terms = ('gmacs_conv', 'gmacs_conv_dw', 'gmacs_matmul', 'mb_transpose',
+             'ops', 'const')
+    params = M.fit(rows, feats, terms)
+    # iPhone 13: compute terms never go below the A15 ANE's peak rate; the
+    # fixture has no matmul work, so that coefficient sits on its floor
+    assert params['floors']['gmacs_matmul'] == pytest.approx(2e9 / 15.8e12
+                                                             * 1e3)
+    for t in terms:
+        assert params['coef'][t] >= 0
+        expected = max(truth.get(t, 0.0), params['floors'].get(t, 0.0))
+        assert params['coef'][t] == pytest.approx(expected, rel=1e-4,
+                                                  abs=1e-6)
+    for r, f in zip(rows, feats):
+        assert M.predict(params, f) == pytest.approx(r['latency_ms'],
+                                                     rel=1e-5)
+    # contributions add up to the prediction
+    f = feats[0]
+    assert sum(M.contributions(params['coef'], f).values()) == \
+        pytest.approx(M.predict(params, f))
+    # leave-one-family-out on exact data is exact
+    err = M.errors(M.leave_one_family_out(rows, feats, terms))
+    assert err['max_abs_pct'] < 1e-3 and err['spearman'] > 0.99
+
+
+def test_compute_floor_binds_only_where_the_device_has_one():
+    rows, feats, truth = _fixture()
+    slow = 0.01                       # ms per GMAC: faster than the ANE peak
+    for r, f in zip(rows, feats):
+        r['latency_ms'] += (slow - truth['gmacs_conv']) * \
+            M.TERMS['gmacs_conv'][0](f)
+    terms = tuple(truth)
+    floor = M.IPHONE13_MS_PER_GMAC_FLOOR
+    assert M.fit(rows, feats, terms)['coef']['gmacs_conv'] == \
+        pytest.approx(floor)
+    other = [dict(r, device='Mac mini', role='user') for r in rows]
+    assert M.fit(other, feats, terms, device='Mac mini')['coef'][
+        'gmacs_conv'] == pytest.approx(slow, rel=1e-4)
+
+
+def test_failed_rule_thresholds_the_separating_feature():
+    rows, feats, _ = _fixture()
+    for r, f in list(zip(rows, feats))[:3]:    # three huge attention maps
+        f['largest_matmul_out_bytes'] = 5e7
+        r['failed'], r['latency_ms'] = True, None
+    rule = M.fit_failed_rule(rows, feats)
+    assert rule['errors_on_fit'] == 0
+    assert rule['feature'] in ('largest_matmul_out_bytes',)
+    assert 1e6 < rule['threshold'] < 5e7
+    params = M.fit(rows, feats, ('gmacs_conv', 'ops', 'const'))
+    assert M.predict(params, feats[0]).failed
+    assert not M.predict(params, feats[5]).failed
+    err = M.errors([(rows[0], M.Prediction(1.0, True)),
+                    (rows[5], M.Prediction(1.0, True)),
+                    (rows[6], M.Prediction(rows[6]['latency_ms'] * 2))])
+    # a wrong "Failed" is counted, and still scored on its number
+    assert (err['failed_right'], err['false_failed'], err['n']) == (1, 1, 2)
+    assert err['max_abs_pct'] == pytest.approx(100.0)
+    # a rule that leave-one-family-out cannot validate is dropped
+    for lofo, kept in ((dict(failed_right=1, failed_total=3,
+                             false_failed=0), True),
+                       (dict(failed_right=0, failed_total=3,
+                             false_failed=0), False),
+                       (dict(failed_right=3, failed_total=3,
+                             false_failed=1), False)):
+        out = M.accept_failed_rule(dict(params), lofo)
+        assert (out['failed_rule'] is not None) == kept
+        assert ('failed_rule_rejected' in out) != kept
+
+
+# ---------------------------------------------------------------- no leak
+def test_held_out_rows_can_never_be_fitted(rows):
+    held = [r for r in rows if r['resolution'] == 512 and
+            r['source'] in ('Table 5', 'Table 13')]
+    assert len(held) >= 17
+    for r in held:
+        with pytest.raises(M.LeakError):
+            M.check_no_leak([r])
+    fit_rows = [r for r in rows if r['role'] == 'fit']
+    M.check_no_leak(fit_rows)       # the real fit set passes
+    assert {r['source'] for r in fit_rows} == {'Table 17', 'Table 18'}
+    rows_, feats, _ = _fixture()
+    bad = dict(rows_[0], role='heldout', source='Table 5', resolution=512)
+    with pytest.raises(M.LeakError):
+        M.fit([bad] + rows_[1:], feats, ('gmacs_conv', 'const'))
+    with pytest.raises(M.LeakError):
+        M.select_terms([bad] + rows_[1:], feats)
+
+
+def test_stored_fit_used_no_held_out_row(rows):
+    params = M.load_params()
+    held = {f'{r["key"]}@{r["resolution"]}' for r in rows
+            if r['role'] in ('heldout', 'heldout_alt', 'heldout_extra')}
+    fit_ids = {f'{r["key"]}@{r["resolution"]}' for r in rows
+               if r['role'] == 'fit'}
+    assert params['fit_rows'] and set(params['fit_rows']) <= fit_ids
+    assert not set(params['fit_rows']) & held
+    assert not any(r.endswith('@512') and not r.startswith('iformer-m-')
+                   for r in params['fit_rows'])
+    assert params['device'] == D.DEFAULT_DEVICE
+    assert all(v >= 0 for v in params['coef'].values())
+    assert params['validation']['heldout']['n'] >= 8
+
+
+# ------------------------------------------------------------ per device
+def test_each_device_gets_its_own_fit(tmp_path):
+    rows, feats, truth = _fixture()
+    other = [dict(r, device='iPhone 15 Pro', role='user',
+                  latency_ms=r['latency_ms'] * 0.5) for r in rows]
+    mixed_rows, mixed_feats = rows + other, feats + feats
+    terms = tuple(truth)
+    p13 = M.fit(mixed_rows, mixed_feats, terms)
+    p15 = M.fit(mixed_rows, mixed_feats, terms, device='iPhone 15 Pro')
+    assert p13['device'] == 'iPhone 13' and p15['device'] == 'iPhone 15 Pro'
+    for t in terms:
+        assert p15['coef'][t] == pytest.approx(p13['coef'][t] * 0.5,
+                                               rel=1e-4, abs=1e-7)
+    with pytest.raises(ValueError, match='No measurement rows'):
+        M.fit(rows, feats, terms, device='Pixel 9')
+    path = M.save_params(p15, str(tmp_path / 'p.json'))
+    with pytest.raises(ValueError, match='per device'):
+        M.load_params('iPhone 13', path=path)
+    assert M.load_params('iPhone 15 Pro', path=path)['coef'] == p15['coef']
+
+
+def test_benchmark_rejects_bad_input(tmp_path):
+    script = os.path.join(ROOT, 'benchmarks', 'latency_predictor.py')
+    proc = subprocess.run([sys.executable, script, 'fit', '--measurements',
+                           str(tmp_path / 'missing.csv')],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert 'does not exist' in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------- the tool column
+def test_tool_column_is_labelled_predicted_with_its_error():
+    from iformer_mm.deploy import report
+    from iformer_mm.deploy.predictor.tool import (PREDICTED_HEADER,
+                                                  predicted_cell)
+    pred = dict(status='predicted', ms=4.123, failed=False,
+                heldout_median_pct=12.4, heldout_max_pct=41.0)
+    assert predicted_cell(pred) == \
+        '4.12 (predicted; held-out err 12% median, 41% max)'
+    assert predicted_cell(dict(pred, failed=True)).startswith(
+        'Failed (predicted;')
+    assert predicted_cell(None) == '–'
+    assert 'no prediction' in predicted_cell(dict(status='unavailable',
+                                                  error='boom'))
+    results = [dict(key='x', label='Net', status='ok', params_m=1.0,
+                    coreml=dict(status='validated', predicted=pred)),
+               dict(key='y', label='Broken', status='failed',
+                    failed_stage='export', error='bad')]
+    table = report.latency_table(results, dict(threads=2))
+    head, sep, row, broken = table.splitlines()
+    cells = [c.strip() for c in head.strip('|').split('|')]
+    assert PREDICTED_HEADER in cells and 'predicted' in PREDICTED_HEADER
+    col = cells.index(PREDICTED_HEADER)
+    assert cells[col - 1].startswith('PyTorch eager CPU channels_last')
+    assert [c.strip() for c in row.strip('|').split('|')][col] == \
+        predicted_cell(pred)
+    ncols = len(cells)
+    assert sep.count('---') == ncols
+    assert len(broken.strip('|').split('|')) == ncols
+
+
+@needs_ct
+def test_tool_prediction_uses_the_stored_fit():
+    from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor.features import program_features
+    from iformer_mm.deploy.predictor.tool import predict_for_tool
+    spec = convert_spec(_ConvNet().eval(), 16)
+    pred = predict_for_tool(spec)
+    params = M.load_params()
+    assert pred['status'] == 'predicted'
+    assert pred['ms'] == pytest.approx(
+        M.predict_ms(params['coef'], program_features(spec)))
+    assert pred['heldout_median_pct'] == \
+        params['validation']['heldout']['median_abs_pct']
+    assert predict_for_tool(object())['status'] == 'unavailable'
