@@ -178,6 +178,9 @@ def train_main(argv: Optional[Sequence[str]] = None) -> int:
     cfg = train_cfg_from_args(args)
     runner = build_runner(cfg, splits=('train', 'val'))
     runner.train()
+    # Drop the runner (its DDP model holds the process group) before the
+    # group is shut down.
+    del runner
     shutdown_dist()
     return 0
 
@@ -441,6 +444,7 @@ def test_main(argv: Optional[Sequence[str]] = None) -> int:
         if is_main_process():
             mmengine.dump(metrics, args.out)
     _report_outputs(runner, args, scope)
+    del runner
     shutdown_dist()
     return 0
 
