@@ -106,8 +106,8 @@ def main():
         b.start()
     print(f'{args.runs} x 2-process gloo training of {osp.basename(config)} '
           f'from {repo}, {args.load} busy processes, {os.cpu_count()} CPUs '
-          f'({platform.processor() or platform.machine()}); workspace '
-          f'{workspace}', flush=True)
+          f'({platform.processor() or platform.machine()}), load average '
+          f'{os.getloadavg()[0]:.1f}; workspace {workspace}', flush=True)
     results = []
     try:
         for i in range(args.runs):
@@ -116,6 +116,7 @@ def main():
             state = 'clean' if r['rc'] == 0 and not r['aborted'] else \
                 'FAILED'
             print(f'run {i}: exit {r["rc"]}, {r["seconds"]:.0f} s, '
+                  f'load {os.getloadavg()[0]:.1f}, '
                   f'evaluated={r["evaluated"]}, abort message='
                   f'{r["aborted"]}: {state}', flush=True)
             if state == 'FAILED':

@@ -108,6 +108,15 @@ def test_known_mistake_types_become_messages():
     assert isinstance(ConfigError('x'), UserError)
 
 
+def test_missing_dataset_message_is_folded_to_one_line():
+    from iformer_mm.datasets.checks import DatasetNotFoundError, _message
+    msg = user_error_message(DatasetNotFoundError(
+        _message('coco', 'data/coco/annotations/x.json', 'train')))
+    assert '\n' not in msg and '├' not in msg
+    assert "'data/coco/annotations/x.json' does not exist" in msg
+    assert 'docs/getting_started.md#coco-data-layout' in msg
+
+
 def test_registry_key_error_suggests_the_closest_type():
     pytest.importorskip('mmengine')
     from mmengine.registry import HOOKS
