@@ -28,7 +28,7 @@ from mmengine.config import Config, ConfigDict, DictAction
 
 from ..errors import CheckpointError, ConfigError
 from .dist import LAUNCHERS, shutdown_dist
-from .errors_cli import add_debug_argument, did_you_mean, run_tool
+from .errors_cli import add_debug_argument, run_tool
 from .runner import build_runner, config_scope, load_config
 
 _CFG_OPTIONS_HELP = (
@@ -151,8 +151,10 @@ def check_config_path(path: str) -> None:
 def check_and_warn(cfg: Config) -> None:
     """Run the config checks; print their warnings (one line each)."""
     from .config_check import check_config
-    for warning in check_config(cfg):
-        print(f'warning: {warning}', file=sys.stderr, flush=True)
+    warnings = check_config(cfg)
+    if os.environ.get('RANK', '0') == '0':  # once per distributed run
+        for warning in warnings:
+            print(f'warning: {warning}', file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------

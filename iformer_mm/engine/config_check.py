@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from typing import Any, Dict, List, Optional, Sequence, Set, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import ConfigError
 from .errors_cli import closest, did_you_mean
