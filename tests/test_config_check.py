@@ -161,7 +161,7 @@ def test_out_indices_channels():
     with pytest.raises(ConfigError, match='subset'):
         check_iformer(dict(arch='s', out_indices=(4, )))
     with pytest.raises(ConfigError, match="did you mean 'l2'"):
-        check_iformer(dict(arch='l3'))
+        check_iformer(dict(arch='l22'))
 
 
 def test_out_indices_that_do_not_fit_the_neck():
