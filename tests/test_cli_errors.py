@@ -244,7 +244,7 @@ def test_config_syntax_error(capsys, tmp_path):
     bad = tmp_path / 'bad.py'
     bad.write_text(f"_base_ = {DET!r}\nmodel = dict(backbone=dict(\n")
     code, _, err = run_in_process(cli.train_main, [str(bad)], capsys)
-    assert_one_line_error(code, err, 'syntax')
+    assert_one_line_error(code, err, 'syntax error', 'bad.py', 'line 2')
 
 
 def test_tta_mask_rcnn_says_mmdet_has_none(capsys, good_ckpt):

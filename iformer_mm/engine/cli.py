@@ -134,8 +134,19 @@ def parse_test_args(argv: Optional[Sequence[str]] = None):
 # Checks shared by both tools
 # --------------------------------------------------------------------------
 def check_config_path(path: str) -> None:
-    """A missing config: one line naming it and the closest file there."""
+    """A missing config (one line naming it and the closest file there) or
+    one that is not valid Python."""
     if osp.isfile(path):
+        if path.endswith('.py'):
+            import ast
+            with open(path, encoding='utf-8') as f:
+                source = f.read()
+            try:
+                ast.parse(source, filename=path)
+            except SyntaxError as e:
+                raise ConfigError(
+                    f'config file {path!r} has a syntax error at line '
+                    f'{e.lineno}: {e.msg}') from e
         return
     folder = osp.dirname(path) or '.'
     hint = ''

@@ -167,7 +167,9 @@ def user_error_message(exc: BaseException) -> Optional[str]:
             return f'{exc.strerror}: {exc.filename!r}'
         return _one_line(str(exc))
     if _config_syntax_error(exc):
-        return _one_line(str(exc))
+        msg = _one_line(str(exc))
+        return msg if 'syntax' in msg.lower() else f'syntax error: {msg}'
+
     try:
         from mmengine.config.utils import ConfigParsingError
     except ImportError:  # pragma: no cover
