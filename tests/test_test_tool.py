@@ -64,7 +64,8 @@ def run_test_tool(kind, ckpt, flags, cwd):
 
 
 def images_in(folder):
-    return sorted(f for f in os.listdir(folder) if f.endswith('.png'))
+    return sorted(f for f in os.listdir(folder)
+                  if f.endswith(('.png', '.jpg')))
 
 
 # --------------------------------------------------------------------------
@@ -176,5 +177,8 @@ def test_det_show_dir_interval(ckpts, tmp_path):
     (stamp, ) = [d for d in os.listdir(tmp_path / 'work')
                  if osp.isdir(tmp_path / 'work' / d)]
     painted = images_in(tmp_path / 'work' / stamp / 'vis')
-    assert len(painted) == 3  # images 0, 2, 4 of 5
+    with open(tmp_path / 'data' / 'toy_coco' / 'annotations' /
+              'instances_val.json') as f:
+        names = [im['file_name'] for im in json.load(f)['images']][:5]
+    assert painted == sorted(names[0::2])  # images 0, 2, 4 of 5
     assert '--show-dir: 3 painted image(s)' in out
