@@ -174,7 +174,7 @@ def _bad_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize('kind,needle', [
-    ('empty', 'empty'), ('text', 'not a checkpoint'),
+    ('empty', '(0 bytes)'), ('text', 'not a checkpoint'),
     ('truncated', 'truncated'), ('random', 'not a checkpoint')])
 def test_broken_checkpoint(capsys, tmp_path, kind, needle):
     cli = _cli()
