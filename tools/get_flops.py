@@ -100,4 +100,6 @@ def main(argv=None):
 
 if __name__ == '__main__':
     # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
-    sys.exit(run_tool(main, prog='get_flops.py'))
+    code = run_tool(main, prog='get_flops.py')
+    if code:  # exit quietly on success (runpy callers keep running)
+        sys.exit(code)
