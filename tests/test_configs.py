@@ -234,11 +234,14 @@ def test_syncbn_falls_back_to_bn_without_cuda():
 def test_missing_dataset_is_a_clear_error(name, anchor, tmp_path, capsys,
                                           monkeypatch):
     from iformer_mm.engine.cli import train_main
+    from iformer_mm.engine.errors_cli import run_tool
     monkeypatch.chdir(tmp_path)  # no data/ here
-    code = train_main([osp.join(ROOT, 'configs', name),
-                       '--work-dir', str(tmp_path / 'work')])
+    code = run_tool(train_main, [osp.join(ROOT, 'configs', name),
+                                 '--work-dir', str(tmp_path / 'work')],
+                    prog='train.py')
     err = capsys.readouterr().err
     assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
     assert 'docs/getting_started.md' + anchor in err
     assert 'Expected layout' in err and 'Traceback' not in err
     heading = anchor[1:].replace('-', ' ')
