@@ -152,7 +152,7 @@ def test_missing_checkpoint(capsys, tmp_path):
     cli = _cli()
     code, _, err = run_in_process(
         cli.test_main, [DET, str(tmp_path / 'nope.pth')], capsys)
-    assert_one_line_error(code, err, 'nope.pth', 'not found')
+    assert_one_line_error(code, err, 'nope.pth', 'does not exist')
 
 
 def _bad_checkpoints(tmp_path):
