@@ -229,13 +229,15 @@ def test_norm_eval_false_trains_bn_and_eval_mode_still_works():
 
 
 def test_out_indices_normalised_and_early_exit():
-    assert IFormer('t', out_indices=(-1, 1, 1)).out_indices == (1, 3)
+    assert IFormer('t', out_indices=(1, -1)).out_indices == (1, 3)
+    with pytest.raises(ValueError, match='increasing without duplicates'):
+        IFormer('t', out_indices=(-1, 1, 1))  # never silently reordered
     assert IFormer('t', out_indices=2).out_indices == (2, )
     with pytest.raises(ValueError, match='out_indices'):
         IFormer('t', out_indices=(-5, ))
     with pytest.raises(ValueError, match='out_indices'):
         IFormer('t', out_indices=(1.0, ))
-    net = IFormer('t', out_indices=(3, 0)).eval()
+    net = IFormer('t', out_indices=(0, 3)).eval()
     full = IFormer('t').eval()
     full.load_state_dict(net.state_dict())
     x = torch.randn(1, 3, 64, 64)
