@@ -209,8 +209,16 @@ def parse_with(parser, args):
         raise AssertionError(err.getvalue().strip().splitlines()[-1])
 
 
-def option_strings(parser):
-    return set(parser._option_string_actions)
+def option_strings(parser, rest=()):
+    """The parser's flags, and those of the subcommand named in ``rest``
+    (``analyze_logs.py plot_curve --keys ...``)."""
+    opts = set(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            sub = next((t for t in rest if t in action.choices), None)
+            if sub is not None:
+                opts |= set(action.choices[sub]._option_string_actions)
+    return opts
 
 
 # --------------------------------------------------------------------------
@@ -445,11 +453,11 @@ def check_command(snippet, tmp_path):
         if snippet.synopsis:
             flags = {t.strip('[]').split('=')[0] for t in rest
                      if t.strip('[]').startswith('-')}
-            unknown = flags - option_strings(parser)
+            unknown = flags - option_strings(parser, rest)
             assert not unknown, f'{where}: {script} has no {sorted(unknown)}'
             continue
         flags = {t.split('=')[0] for t in rest if t.startswith('--')}
-        unknown = flags - option_strings(parser)
+        unknown = flags - option_strings(parser, rest)
         assert not unknown, \
             f'{where}: {script} has no {sorted(unknown)} (abbreviations ' \
             f'are not allowed in the docs)'

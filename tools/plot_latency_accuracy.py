@@ -4,7 +4,7 @@
     python tools/benchmark_latency.py iformer-m iformer-l --peers \\
         --no-coreml --out work_dirs/latency          # measure (CPU proxies)
     python tools/plot_latency_accuracy.py work_dirs/latency/latency.json \\
-        --out docs/latency_vs_accuracy.png
+        --out work_dirs/latency/latency_vs_accuracy.png
 
 Left: Table 5 of the paper (Mask R-CNN box AP on COCO against the
 backbone's iPhone 13 Core ML latency at 512x512), every backbone of the
