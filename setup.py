@@ -100,7 +100,7 @@ if __name__ == '__main__':
             '.mim/configs/*.py', '.mim/configs/*/*.py',
             '.mim/configs/*/*/*.py', '.mim/configs/*/*.yml',
             '.mim/tools/*.py', '.mim/tools/*.sh'
-        ]},
+        ], 'iformer_mm.deploy': ['data/*.csv', 'data/*.json']},
         include_package_data=True,
         python_requires='>=3.9',
         install_requires=parse_requirements('runtime'),
@@ -111,9 +111,11 @@ if __name__ == '__main__':
             'deploy': parse_requirements('deploy'),
             'tests': parse_requirements('tests'),
             'mim': parse_requirements('mim'),
+            'predictor': parse_requirements('predictor'),
             'all': (parse_requirements('det') + parse_requirements('seg') +
                     parse_requirements('cls') +
                     parse_requirements('deploy') +
+                    parse_requirements('predictor') +
                     parse_requirements('tests')),
         },
         classifiers=[

@@ -188,7 +188,10 @@ def test_two_process_gloo_training(workspace):
         '--work-dir', 'dist_work', '--cfg-options', 'train_cfg.max_epochs=1',
         'train_cfg.val_interval=1', *SMALL],
         cwd=workspace, env=dict(PORT=str(_free_port()),
-                                MASTER_ADDR='127.0.0.1'))
+                                MASTER_ADDR='127.0.0.1',
+                                # No interpreter with torch on PATH: the
+                                # script must run $PYTHON (issue 11, item 10).
+                                PATH='/usr/bin:/bin', PYTHON=sys.executable))
     assert 'Distributed training: True' in out
     assert 'GPU number: 2' in out  # mmengine's name for the world size
     assert 'coco/segm_mAP:' in out

@@ -47,5 +47,9 @@ def test_config_whole_model_counts_more(monkeypatch, capsys):
 
 def test_bad_target(monkeypatch, capsys):
     monkeypatch.setattr(sys, 'argv', [TOOL, 'nonexistent.py'])
-    with pytest.raises(SystemExit, match='neither an iFormer arch'):
+    with pytest.raises(SystemExit) as info:
         runpy.run_path(TOOL, run_name='__main__')
+    assert info.value.code == 2  # a user mistake: one line, exit code 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert 'neither an iFormer arch' in err

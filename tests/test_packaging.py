@@ -248,17 +248,25 @@ def test_wheel_packages_configs_tools_and_index(wheel):
 # the model index and models by name
 # --------------------------------------------------------------------------
 def model_zoo_rows():
-    """``{(section, arch): [numbers]}`` from docs/model_zoo.md, an
-    independent transcription of the paper's tables."""
-    rows, section = {}, None
+    """``{(section, arch): {column header: cell}}`` from docs/model_zoo.md,
+    an independent transcription of the paper's tables."""
+    rows, section, header = {}, None, None
     for line in open(osp.join(REPO, 'docs', 'model_zoo.md')):
         if line.startswith('## '):
-            section = line.split()[1]
-        m = re.match(r'^\| iFormer-(\w+)\s*\|(.*)$', line)
-        if m and section:
-            cells = [c.strip() for c in m.group(2).split('|')]
-            rows[(section, m.group(1).lower())] = cells
+            section, header = line.split()[1], None
+        if re.match(r'^\| (Backbone|Model)\s*\|', line):
+            header = [re.sub(r'<[^>]+>', '', c).strip()
+                      for c in line.strip().strip('|').split('|')]
+        m = re.match(r'^\| iFormer-(\w+)\s*\|', line)
+        if m and section and header:
+            cells = [c.strip() for c in line.strip().strip('|').split('|')]
+            rows[(section, m.group(1).lower())] = dict(zip(header, cells))
     return rows
+
+
+DET_COLUMNS = {'box AP': 'APbox', 'box AP@0.5': 'APbox50',
+               'box AP@0.75': 'APbox75', 'mask AP': 'APmask',
+               'mask AP@0.5': 'APmask50', 'mask AP@0.75': 'APmask75'}
 
 
 def test_model_index_numbers_match_the_model_zoo():
@@ -275,25 +283,25 @@ def test_model_index_numbers_match_the_model_zoo():
         if name.startswith('mask-rcnn'):
             cells = zoo[('COCO', arch)]
             if 'box AP' in metrics:
-                assert [metrics[k] for k in (
-                    'box AP', 'box AP@0.5', 'box AP@0.75', 'mask AP',
-                    'mask AP@0.5', 'mask AP@0.75')] == \
-                    [float(c) for c in cells[2:8]], name
+                assert [metrics[k] for k in DET_COLUMNS] == \
+                    [float(cells[c]) for c in DET_COLUMNS.values()], name
                 assert m['Metadata']['Source'].startswith('paper, Table')
                 assert m['Weights'].endswith(f'iFormer_{arch}_epoch_12.pth')
                 checked += 1
             else:
-                assert cells[2] == '–' and 'Weights' not in m
+                assert cells['APbox'] == '–' and 'Weights' not in m
         elif name.startswith('fpn'):
             cells = zoo[('ADE20K:', arch)]
             if 'mIoU' in metrics:
-                assert metrics['mIoU'] == float(cells[2]), name
+                assert metrics['mIoU'] == float(cells['mIoU']), name
                 checked += 1
         else:
             cells = zoo[('ImageNet-1k', arch)]
-            want = cells[3] if cells[3] != '–' else cells[4].split()[0]
+            want = cells['Top-1 (%)'] if cells['Top-1 (%)'] != '–' else \
+                cells['Top-1 distilled (%)'].split()[0]
             assert metrics['Top 1 Accuracy'] == float(want), name
-            assert float(cells[0]) == m['Metadata']['Parameters (M)']
+            assert float(cells['Params (M)']) == \
+                m['Metadata']['Parameters (M)']
             checked += 1
     assert checked == 3 + 3 + 6
 

@@ -14,6 +14,8 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__),
                                                 os.pardir)))
 
 from iformer_mm.deploy.benchmark import main  # noqa: E402
+from iformer_mm.engine.errors_cli import run_tool  # noqa: E402
 
 if __name__ == '__main__':
-    sys.exit(main())
+    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
+    sys.exit(run_tool(main, prog='benchmark_latency.py'))

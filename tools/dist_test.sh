@@ -5,6 +5,10 @@
 # Several nodes: run the same command on every node with
 #   NNODES=<nodes> NODE_RANK=<0..NNODES-1> MASTER_ADDR=<node 0's address> \
 #   [PORT=29500] bash tools/dist_test.sh ...
+# The interpreter: $PYTHON if set, else the first `python` (or `python3`) on
+# PATH. Outside an activated virtual environment, point it at the one that
+# has torch and the OpenMMLab packages, e.g.
+#   PYTHON=/path/to/venv/bin/python bash tools/dist_test.sh ...
 set -e
 if [ $# -lt 3 ]; then
     echo "usage: bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py options]" >&2
@@ -19,9 +23,14 @@ NODE_RANK=${NODE_RANK:-0}
 PORT=${PORT:-29500}
 MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 TOOLS_DIR=$(cd "$(dirname "$0")" && pwd)
+PYTHON=${PYTHON:-$(command -v python || command -v python3 || true)}
+if [ -z "$PYTHON" ]; then
+    echo "dist_test.sh: error: no python on PATH; set PYTHON=/path/to/python" >&2
+    exit 2
+fi
 
 PYTHONPATH="$TOOLS_DIR/..":$PYTHONPATH \
-python -m torch.distributed.run \
+"$PYTHON" -m torch.distributed.run \
     --nnodes="$NNODES" \
     --node_rank="$NODE_RANK" \
     --master_addr="$MASTER_ADDR" \

@@ -16,8 +16,11 @@ from mmengine.config import Config, DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from iformer_mm.engine.errors_cli import (add_debug_argument,  # noqa: E402
+                                          run_tool)
 
-def parse_args():
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('target', help='an iFormer arch (t, s, m, l, l2, h) or a '
@@ -39,15 +42,24 @@ def parse_args():
                    'deployed and as the paper counts)')
     p.add_argument('--cfg-options', nargs='+', action=DictAction,
                    help='override config settings, key=value')
-    return p.parse_args()
+    add_debug_argument(p)
+    return p.parse_args(argv)
 
 
-def main():
-    args = parse_args()
+def main(argv=None):
+    args = parse_args(argv)
     import iformer_mm  # noqa: F401
+    from iformer_mm.engine.config_check import ATTENTION_NAMES, check_config
+    from iformer_mm.engine.errors_cli import did_you_mean
+    from iformer_mm.errors import ConfigError
     from iformer_mm.models.backbones.iformer import ARCH_ZOO
     from iformer_mm.utils.complexity import (backbone_complexity,
                                              config_complexity)
+    if args.attention not in ATTENTION_NAMES:
+        raise ConfigError(
+            f'--attention {args.attention!r} is not an attention layout'
+            f'{did_you_mean(args.attention, ATTENTION_NAMES)} (one of '
+            f'{", ".join(repr(a) for a in ATTENTION_NAMES)})')
     if args.target.lower() in ARCH_ZOO:
         shape = args.shape or [224]
         shape = shape * 2 if len(shape) == 1 else shape
@@ -59,11 +71,15 @@ def main():
             ('' if args.no_head else ' + 1000-class head')
     else:
         if not osp.isfile(args.target):
-            sys.exit(f'error: {args.target!r} is neither an iFormer arch '
-                     f'({", ".join(ARCH_ZOO)}) nor an existing config file.')
+            raise ConfigError(
+                f'{args.target!r} is neither an iFormer arch'
+                f'{did_you_mean(args.target, ARCH_ZOO)} ('
+                f'{", ".join(ARCH_ZOO)}) nor an existing config file')
         cfg = Config.fromfile(args.target)
         if args.cfg_options:
             cfg.merge_from_dict(args.cfg_options)
+        for warning in check_config(cfg):
+            print(f'warning: {warning}', file=sys.stderr)
         scope = cfg.get('default_scope', '')
         default = {'mmdet': [800, 1333], 'mmseg': [512, 512]}.get(
             scope, [224, 224])
@@ -83,4 +99,7 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
+    code = run_tool(main, prog='get_flops.py')
+    if code:  # exit quietly on success (runpy callers keep running)
+        sys.exit(code)

@@ -1,14 +1,15 @@
 #!/usr/bin/env python
-"""Test an iFormer model: mmdet's tools/test.py command line, for detection,
-segmentation and classification configs alike (the config's default_scope
+"""Test an iFormer model with the options of the upstream tools/test.py of
+the config's codebase (mmdet, mmseg or mmpretrain: its default_scope
 decides). See docs/getting_started.md; `python tools/test.py -h` lists the
-options."""
+options. A mistake in the command line, the config or the checkpoint is
+reported in one line (exit code 2); --debug shows the traceback."""
 import os.path as osp
 import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from iformer_mm.engine.cli import test_main  # noqa: E402
+from iformer_mm.engine.cli import test_tool  # noqa: E402
 
 if __name__ == '__main__':
-    sys.exit(test_main())
+    sys.exit(test_tool())

@@ -11,9 +11,17 @@ process group, and its runner wraps the model in DDP with
 * :class:`DeviceAwareDDP`, a model wrapper registered in mmengine's root
   ``MODEL_WRAPPERS``, passes ``device_ids`` to DDP only when the model lives
   on a GPU.
+* :func:`shutdown_dist` ends a finished run cleanly: a barrier, then
+  ``destroy_process_group``. A process that exits with its gloo group alive
+  lets the interpreter tear down the group's threads in no set order, which
+  occasionally aborts a rank ("terminate called without an active
+  exception", SIGABRT) after the work is done. Groups created here are also
+  destroyed at exit (without a barrier) if the tool did not get that far.
 """
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import subprocess
 from typing import Optional
@@ -86,6 +94,36 @@ def init_dist_env(launcher: str, backend: Optional[str] = None,
     torch_dist.init_process_group(
         backend=backend, rank=int(os.environ['RANK']),
         world_size=int(os.environ['WORLD_SIZE']), **kwargs)
+    atexit.register(_destroy_at_exit)
+    return True
+
+
+def _destroy_at_exit() -> None:
+    """Last resort at interpreter exit: destroy a group still alive (no
+    barrier: the other ranks may be gone)."""
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        try:
+            torch_dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - exiting anyway
+            pass
+        gc.collect()
+
+
+def shutdown_dist(barrier: bool = True) -> bool:
+    """End the default process group of a run that finished.
+
+    Every rank waits for the others (``barrier``), then destroys its group
+    and collects the objects that hold the backend's threads, so that no
+    gloo/NCCL thread is alive when the interpreter exits. Call it on the
+    success path only: after a failure on one rank the others would wait in
+    the barrier. Returns whether there was a group to end.
+    """
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return False
+    if barrier and torch_dist.get_world_size() > 1:
+        torch_dist.barrier()
+    torch_dist.destroy_process_group()
+    gc.collect()
     return True
 
 
