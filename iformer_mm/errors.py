@@ -17,6 +17,11 @@ class ConfigError(UserError, ValueError):
     """A config, or a command-line override of it, is wrong."""
 
 
+class InputError(UserError, ValueError):
+    """An input file or folder (an image, a folder of images) is missing,
+    empty or unreadable."""
+
+
 class CheckpointError(UserError, ValueError):
     """A checkpoint file cannot be used: missing, not a checkpoint,
     truncated, unsafe, or its keys/shapes do not match the model."""
@@ -34,5 +39,5 @@ class CheckpointMismatchError(CheckpointError):
         self.mismatched = list(mismatched)
 
 
-__all__ = ['UserError', 'ConfigError', 'CheckpointError',
+__all__ = ['UserError', 'ConfigError', 'InputError', 'CheckpointError',
            'CheckpointMismatchError']

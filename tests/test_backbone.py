@@ -308,3 +308,16 @@ def test_custom_arch_dict():
     net = IFormer(arch, attention='hybrid', window_chunks=16).eval()
     outs = net(torch.randn(1, 3, 96, 96))
     assert [o.shape[1] for o in outs] == [16, 32, 64, 128]
+
+
+@pytest.mark.parametrize('out_indices', [(3, 2), (1, 1, 2), (0, -1, 3)])
+def test_out_indices_are_never_reordered(out_indices):
+    with pytest.raises(ValueError, match='increasing without duplicates'):
+        IFormer('t', out_indices=out_indices)
+    assert IFormer('t', out_indices=(1, -1)).out_indices == (1, 3)
+
+
+def test_unknown_attention_lists_authors():
+    with pytest.raises(ValueError) as err:
+        IFormer('t', attention='authers')
+    assert "'authors'" in str(err.value) and "'hybrid'" in str(err.value)

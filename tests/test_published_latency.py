@@ -11,9 +11,12 @@ from iformer_mm.deploy.backbones import (PUBLISHED_LATENCIES,
                                          resolve_backbone)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAPER = os.path.join(ROOT, 'shared', 'paper', 'iformer_paper.md')
-if not os.path.isfile(PAPER):
-    PAPER = '/work/shared/paper/iformer_paper.md'
+# The paper lies in shared/ beside the checkout (CI: beside the clone).
+PAPER = next((p for p in (
+    os.path.join(ROOT, '..', 'shared', 'paper', 'iformer_paper.md'),
+    os.path.join(ROOT, 'shared', 'paper', 'iformer_paper.md'),
+    '/work/shared/paper/iformer_paper.md') if os.path.isfile(p)),
+    os.path.join(ROOT, '..', 'shared', 'paper', 'iformer_paper.md'))
 
 
 def _cells(line):

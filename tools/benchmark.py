@@ -64,6 +64,8 @@ def parse_args(argv=None):
                    '(missing, unexpected or wrong-shape keys) as far as it '
                    'fits, with a warning; by default that is an error')
     p.add_argument('--quiet', action='store_true', help='no progress lines')
+    p.add_argument('--debug', action='store_true',
+                   help='show the full traceback of an error')
     args = p.parse_args(argv)
     if args.shape is not None:
         if len(args.shape) == 1:
@@ -94,7 +96,10 @@ def main(argv=None) -> int:
             print()
             results.append(r)
     except (UserError, FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f'benchmark.py: error: {e}', file=sys.stderr)
+        if debug_requested():
+            raise
+        print(f'benchmark.py: error: {e} (--debug for the traceback)',
+              file=sys.stderr)
         return 2
     if len(results) > 1:
         print(format_results(results))
@@ -104,5 +109,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def debug_requested() -> bool:
+    """``--debug`` (or IFORMER_MM_DEBUG=1): show the traceback."""
+    return '--debug' in sys.argv or os.environ.get(
+        'IFORMER_MM_DEBUG', '') not in ('', '0')
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
+    from iformer_mm.engine.errors_cli import run_tool
+    sys.exit(run_tool(main, prog='benchmark.py'))

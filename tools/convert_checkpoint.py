@@ -70,6 +70,8 @@ def parse_args(argv=None):
                    'the wrong shape (a warning counts them)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace an existing output file (never the source)')
+    p.add_argument('--debug', action='store_true',
+                   help='show the full traceback of an error')
     return p.parse_args(argv)
 
 
@@ -228,7 +230,10 @@ def main(argv=None) -> int:
                 mismatched=r.mismatched)
         _save_atomically(dict(state_dict=state, meta=meta), args.dst)
     except UserError as e:
-        print(f'convert_checkpoint.py: error: {e}', file=sys.stderr)
+        if debug_requested():
+            raise
+        print(f'convert_checkpoint.py: error: {e} (--debug for the traceback)',
+              file=sys.stderr)
         return 2
     for r in reports:
         print(f'{r.target}: {r.counts()}')
@@ -246,5 +251,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def debug_requested() -> bool:
+    """``--debug`` (or IFORMER_MM_DEBUG=1): show the traceback."""
+    return '--debug' in sys.argv or os.environ.get(
+        'IFORMER_MM_DEBUG', '') not in ('', '0')
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
+    from iformer_mm.engine.errors_cli import run_tool
+    sys.exit(run_tool(main, prog='convert_checkpoint.py'))

@@ -49,6 +49,8 @@ def parse_args(argv=None):
                    help='load a checkpoint that does not fit the model '
                    '(missing, unexpected or wrong-shape keys) as far as it '
                    'fits, with a warning; by default that is an error')
+    p.add_argument('--debug', action='store_true',
+                   help='show the full traceback of an error')
     return p.parse_args(argv)
 
 
@@ -64,7 +66,10 @@ def main(argv=None) -> int:
                           cfg_options=args.cfg_options,
                           allow_partial=args.allow_partial)
     except (UserError, FileNotFoundError, ValueError) as e:
-        print(f'demo.py: error: {e}', file=sys.stderr)
+        if debug_requested():
+            raise
+        print(f'demo.py: error: {e} (--debug for the traceback)',
+              file=sys.stderr)
         return 2
     for pred in result.predictions:
         if result.task == 'classification':
@@ -83,5 +88,13 @@ def main(argv=None) -> int:
     return 0
 
 
+def debug_requested() -> bool:
+    """``--debug`` (or IFORMER_MM_DEBUG=1): show the traceback."""
+    return '--debug' in sys.argv or os.environ.get(
+        'IFORMER_MM_DEBUG', '') not in ('', '0')
+
+
 if __name__ == '__main__':
-    sys.exit(main())
+    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
+    from iformer_mm.engine.errors_cli import run_tool
+    sys.exit(run_tool(main, prog='demo.py'))

@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 import os.path as osp
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+import cv2
 import numpy as np
 from mmengine.config import Config
 
 from ..compat.checkpoint import check_checkpoint_path
+from ..errors import InputError
 from ._common import (dataset_meta, init_scope, load_config, num_classes_of,
                       strip_pretrained, task_of)
 
@@ -46,13 +49,32 @@ class DemoResult:
     predictions: List[Dict[str, Any]] = field(default_factory=list)
 
 
-def collect_images(inputs: Union[str, Sequence[str]]) -> List[str]:
+def _unreadable(path: str) -> Optional[str]:
+    """Why ``path`` cannot be decoded as an image, or None if it can."""
+    size = osp.getsize(path)
+    if size == 0:
+        return 'empty file (0 bytes)'
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None or img.size == 0:
+        return f'not a decodable image ({size} bytes)'
+    return None
+
+
+def collect_images(inputs: Union[str, Sequence[str]],
+                   warn=None) -> List[str]:
     """Image files from a path, a folder (not recursive) or a list of both.
 
+    In a folder, a file that cannot be decoded (zero bytes, corrupt) is
+    skipped with a warning (``warn``, default: one line on stderr) and the
+    rest are processed; an unreadable file named explicitly is an error.
+
     Raises:
-        FileNotFoundError: a path does not exist.
-        ValueError: a folder holds no image, or a file is not an image.
+        InputError: a path does not exist, a folder holds no readable image,
+            or a named file is not a readable image.
     """
+    if warn is None:
+        def warn(msg):
+            print(f'warning: {msg}', file=sys.stderr, flush=True)
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else inputs
     images: List[str] = []
     for path in map(str, paths):
@@ -61,23 +83,34 @@ def collect_images(inputs: Union[str, Sequence[str]]) -> List[str]:
                 osp.join(path, name) for name in os.listdir(path)
                 if name.lower().endswith(IMG_EXTENSIONS)
                 and osp.isfile(osp.join(path, name)))
-            if not found:
-                raise ValueError(f'No image ({", ".join(IMG_EXTENSIONS)}) '
-                                 f'in folder {path!r}.')
-            images += found
+            readable = []
+            for image in found:
+                why = _unreadable(image)
+                if why is None:
+                    readable.append(image)
+                else:
+                    warn(f'skipped {image}: {why}')
+            if not readable:
+                raise InputError(
+                    f'No readable image ({", ".join(IMG_EXTENSIONS)}) in '
+                    f'folder {path!r}'
+                    + (f' ({len(found)} skipped)' if found else '') + '.')
+            images += readable
         elif osp.isfile(path):
             if not path.lower().endswith(IMG_EXTENSIONS):
-                raise ValueError(f'Not an image file (expected one of '
+                raise InputError(f'Not an image file (expected one of '
                                  f'{", ".join(IMG_EXTENSIONS)}): {path!r}')
+            why = _unreadable(path)
+            if why is not None:
+                raise InputError(f'{path!r} is not a readable image: {why}.')
             images.append(path)
         else:
-            raise FileNotFoundError(f'Input image or folder not found: '
-                                    f'{path!r}')
+            raise InputError(f'Input image or folder not found: {path!r}')
     if not images:
-        raise ValueError('No input image given.')
+        raise InputError('No input image given.')
     stems = [Path(p).stem for p in images]
     if len(set(stems)) != len(stems):
-        raise ValueError('Input images must have distinct file names (the '
+        raise InputError('Input images must have distinct file names (the '
                          'outputs are named after them).')
     return images
 

@@ -412,7 +412,8 @@ def _resolve_layout(spec, num_prefix: int, num_groups: int,
                         reverse='before_next_attn')
         else:
             raise ValueError(f'Unknown attention mode {spec!r}; expected one '
-                             f'of {ATTENTION_MODES} or a dict.')
+                             f"of {ATTENTION_MODES + ('authors', )} or a "
+                             f'dict.')
     if not isinstance(spec, dict) or 'windowed' not in spec:
         raise TypeError('A per-stage attention layout must be a string or a '
                         "dict(windowed=[...], reverse='before_next_attn' | "
@@ -455,6 +456,10 @@ def resolve_attention(attention, arch_name: Optional[str],
         windowed = [True] * n3 if kind == 'all' else [True] * (n3 - 1) + [False]
         stage3 = dict(windowed=windowed, reverse='after_attn')
         return ['global', 'global', stage3, 'global']
+    valid = ATTENTION_MODES + ('authors', )
+    if isinstance(attention, str) and attention not in valid:
+        raise ValueError(f'Unknown attention {attention!r}; expected one of '
+                         f'{valid}, a per-stage list or a dict.')
     if isinstance(attention, (str, dict)):
         return [attention] * len(attn_groups)
     attention = list(attention)
@@ -764,7 +769,14 @@ class IFormer(BaseModule):
         if not out_indices or bad:
             raise ValueError(f'out_indices must be a non-empty subset of '
                              f'(0, 1, 2, 3), got {out_indices}.')
-        return tuple(sorted({i % cls.num_stages for i in out_indices}))
+        norm = tuple(i % cls.num_stages for i in out_indices)
+        if list(norm) != sorted(set(norm)):
+            # Outputs come in stage order: a silently reordered or
+            # deduplicated list would feed the neck the wrong maps.
+            raise ValueError(
+                f'out_indices must be increasing without duplicates, got '
+                f'{out_indices}; write {tuple(sorted(set(norm)))}.')
+        return norm
 
     # -- freezing ------------------------------------------------------------
     def _frozen_modules(self) -> List[nn.Module]:
