@@ -322,3 +322,41 @@ def test_authors_attention_defaults_to_zeros_padding_for_any_equal_str():
     net = IFormer('m', attention=name, out_indices=(0, ))
     assert net.window_padding == 'zeros'
     assert IFormer('m', attention='window').window_padding == 'mask'
+
+
+@pytest.mark.parametrize('mode', ['global', 'window', 'hybrid'])
+def test_attention_modes_are_matched_by_value(mode):
+    built = ''.join(list(mode))  # equal, but not the interned literal
+    a = IFormer('t', attention=mode)
+    b = IFormer('t', attention=built)
+    assert [s.layout for s in a.stages] == [s.layout for s in b.stages]
+
+
+def test_custom_arch_with_shrinking_widths_downsamples_every_stage():
+    arch = dict(dims=(16, 8, 16, 8), depths=(1, 1, 3, 3),
+                attn_groups=(0, 0, 1, 1), qk_reduction=(0, 0, 2, 2),
+                conv_ratio=2, ffn_ratio=2)
+    net = IFormer(arch).eval()
+    with torch.no_grad():
+        outs = net(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (16, 16, 16), (8, 8, 8), (16, 4, 4), (8, 2, 2)]
+
+
+def test_stage_defaults_to_the_explicit_attention(monkeypatch):
+    """IFormerStage's documented default: no SDPA unless asked for."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        spy)
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad():
+        ifm.IFormerStage(16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.)(x)
+        assert calls == []
+        ifm.IFormerStage(16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.,
+                         fused_attn=True)(x)
+    assert calls == [1]
