@@ -145,6 +145,7 @@ def test_drop_path_in_training_drops_whole_samples_unbiased():
     dp = ifm.DropPath(0.25).train()
     x = torch.ones(4000, 2, 3)
     y = dp(x)
+    assert y.shape == x.shape
     per_sample = y.flatten(1)
     # every sample is either dropped entirely or kept and scaled by 1/keep
     assert torch.all((per_sample == 0).all(1) |
