@@ -145,6 +145,7 @@ def test_drop_path_in_training_drops_whole_samples_unbiased():
     dp = ifm.DropPath(0.25).train()
     x = torch.ones(4000, 2, 3)
     y = dp(x)
+    assert y.shape == x.shape
     per_sample = y.flatten(1)
     # every sample is either dropped entirely or kept and scaled by 1/keep
     assert torch.all((per_sample == 0).all(1) |
@@ -324,3 +325,95 @@ def test_authors_attention_defaults_to_zeros_padding_for_any_equal_str():
     net = IFormer('m', attention=name, out_indices=(0, ))
     assert net.window_padding == 'zeros'
     assert IFormer('m', attention='window').window_padding == 'mask'
+
+
+@pytest.mark.parametrize('mode', ['global', 'window', 'hybrid'])
+def test_attention_modes_are_matched_by_value(mode):
+    built = ''.join(list(mode))  # equal, but not the interned literal
+    a = IFormer('t', attention=mode)
+    b = IFormer('t', attention=built)
+    assert [s.layout for s in a.stages] == [s.layout for s in b.stages]
+
+
+def test_custom_arch_with_shrinking_widths_downsamples_every_stage():
+    arch = dict(dims=(16, 8, 16, 8), depths=(1, 1, 3, 3),
+                attn_groups=(0, 0, 1, 1), qk_reduction=(0, 0, 2, 2),
+                conv_ratio=2, ffn_ratio=2)
+    net = IFormer(arch).eval()
+    with torch.no_grad():
+        outs = net(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (16, 16, 16), (8, 8, 8), (16, 4, 4), (8, 2, 2)]
+
+
+def test_stage_defaults_to_the_explicit_attention(monkeypatch):
+    """IFormerStage's documented default: no SDPA unless asked for."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return sdpa(*args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
+                        spy)
+    x = torch.randn(1, 16, 6, 6)
+    with torch.no_grad():
+        ifm.IFormerStage(16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.)(x)
+        assert calls == []
+        ifm.IFormerStage(16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.,
+                         fused_attn=True)(x)
+    assert calls == [1]
+
+
+def test_layout_reverse_is_matched_by_value_and_follows_the_last_shma():
+    def layout(reverse, windowed=(True, True, True)):
+        spec = dict(windowed=list(windowed), reverse=reverse)
+        return IFormer('t', attention=['global', 'global', spec, 'global']
+                       ).stages[2].layout
+    built = ''.join(list('before_next_attn'))
+    # T stage 3: 6 prefix convs, 3 groups; every SHMA windowed: the windows
+    # are reversed right after the last SHMA whichever rule is asked for
+    assert layout('before_next_attn') == layout(built) == \
+        layout('after_attn') == ifm.StageLayout(6 + 1, 6 + 3 * 2 + 2)
+    half = layout(built, (True, True, False))
+    assert half == ifm.StageLayout(6 + 1, 6 + 3 * 2 + 1)
+
+
+def test_channel_chunking_splits_every_rearrangement():
+    """Appendix F: with ``chunks`` the transposes work on C/chunks channels
+    (the point of chunking for deployment); the result is unchanged."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Permutes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.channels = []  # channels of each permuted tensor
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.permute.default:
+                self.channels.append(args[0].shape[0])  # [C, nh, ws, nw, ws]
+            return func(*args, **(kwargs or {}))
+    x = torch.randn(1, 8, 6, 9)
+    ws, chunks = 3, 4
+    with Permutes() as rec:
+        w = ifm.window_partition(x, ws, chunks)
+    assert rec.channels == [8 // chunks] * chunks
+    with Permutes() as rec_r:
+        y = ifm.window_reverse(w, ws, 6, 9, chunks)
+    assert len(rec_r.channels) == chunks  # [nh, nw, C, ws, ws] each
+    assert torch.equal(y, x)
+    assert torch.equal(w, ifm.window_partition(x, ws))
+
+
+def test_checkpointed_stage_after_frozen_stem_still_gets_gradients():
+    torch.manual_seed(0)
+    a = IFormer('t', frozen_stages=0, out_indices=(0, )).train()
+    b = IFormer('t', frozen_stages=0, out_indices=(0, ), with_cp=True).train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 3, 64, 64)
+    a(x)[0].square().sum().backward()
+    b(x)[0].square().sum().backward()
+    for (n, pa), pb in zip(a.stages[0].named_parameters(),
+                           b.stages[0].parameters()):
+        assert pb.grad is not None, n
+        torch.testing.assert_close(pb.grad, pa.grad, atol=1e-5, rtol=1e-4)
