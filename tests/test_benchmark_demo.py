@@ -223,16 +223,17 @@ def test_checkpoint_weights_and_classes():
 def test_demo_bad_inputs(capsys):
     tool = _tool('demo')
     from iformer_mm.apis import collect_images, run_demo
-    with pytest.raises(FileNotFoundError, match='not found'):
+    from iformer_mm.errors import InputError
+    with pytest.raises(InputError, match='not found'):
         run_demo(DET, 'no/such.jpg')
     img = _image('x.jpg')
     with pytest.raises(FileNotFoundError, match='Config file not found'):
         run_demo('no/such/config.py', img)
     os.makedirs('empty')
-    with pytest.raises(ValueError, match='No image'):
+    with pytest.raises(InputError, match='No readable image'):
         collect_images('empty')
     open('a.txt', 'w').write('x')
-    with pytest.raises(ValueError, match='Not an image'):
+    with pytest.raises(InputError, match='Not an image'):
         collect_images('a.txt')
     assert tool.main([DET, 'missing.png']) == 2
     assert 'not found' in capsys.readouterr().err
