@@ -96,6 +96,7 @@ def main(argv=None) -> int:
             print()
             results.append(r)
     except (UserError, FileNotFoundError, ValueError, RuntimeError) as e:
+        from iformer_mm.engine.errors_cli import debug_requested
         if debug_requested():
             raise
         print(f'benchmark.py: error: {e} (--debug for the traceback)',
@@ -107,12 +108,6 @@ def main(argv=None) -> int:
         dump_json(results, args.out)
         print(f'results written to {args.out}')
     return 0
-
-
-def debug_requested() -> bool:
-    """``--debug`` (or IFORMER_MM_DEBUG=1): show the traceback."""
-    return '--debug' in sys.argv or os.environ.get(
-        'IFORMER_MM_DEBUG', '') not in ('', '0')
 
 
 if __name__ == '__main__':

@@ -230,6 +230,7 @@ def main(argv=None) -> int:
                 mismatched=r.mismatched)
         _save_atomically(dict(state_dict=state, meta=meta), args.dst)
     except UserError as e:
+        from iformer_mm.engine.errors_cli import debug_requested
         if debug_requested():
             raise
         print(f'convert_checkpoint.py: error: {e} (--debug for the traceback)',
@@ -249,12 +250,6 @@ def main(argv=None) -> int:
     print(f'{args.src} ({conv.layout}) -> {args.dst} (--target {target}): '
           f'{len(state)} tensors written, match {status}')
     return 0
-
-
-def debug_requested() -> bool:
-    """``--debug`` (or IFORMER_MM_DEBUG=1): show the traceback."""
-    return '--debug' in sys.argv or os.environ.get(
-        'IFORMER_MM_DEBUG', '') not in ('', '0')
 
 
 if __name__ == '__main__':

@@ -66,6 +66,7 @@ def main(argv=None) -> int:
                           cfg_options=args.cfg_options,
                           allow_partial=args.allow_partial)
     except (UserError, FileNotFoundError, ValueError) as e:
+        from iformer_mm.engine.errors_cli import debug_requested
         if debug_requested():
             raise
         print(f'demo.py: error: {e} (--debug for the traceback)',
@@ -86,12 +87,6 @@ def main(argv=None) -> int:
           f'{os.path.join(result.out_dir, "vis")}; predictions in '
           f'{result.pred_file}')
     return 0
-
-
-def debug_requested() -> bool:
-    """``--debug`` (or IFORMER_MM_DEBUG=1): show the traceback."""
-    return '--debug' in sys.argv or os.environ.get(
-        'IFORMER_MM_DEBUG', '') not in ('', '0')
 
 
 if __name__ == '__main__':

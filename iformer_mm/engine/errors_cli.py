@@ -208,6 +208,13 @@ def _debug_requested(argv: List[str]) -> bool:
         '', '0')
 
 
+def debug_requested() -> bool:
+    """Whether this process was asked for tracebacks (``--debug`` on its
+    command line or ``IFORMER_MM_DEBUG=1``): for tools that report some
+    errors themselves."""
+    return _debug_requested(list(sys.argv[1:]))
+
+
 def _prog_name() -> str:
     return osp.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'tool'
 
