@@ -531,6 +531,7 @@ def test_train_tool_resume_errors_and_lock(tool_workspace, tmp_path,
     """tools/train.py's main, in this process (a subprocess per case would
     cost seconds of imports each; the kill test above runs the real tool)."""
     from iformer_mm.engine.cli import train_main
+    from iformer_mm.engine.errors_cli import run_tool
     from iformer_mm.engine.lock import WorkDirLock
     cfg = Config.fromfile(str(tool_workspace / 'tiny.py'),
                           import_custom_modules=False)
@@ -540,13 +541,13 @@ def test_train_tool_resume_errors_and_lock(tool_workspace, tmp_path,
     monkeypatch.chdir(tmp_path)
 
     def train(*args):
-        rc = train_main(['plain.py', *args])
+        rc = run_tool(train_main, ['plain.py', *args], prog='train.py')
         return rc, capsys.readouterr()
 
     # --resume PATH of a file that does not exist: exit 2, one line
     rc, io = train('--work-dir', 'w1', '--resume', 'nope.pth')
     assert rc == 2 and io.err.count('\n') == 1
-    assert io.err.startswith('error: --resume nope.pth') and \
+    assert io.err.startswith('train.py: error: --resume nope.pth') and \
         'does not exist' in io.err
     # a second training into a work dir in use: exit 2, names the holder
     with WorkDirLock(str(tmp_path / 'busy')):
@@ -666,7 +667,8 @@ def test_train_tool_with_data_root_on_user_data(tmp_path):
         text=True, timeout=600)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert proc.stderr.count('\n') == 1 and 'Traceback' not in proc.stderr
-    assert proc.stderr.startswith('error: ') and str(data) in proc.stderr
+    assert proc.stderr.startswith('train.py: error: ') and \
+        str(data) in proc.stderr
     after = _snapshot(tmp_path)
     assert {k: v for k, v in after.items() if not k.startswith('work')} == \
         before
