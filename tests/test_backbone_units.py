@@ -346,6 +346,24 @@ def test_custom_arch_with_shrinking_widths_downsamples_every_stage():
         (16, 16, 16), (8, 8, 8), (16, 4, 4), (8, 2, 2)]
 
 
+def test_custom_arch_with_equal_widths_still_downsamples_every_stage():
+    """Equal consecutive widths must not drop the stride-2 downsample."""
+    arch = dict(dims=(16, 16, 32, 32), depths=(1, 1, 3, 3),
+                attn_groups=(0, 0, 1, 1), qk_reduction=(0, 0, 2, 2),
+                conv_ratio=2, ffn_ratio=2)
+    net = IFormer(arch).eval()
+    with torch.no_grad():
+        outs = net(torch.randn(1, 3, 64, 64))
+    assert [tuple(o.shape[1:]) for o in outs] == [
+        (16, 16, 16), (16, 8, 8), (32, 4, 4), (32, 2, 2)]
+    assert isinstance(net.stages[0].downsample, nn.Identity)
+    assert all(isinstance(s.downsample, ifm.ConvNorm)
+               for s in net.stages[1:])
+    with pytest.raises(ValueError, match='keeps its width'):
+        ifm.IFormerStage(8, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.,
+                         downsample=False)
+
+
 def test_stage_defaults_to_the_explicit_attention(monkeypatch):
     """IFormerStage's documented default: no SDPA unless asked for."""
     calls = []

@@ -504,6 +504,11 @@ class IFormerStage(nn.Module):
     partition / reverse happen at the positions given by ``layout``.
 
     Args:
+        downsample (bool, optional): start with the Conv-BN 3x3 stride-2
+            downsample. ``None`` (the default) downsamples when the width
+            changes; :class:`IFormer` passes ``True`` for every stage but
+            the first, so a custom arch with equal consecutive widths
+            still halves the resolution at each stage.
         window_padding (str): ``'mask'`` or ``'zeros'``, see
             :class:`IFormer`. Defaults to ``'mask'``.
         fused_attn (bool): SHMA through ``scaled_dot_product_attention``.
@@ -519,14 +524,20 @@ class IFormerStage(nn.Module):
                  layer_scale_init_value: float, attention='global',
                  window_size: int = 16, window_chunks: int = 1,
                  with_cp: bool = False, window_padding: str = 'mask',
-                 fused_attn: bool = False) -> None:
+                 fused_attn: bool = False,
+                 downsample: Optional[bool] = None) -> None:
         super().__init__()
+        if downsample is None:
+            downsample = in_dim != dim
+        if not downsample and in_dim != dim:
+            raise ValueError(f'A stage without downsample keeps its width: '
+                             f'in_dim {in_dim} != dim {dim}.')
         self.window_padding = _check_window_padding(window_padding)
         if depth < 3 * num_groups:
             raise ValueError(f'A stage of depth {depth} cannot hold '
                              f'{num_groups} attention groups (3 blocks each).')
-        self.downsample = (nn.Identity() if in_dim == dim else
-                           ConvNorm(in_dim, dim, 3, 2, 1))
+        self.downsample = (ConvNorm(in_dim, dim, 3, 2, 1) if downsample
+                           else nn.Identity())
         self.window_size = window_size
         self.window_chunks = window_chunks
         self.with_cp = with_cp
@@ -732,7 +743,7 @@ class IFormer(BaseModule):
                 arch['ffn_ratio'], dpr[start:start + depths[i]],
                 layer_scale_init_value, stage_attention[i], window_size,
                 window_chunks, with_cp, self.window_padding,
-                self.fused_attn))
+                self.fused_attn, downsample=i > 0))
             prev, start = self.dims[i], start + depths[i]
         self.stages = nn.Sequential(*stages)
         self._freeze_stages()
