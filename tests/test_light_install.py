@@ -149,5 +149,11 @@ def test_latency_tool_without_task_libraries(light_env, tmp_path):
     assert len(ours) == 1 and ours[0]['status'] == 'ok', ours
     assert ours[0]['coreml']['status'] == 'validated', ours[0]['coreml']
     peer = rows['resnet18']
-    assert peer['status'] != 'ok'
-    assert 'mmdet' in json.dumps(peer)
+    assert peer['status'] == 'skipped', peer
+    assert 'mmdet' in peer['reason']
+    out_lines = (proc.stdout + proc.stderr).splitlines()
+    said = [line for line in out_lines if 'ResNet' in line
+            and 'skipped' in line and not line.startswith('|')]
+    assert len(said) == 1 and 'mmdet' in said[0], said
+    assert 'Traceback' not in proc.stdout + proc.stderr
+    assert not any('failed' in line for line in out_lines), out_lines

@@ -325,6 +325,9 @@ class BackboneSpec:
     # a resolution other than its classification one (None: nothing).
     adapt: Optional[Callable[[nn.Module, Tuple[int, int]], str]] = \
         field(default=None, repr=False)
+    # Why this backbone cannot be built here (its library is not installed,
+    # e.g. a peer from mmdet on the light install); None: it can.
+    unavailable: Optional[str] = None
 
     def check_size(self, height: int, width: int) -> None:
         check_resolution(height, width, self.size_divisor, self.label)
@@ -426,8 +429,8 @@ def _registry_spec(scope: str, cfg: dict, key: str, label: str,
     except BackboneError as exc:
         if scope not in SCOPES:
             raise
-        # The library is missing or broken here: report this backbone as
-        # failed in the table and let the run go on.
+        # The library is missing or broken here (e.g. the light install):
+        # the run skips this backbone with one line and goes on.
         reason = str(exc)
 
         def unavailable() -> nn.Module:
@@ -435,7 +438,7 @@ def _registry_spec(scope: str, cfg: dict, key: str, label: str,
         return BackboneSpec(key=key, label=label, family='peer',
                             build=unavailable, size_divisor=size_divisor,
                             source=f'{scope}.{cfg["type"]}',
-                            paper=_paper(key))
+                            paper=_paper(key), unavailable=reason)
     if registry.get(cfg['type']) is None:
         raise BackboneError(f'{scope} has no backbone {cfg["type"]!r} in its '
                             'MODELS registry.')

@@ -200,6 +200,12 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                                   status='ok', input_shape=list(shape))
     stage = 'build'
     done_steps = 0
+    if spec.unavailable:
+        # Reported once, in main()'s summary: one line per skipped peer.
+        result.update(status='skipped', reason=spec.unavailable)
+        for _ in range(len(_STEPS)):
+            progress.advance()
+        return result
 
     def step(name: str, text: str) -> None:
         nonlocal stage
@@ -663,4 +669,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if failed:
         print(f'{len(failed)} backbone(s) failed: {", ".join(failed)} '
               '(see the table and latency.json).')
+    skipped = [r for r in run['results'] if r['status'] == 'skipped']
+    for r in skipped:
+        print(f"skipped {r['label']}: {r['reason']}")
     return 0

@@ -43,6 +43,8 @@ def _failure(result: Dict[str, Any]) -> Optional[str]:
     if result.get('status') == 'failed':
         reason = result.get('error', '').splitlines()[0][:160]
         return f"failed at {result.get('failed_stage')}: {reason}"
+    if result.get('status') == 'skipped':
+        return f"skipped: {result.get('reason', '')[:160]}"
     return None
 
 
