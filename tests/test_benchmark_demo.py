@@ -199,6 +199,24 @@ def test_demo_folder_input():
     assert len(res.predictions) == 2
 
 
+def test_detection_demo_shows_progress_on_a_folder(capsys):
+    """mmdet's progress bar over a folder, as mmdet's image_demo shows it;
+    --no-progress turns it off."""
+    _needs(DET)
+    tool = _tool('demo')
+    _image('imgs/a.png', seed=1)
+    _image('imgs/b.jpg', seed=2)
+    light = ['--cfg-options', *DET_LIGHT]
+    assert tool.main([DET, 'imgs', '--out-dir', 'o1'] + light) == 0
+    text = capsys.readouterr().out
+    assert 'Inference' in text and '━' in text, text
+    assert tool.main([DET, 'imgs', '--out-dir', 'o2', '--no-progress'] +
+                     light) == 0
+    text = capsys.readouterr().out
+    assert 'Inference' not in text, text
+    assert len(json.load(open('o2/predictions.json'))['predictions']) == 2
+
+
 def test_checkpoint_weights_and_classes():
     _needs(CLS)
     import torch

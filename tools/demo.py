@@ -49,6 +49,8 @@ def parse_args(argv=None):
                    help='load a checkpoint that does not fit the model '
                    '(missing, unexpected or wrong-shape keys) as far as it '
                    'fits, with a warning; by default that is an error')
+    p.add_argument('--no-progress', action='store_true',
+                   help='no progress bar over the images')
     p.add_argument('--debug', action='store_true',
                    help='show the full traceback of an error')
     return p.parse_args(argv)
@@ -64,7 +66,8 @@ def main(argv=None) -> int:
                           device=args.device, score_thr=args.score_thr,
                           topk=args.topk, opacity=args.opacity,
                           cfg_options=args.cfg_options,
-                          allow_partial=args.allow_partial)
+                          allow_partial=args.allow_partial,
+                          show_progress=not args.no_progress)
     except (UserError, FileNotFoundError, ValueError) as e:
         from iformer_mm.engine.errors_cli import debug_requested
         if debug_requested():

@@ -337,7 +337,8 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
              device: str = 'cpu', score_thr: float = 0.3, topk: int = 5,
              opacity: float = 0.5,
              cfg_options: Optional[dict] = None,
-             allow_partial: bool = False) -> DemoResult:
+             allow_partial: bool = False,
+             show_progress: bool = True) -> DemoResult:
     """Run a config on images and write the drawn predictions.
 
     Args:
@@ -353,6 +354,8 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
         allow_partial: Load a checkpoint that does not fit the model as far
             as it fits (with a warning); by default that raises
             :class:`~iformer_mm.errors.CheckpointMismatchError`.
+        show_progress: Show the inferencer's progress bar over the images
+            (mmdet and mmseg; mmpretrain always shows it).
     """
     images = collect_images(inputs)  # check inputs before building a model
     if not 0 <= score_thr <= 1:
@@ -361,6 +364,8 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
         raise ValueError(f'topk must be >= 1, got {topk}.')
     task, inf = build_inferencer(config, checkpoint, device, cfg_options,
                                  topk, allow_partial=allow_partial)
+    if hasattr(inf, 'show_progress'):
+        inf.show_progress = show_progress
     out_dir = str(out_dir)
     vis_dir = osp.join(out_dir, 'vis')
     os.makedirs(vis_dir, exist_ok=True)
