@@ -126,12 +126,25 @@ def test_deploy_network_with_small_variances_and_large_eps():
         assert (a - b).abs().max() <= 1e-5 * a.abs().max()
 
 
-def test_drop_path_is_identity_in_eval_and_deterministic():
-    dp = ifm.DropPath(0.9).eval()
+# the network's DropPath (mmcv's on the full stack) and the light install's
+DROP_PATHS = [ifm.DropPath, ifm._DropPath]
+
+
+def test_drop_path_comes_from_mmcv_on_the_full_stack():
+    pytest.importorskip('mmcv', reason='platform: light install, no mmcv')
+    from mmcv.cnn.bricks.drop import DropPath
+    assert ifm.DropPath is DropPath
+    net = IFormer('t', drop_path_rate=0.2)
+    assert any(isinstance(m, DropPath) for m in net.modules())
+
+
+@pytest.mark.parametrize('drop_path', DROP_PATHS)
+def test_drop_path_is_identity_in_eval_and_deterministic(drop_path):
+    dp = drop_path(0.9).eval()
     x = torch.randn(16, 3, 4, 4)
     assert torch.equal(dp(x), x)
-    assert torch.equal(ifm.DropPath(0.).train()(x), x)
-    assert 'drop_prob=0.9' in repr(dp)
+    assert torch.equal(drop_path(0.).train()(x), x)
+    assert dp.drop_prob == 0.9
     net = IFormer('t', drop_path_rate=0.5).eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -140,9 +153,10 @@ def test_drop_path_is_identity_in_eval_and_deterministic():
         assert torch.equal(u, v)
 
 
-def test_drop_path_in_training_drops_whole_samples_unbiased():
+@pytest.mark.parametrize('drop_path', DROP_PATHS)
+def test_drop_path_in_training_drops_whole_samples_unbiased(drop_path):
     torch.manual_seed(0)
-    dp = ifm.DropPath(0.25).train()
+    dp = drop_path(0.25).train()
     x = torch.ones(4000, 2, 3)
     y = dp(x)
     assert y.shape == x.shape

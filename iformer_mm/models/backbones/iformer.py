@@ -128,8 +128,9 @@ class NormLinear(nn.Sequential):
         return fused
 
 
-class DropPath(nn.Module):
-    """Stochastic depth per sample (identity in eval mode)."""
+class _DropPath(nn.Module):
+    """Stochastic depth per sample (identity in eval mode): the light
+    install's stand-in for mmcv's :class:`~mmcv.cnn.bricks.DropPath`."""
 
     def __init__(self, drop_prob: float = 0.) -> None:
         super().__init__()
@@ -144,6 +145,15 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f'drop_prob={self.drop_prob}'
+
+
+try:  # mmcv's DropPath (timm's algorithm), as mmdet's and mmseg's backbones
+    from mmcv.cnn.bricks.drop import DropPath
+except ImportError:  # the light install (no mmcv): timm's, else ours
+    try:
+        from timm.layers import DropPath
+    except ImportError:
+        DropPath = _DropPath
 
 
 class Residual(nn.Module):
