@@ -84,6 +84,15 @@ def test_work_dir_finds_the_latest_run(tmp_path):
     assert analyze_logs.RunLog(str(tmp_path / 'w')).path == newer
 
 
+def test_work_dir_skips_a_later_test_run(tmp_path):
+    """tools/test.py writes its own timestamped run into the work_dir: the
+    curves are still the training run's."""
+    trained = epoch_log(tmp_path, 'w')
+    write_log(tmp_path / 'w' / '20990101_000000' / 'vis_data' /
+              'scalars.json', [{'coco/bbox_mAP': 0.2, 'step': 6}])
+    assert analyze_logs.RunLog(str(tmp_path / 'w')).path == trained
+
+
 def run_tool(args, cwd):
     return subprocess.run(
         [sys.executable, osp.join(REPO, 'tools', 'analyze_logs.py'), *args],

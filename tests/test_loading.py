@@ -462,3 +462,39 @@ def test_malicious_checkpoint_refused_everywhere(tmp_path, monkeypatch,
     assert _convert_tool().main([path, str(tmp_path / 'o.pth')]) == 2
     assert re.search(r'(io|builtins)\.open', capsys.readouterr().err)
     assert not marker.exists()
+
+
+def _save(path, state):
+    torch.save(dict(state_dict=state), str(path))
+    return str(path)
+
+
+def test_mismatch_message_names_at_most_eight_keys_and_counts_the_rest(
+        tmp_path):
+    net = IFormer(TINY)
+    state = net.state_dict()
+    renamed = {'x.' + k: v for k, v in state.items()}
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_iformer_checkpoint(net, _save(tmp_path / 'all.pth', renamed))
+    text = str(err.value)
+    # each list shows 8 names, then how many more
+    lists = re.findall(r'(missing|unexpected) (\d+)[^:]*: ([^;]*?), '
+                       r'\.\.\. \((\d+) more\)', text)
+    assert [kind for kind, *_ in lists] == ['missing', 'unexpected'], text
+    for _, total, names, more in lists:
+        assert len(names.split(', ')) == 8
+        assert int(more) == int(total) - 8 > 0
+    assert int(lists[1][1]) == len(state)
+    # nothing matched: say so, once, and suggest the prefix
+    assert 'No backbone key matched' in text
+
+    one = dict(state)
+    first = next(iter(one))
+    one['renamed.' + first] = one.pop(first)
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_iformer_checkpoint(net, _save(tmp_path / 'one.pth', one))
+    text = str(err.value)
+    assert 'missing 1' in text and 'more)' not in text
+    assert first in text and 'renamed.' + first in text
+    # some keys matched: no "nothing matched" hint
+    assert 'No backbone key matched' not in text

@@ -52,7 +52,28 @@ def find_log(path: str) -> str:
     if not found:
         raise LogError(f'{path}: no vis_data/*.json log below it (was the '
                        'run started with tools/train.py?)')
-    return found[-1]  # run folders are timestamps: the last is the latest
+    # Run folders are timestamps: the last is the latest. tools/test.py
+    # writes its own run into the same work_dir, with no training records:
+    # take the latest run that trained, if there is one.
+    for log in reversed(found):
+        if _has_training_records(log):
+            return log
+    return found[-1]
+
+
+def _has_training_records(path: str) -> bool:
+    try:
+        with open(path) as fh:
+            for line in fh:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue
+                if isinstance(record, dict) and 'lr' in record:
+                    return True
+    except OSError:
+        pass
+    return False
 
 
 class RunLog:
@@ -152,6 +173,8 @@ def plot_curve(logs: Sequence[RunLog], keys: Sequence[str],
     names = list(legend) if legend else [
         osp.basename(osp.dirname(osp.dirname(log.path))) or log.path
         for log in logs]
+    for log in logs:
+        print(f'plotting {log.path}')
     with plt.style.context(style):
         fig, axes = plt.subplots(1, len(keys), squeeze=False,
                                  figsize=(4.8 * len(keys), 3.6))
