@@ -407,3 +407,72 @@ def test_coreml_patch_is_what_makes_traced_work(ct):
         ctx.__exit__(None, None, None)
         ops._cast = patched
     assert patch_coremltools(ops)
+
+
+# --------------------------------------------------------------------------
+# the byte-level diagnosis and the version gate
+# --------------------------------------------------------------------------
+@pytest.mark.parametrize('version,expected', [
+    ('2.5.1', False), ('2.6.0', True), ('2.13.0+cu130', True),
+    ('2.10.0', True), ('3.0.0', True), ('1.13.1', False)])
+def test_weights_only_default_follows_the_torch_version(
+        monkeypatch, version, expected):
+    from iformer_mm.compat import checkpoint as cc
+    monkeypatch.setattr(torch, '__version__', version)
+    assert cc.torch_defaults_to_weights_only() is expected
+
+
+def test_unpickler_reason_is_the_line_that_names_the_global():
+    from iformer_mm.compat.checkpoint import _unpickler_reason
+    msg = ('Weights only load failed. This file can still be loaded...\n'
+           'Please file an issue with the following so that we can make...\n'
+           'WeightsUnpickler error: \n'
+           '\n'
+           'Unsupported global: GLOBAL posix.system was not an allowed '
+           'global by default.\n'
+           'Check the documentation of torch.load to learn more.')
+    assert _unpickler_reason(RuntimeError(msg)) == (
+        'Unsupported global: GLOBAL posix.system was not an allowed global '
+        'by default.')
+    inline = 'header\nWeightsUnpickler error: Unsupported operand 149\nmore'
+    assert _unpickler_reason(RuntimeError(inline)) == \
+        'Unsupported operand 149'
+    assert _unpickler_reason(RuntimeError('only line\nsecond')) == \
+        'only line'
+
+
+def test_text_is_told_from_binary():
+    from iformer_mm.compat.checkpoint import _looks_like_text
+    page = ('<!DOCTYPE html>\n<html>\n\t<body>Not Found</body>\n</html>\n'
+            * 20).encode()
+    assert _looks_like_text(page)
+    # a sample cut inside a multi-byte character is still text
+    cut = ('Prüfsumme für die Datei, héhé ' * 30).encode()
+    cut = cut[:cut.index('ü'.encode(), 100) + 1]
+    with pytest.raises(UnicodeDecodeError):
+        cut.decode('utf-8')
+    assert _looks_like_text(cut)
+    # 4% control characters: still text; 10%: binary
+    assert _looks_like_text(b'a' * 96 + b'\x01' * 4)
+    assert not _looks_like_text(b'a' * 90 + b'\x01' * 10)
+    assert not _looks_like_text(b'')
+    assert not _looks_like_text(bytes(range(256)))
+
+
+def test_diagnosis_tells_pickles_from_other_bytes(tmp_path):
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(bytes([7, 200, 3, 255, 0, 1] * 50))
+    assert 'neither the zip archive torch.save writes nor a pickle' in \
+        diagnose_checkpoint_file(str(junk))
+    plain = tmp_path / 'plain.pkl'
+    plain.write_bytes(pickle.dumps({'w': [1.0, 2.0]}, protocol=2))
+    assert 'a pickle stream that torch.save did not write' in \
+        diagnose_checkpoint_file(str(plain))
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(2)}, str(legacy),
+               _use_new_zipfile_serialization=False)
+    assert diagnose_checkpoint_file(str(legacy)) is None
+    current = tmp_path / 'current.pth'
+    torch.save({'w': torch.ones(2)}, str(current))
+    assert diagnose_checkpoint_file(str(current)) is None

@@ -33,7 +33,7 @@ def _make_cast(ops):
     get_inputs = ops._get_inputs
 
     def _cast(context, node, dtype, dtype_name):
-        x = get_inputs(context, node, expected=1)[0]
+        (x, ) = get_inputs(context, node, expected=1)
         if not (len(x.shape) == 0 or all(d == 1 for d in x.shape)):
             raise ValueError(
                 'input to cast must be either a scalar or a length 1 tensor')
