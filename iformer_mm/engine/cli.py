@@ -79,6 +79,13 @@ def parse_train_args(argv: Optional[Sequence[str]] = None):
     parser.add_argument(
         '--no-validate', action='store_true',
         help='do not evaluate during training')
+    # mmpretrain's tools/train.py options
+    parser.add_argument(
+        '--no-pin-memory', action='store_true',
+        help='pin_memory=False in every dataloader')
+    parser.add_argument(
+        '--no-persistent-workers', action='store_true',
+        help='persistent_workers=False in every dataloader')
     _common(parser)
     return _finish(parser, argv)
 
@@ -200,6 +207,14 @@ def train_cfg_from_args(args) -> Config:
         cfg.val_cfg = None
         cfg.val_dataloader = None
         cfg.val_evaluator = None
+    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        loader = cfg.get(name, None)
+        if loader is None:
+            continue
+        if getattr(args, 'no_pin_memory', False):
+            loader['pin_memory'] = False
+        if getattr(args, 'no_persistent_workers', False):
+            loader['persistent_workers'] = False
     check_and_warn(cfg)
     return cfg
 
