@@ -10,6 +10,7 @@ known answers.
   0.1 for boxes whose IoU with the truth lies in (0.5, 0.55) (only the 0.50
   threshold of the ten counts).
 """
+import glob
 import json
 import os.path as osp
 
@@ -183,3 +184,83 @@ def test_coco_metric_known_answers(toy_coco, case, expected):
     else:
         assert results['coco/bbox_mAP_50'] == pytest.approx(1.0, abs=1e-3)
         assert results['coco/bbox_mAP_75'] == pytest.approx(0.0, abs=1e-3)
+
+
+def _generated(root):
+    return sorted(osp.relpath(p, root) for p in glob.glob(
+        osp.join(root, '**', '*.*'), recursive=True))
+
+
+def test_default_sizes_are_the_documented_ones(tmp_path):
+    """The toy configs' documented results rely on these sizes."""
+    from iformer_mm.datasets.toy import TOY_CLS_CLASSES, make_toy_imagenet
+    coco = make_toy_coco(str(tmp_path / 'coco'))
+    assert [len(_load(coco, s)['images']) for s in ('train', 'val')] == \
+        [32, 8]
+    assert {im['height'] for im in _load(coco, 'val')['images']} == {128}
+    ade = make_toy_ade(str(tmp_path / 'ade'))
+    assert [len(glob.glob(osp.join(ade, 'images', s, '*.jpg')))
+            for s in ('training', 'validation')] == [24, 6]
+    imnet = make_toy_imagenet(str(tmp_path / 'imnet'))
+    for split, n in (('train', 12), ('val', 4)):
+        for kind in TOY_CLS_CLASSES:
+            files = glob.glob(osp.join(imnet, split, kind, '*.png'))
+            assert len(files) == n, (split, kind)
+    assert cv2.imread(files[0]).shape == (64, 64, 3)
+
+
+def test_shapes_are_bright_on_a_dark_background(toy_coco):
+    coco = _load(toy_coco, 'val')
+    for im in coco['images']:
+        img = cv2.imread(osp.join(toy_coco, 'val', im['file_name']))
+        anns = [a for a in coco['annotations'] if a['image_id'] == im['id']]
+        shapes = np.zeros(img.shape[:2], bool)
+        for a in anns:
+            mask = _poly_mask(a['segmentation'], *img.shape[:2])
+            inner = cv2.erode(mask.astype(np.uint8), np.ones((5, 5)))
+            # JPEG rounding: a few levels either side
+            assert img[inner.astype(bool)].min() >= 130 - 8, a['id']
+            shapes |= mask
+        outer = ~cv2.dilate(shapes.astype(np.uint8),
+                            np.ones((7, 7))).astype(bool)
+        background = img[outer]
+        assert background.max() <= 129 + 8
+        assert background.std() > 3  # noisy, not flat
+
+
+def _principal_axes(mask):
+    ys, xs = np.nonzero(mask)
+    pts = np.stack([xs, ys], 1).astype(float)
+    centre = pts.mean(0)
+    eig = np.linalg.eigvalsh(np.cov((pts - centre).T))
+    dist = np.linalg.norm(pts - centre, axis=1)
+    return eig[0] / eig[1], dist, mask.sum()
+
+
+def test_classification_classes_look_like_their_names(tmp_path):
+    """A bar is one long line, a cross two, a ring a circle's outline, a
+    square / circle a filled blob."""
+    from iformer_mm.datasets.toy import make_toy_imagenet
+    root = make_toy_imagenet(str(tmp_path / 'imnet'), num_train_per_class=4,
+                             num_val_per_class=0, size=96, seed=1)
+    for kind in ('bar', 'cross', 'ring', 'square', 'circle'):
+        for path in sorted(glob.glob(osp.join(root, 'train', kind, '*'))):
+            img = cv2.imread(path)
+            fg = (img >= 130).all(2)
+            fg = cv2.morphologyEx(fg.astype(np.uint8), cv2.MORPH_OPEN,
+                                  np.ones((2, 2))).astype(bool)
+            ratio, dist, area = _principal_axes(fg)
+            if kind == 'bar':
+                assert ratio < 0.12, (kind, path, ratio)
+            elif kind == 'cross':
+                # two diagonals of a square: equal spread along both axes,
+                # thin strokes (little of the bounding square is covered)
+                assert ratio > 0.6, (kind, path, ratio)
+                assert area < 0.5 * np.ptp(dist) ** 2 * 2, (kind, path)
+            elif kind == 'ring':
+                assert ratio > 0.6, (kind, path, ratio)
+                # an outline: distances to the centre cluster near r
+                assert np.percentile(dist, 10) > 0.6 * dist.max(), path
+            else:
+                assert ratio > 0.6 and \
+                    np.percentile(dist, 10) < 0.35 * dist.max(), (kind, path)

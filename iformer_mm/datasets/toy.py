@@ -13,6 +13,12 @@ can run end to end on a machine without COCO, ADE20K or ImageNet:
 * ``make_toy_imagenet``: ``train/<class>/*.png`` and ``val/<class>/*.png``
   folders (mmpretrain ``CustomDataset`` layout), one shape per class.
 
+Default sizes, which the toy configs and their documented results rely on:
+COCO 32 train / 8 val images of 128 px (1-3 shapes each), ADE 24 / 6
+images of 128 px, ImageNet 12 / 4 images of 64 px per class (6 classes).
+Shapes are bright (every channel >= 130) on a dark noisy background (every
+channel < 130).
+
 The same arguments always give the same bytes. Generation writes into a
 temporary folder beside the target and renames it into place, so that
 several processes of a distributed run can call it at once.
