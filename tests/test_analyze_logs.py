@@ -243,7 +243,7 @@ def test_readme_curve_image_is_regenerated_by_the_tool(tmp_path):
         'plot_curve', osp.join(REPO, 'docs', 'logs', 'toy_seg_scalars.json'),
         '--keys', 'loss', 'mIoU', 'aAcc', '--legend',
         'iFormer-T Semantic FPN, toy ADE', '--title',
-        'configs/toy/fpn_iformer_t_toy.py (val every 10 iters)', '--out',
+        'configs/toy/fpn_iformer_t_toy.py (val every 30 iters)', '--out',
         str(out)], tmp_path)
     assert proc.returncode == 0, proc.stderr
     diff = compare_images(osp.join(REPO, 'docs', 'toy_seg_curves.png'),
