@@ -82,6 +82,8 @@ def test_census_counts_a_toy_program():
     # leaves it in FP32 (the FP16 cast is itself a pass).
     assert census['weight_bytes'] == weight.size * 4
     assert census['weight_bytes_by_dtype'] == {'fp32': weight.size * 4}
+    # 288 fp32 values = 1152 bytes = 0.0011 MiB (rounded to 3 places)
+    assert census['weight_mib'] == 0.001
 
 
 def test_census_rejects_a_neural_network():
