@@ -14,6 +14,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn as nn
 
 HAS_COREMLTOOLS = importlib.util.find_spec('coremltools') is not None
 HAS_ORT = importlib.util.find_spec('onnxruntime') is not None
@@ -543,3 +544,79 @@ def test_image_input_package(tmp_path):
     spec = load_package_spec(path)
     image = spec.description.input[0].type.imageType
     assert (image.width, image.height) == (32, 32)
+
+
+def _levit_like(resolution=7, heads=2):
+    """A module with a LeViT-style attention-bias table, as mmpretrain's
+    EfficientFormer attention has."""
+    from iformer_mm.deploy.backbones import _offset_order
+    order = _offset_order(resolution)
+    m = nn.Module()
+    # bias = 10*dy + dx (+ 100 per head): each entry says its offset
+    m.attention_biases = nn.Parameter(torch.tensor(
+        [[100. * h + 10 * dy + dx for dy, dx in order]
+         for h in range(heads)]))
+    index = {o: i for i, o in enumerate(order)}
+    pts = [(y, x) for y in range(resolution) for x in range(resolution)]
+    m.attention_bias_idxs = torch.tensor(
+        [index[(abs(a[0] - b[0]), abs(a[1] - b[1]))] for a in pts
+         for b in pts]).view(len(pts), len(pts))
+    return m
+
+
+@pytest.mark.parametrize('size,new', [(160, 5), (512, 16)])
+def test_attention_biases_follow_the_token_grid(size, new):
+    from iformer_mm.deploy.backbones import (_offset_order,
+                                             resize_attention_biases)
+    model = nn.Sequential(_levit_like())
+    note = resize_attention_biases(model, (size, size))
+    assert note == f'attention biases resized 7x7 -> {new}x{new} (bicubic)'
+    m = model[0]
+    assert m.attention_biases.shape == (2, new * new)
+    assert m.attention_bias_idxs.shape == (new * new, new * new)
+    table = dict(zip(_offset_order(new), m.attention_biases[0].tolist()))
+    # align_corners: the zero offset and the largest offset keep their
+    # values; in between, the 10*dy + dx ramp is interpolated, rising
+    # along both offsets
+    assert table[(0, 0)] == pytest.approx(0.0, abs=1e-4)
+    assert table[(new - 1, new - 1)] == pytest.approx(66.0, abs=1e-4)
+    step = 6 / (new - 1)
+    for (dy, dx), value in table.items():
+        assert -1 < value < 67
+        if dx + 1 < new:
+            assert table[(dy, dx + 1)] > value
+        if dy + 1 < new:
+            assert table[(dy + 1, dx)] > value + 5 * step
+    # each query/key pair points at the entry of its offset
+    assert m.attention_biases[1, m.attention_bias_idxs[0, new + 1]].item() \
+        == pytest.approx(100 + table[(1, 1)], abs=1e-4)
+    assert m.attention_biases[0, m.attention_bias_idxs[new + 2, 0]].item() \
+        == pytest.approx(table[(1, 2)], abs=1e-4)
+
+
+def test_attention_biases_at_their_own_grid_are_left_alone():
+    from iformer_mm.deploy.backbones import resize_attention_biases
+    model = nn.Sequential(_levit_like())
+    before = model[0].attention_biases
+    assert resize_attention_biases(model, (224, 224)) == ''
+    assert model[0].attention_biases is before
+
+
+def test_census_of_a_program_without_rearrangement():
+    from iformer_mm.deploy.coreml import import_coremltools
+    from iformer_mm.deploy.census import census_from_spec
+    ct = import_coremltools()
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 8, 8))],
+                opset_version=ct.target.iOS16)
+    def prog(x):
+        return mb.relu(x=x)
+
+    census = census_from_spec(ct.convert(
+        prog, convert_to='mlprogram', pass_pipeline=ct.PassPipeline.EMPTY,
+        minimum_deployment_target=ct.target.iOS16,
+        skip_model_load=True).get_spec())
+    assert census['rearrange_ops'] == census['rearrange_bytes'] == 0
+    assert census['largest_rearrange_bytes'] == 0
+    assert census['weight_bytes'] == 0 and census['weight_mib'] == 0
