@@ -31,7 +31,7 @@ def test_train_learns_and_test_tool(tmp_path):
     out = run_tool([
         sys.executable, osp.join(ROOT, 'tools', 'train.py'), TOY,
         '--work-dir', 'work', '--cfg-options',
-        'default_hooks.logger.interval=5'], cwd=tmp_path)
+        'default_hooks.logger.interval=5'], cwd=tmp_path, timeout=3600)
     assert (tmp_path / 'data' / 'toy_imagenet' / 'train' / 'circle').is_dir()
     assert 'accuracy/top5:' in out
     trained = _top1(out)

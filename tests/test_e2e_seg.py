@@ -37,7 +37,7 @@ def test_train_learns_and_test_tool(tmp_path):
     out = run_tool([
         sys.executable, osp.join(ROOT, 'tools', 'train.py'), TOY,
         '--work-dir', 'work', '--cfg-options',
-        'default_hooks.logger.interval=10'], cwd=tmp_path)
+        'default_hooks.logger.interval=10'], cwd=tmp_path, timeout=3600)
     assert (tmp_path / 'data' / 'toy_ade' / 'images' / 'training').is_dir()
     # mmseg's per-class IoU table and the summary metrics
     assert 'per class results:' in out and 'aAcc:' in out
