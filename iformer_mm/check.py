@@ -36,8 +36,8 @@ DIST_NAME = 'iformer-mm'
 DISTS = ['pip', 'setuptools', 'wheel', 'ninja', 'torch', 'torchvision', 'mmcv',
          'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain', 'numpy',
          'opencv-python', 'opencv-python-headless', 'coremltools', 'onnx',
-         'onnxruntime', 'pytest', 'timm', 'matplotlib', 'ftfy', 'regex',
-         DIST_NAME]
+         'onnxruntime', 'pytest', 'timm', 'matplotlib', 'onedl-mim', 'scipy',
+         'ftfy', 'regex', DIST_NAME]
 
 #: what each check covers (key, label)
 FULL = ['build-tools', 'torch', 'torchvision', 'mmcv', 'openmmlab', 'tools',

@@ -2,7 +2,9 @@
 
 Expected values are computed by hand, independent of torchvision.
 """
+import glob
 import importlib
+import os.path as osp
 import sys
 import textwrap
 from importlib import metadata
@@ -185,3 +187,19 @@ def test_custom_imports_in_a_config(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip().splitlines()[-1] == 'IFormer'
+
+
+def test_every_requirement_is_reported_by_the_probe():
+    """The installer's 'everything in place' needs a version for each
+    requirement; a requirement the probe does not report makes every run
+    reinstall it (onedl-mim and scipy once did)."""
+    import re
+    from iformer_mm.check import DISTS
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    for path in glob.glob(osp.join(root, 'requirements', '*.txt')):
+        for line in open(path):
+            line = line.split('#', 1)[0].strip()
+            if not line or line.startswith('-'):
+                continue
+            name = re.split(r'[<>=!~;\[ ]', line)[0].lower()
+            assert name in DISTS, f'{osp.basename(path)}: {name}'
