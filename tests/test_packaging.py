@@ -317,6 +317,9 @@ def test_names_resolve_to_configs():
     # a config outside the index, by file stem
     toy = iformer_mm.get_config('maskrcnn_iformer_t_toy')
     assert toy.endswith(osp.join('configs', 'toy', 'maskrcnn_iformer_t_toy.py'))
+    # a config file path, as mmpretrain's get_model takes
+    assert iformer_mm.get_config(toy) == toy
+    assert iformer_mm.model_info(toy)['Name'] == 'maskrcnn_iformer_t_toy'
     from iformer_mm.apis.hub import ModelNotFoundError
     from iformer_mm.errors import UserError
     with pytest.raises(ModelNotFoundError) as e:

@@ -86,6 +86,10 @@ def model_info(name: str) -> dict:
     models = load_index()
     if name in models:
         return models[name]
+    if name.endswith('.py') and osp.isfile(name):
+        # a config file path, as mmpretrain's get_model takes
+        stem = osp.splitext(osp.basename(name))[0]
+        return {'Name': stem, 'Config': osp.abspath(name)}
     for entry in models.values():
         if entry.get('Alias') == name or \
                 osp.splitext(osp.basename(entry['Config']))[0] == name:
@@ -114,7 +118,8 @@ def get_model(name: str, checkpoint: Optional[str] = None,
 
     Args:
         name (str): a model name (``mask-rcnn_iformer-m_fpn_1x_coco``), its
-            alias or a config file stem (``maskrcnn_iformer_m_coco``).
+            alias, a config file stem (``maskrcnn_iformer_m_coco``) or the
+            path of a config file (``configs/toy/fpn_iformer_t_toy.py``).
         checkpoint (str, optional): a local checkpoint to load (e.g. the
             file the entry's ``Weights`` URL points to); without it the
             model is randomly initialised and nothing is downloaded.
