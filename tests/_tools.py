@@ -18,3 +18,17 @@ def run_tool(args, cwd, env=None, timeout=900):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     return out
+
+
+def untrained_checkpoint(config, path):
+    """``config``'s model, randomly initialised (seed 0), saved at ``path``
+    as a checkpoint tools/test.py loads: the untrained baseline that a
+    training run has to beat."""
+    import torch
+    from mmengine.runner import set_random_seed
+
+    import iformer_mm
+    set_random_seed(0)
+    model = iformer_mm.get_model(config)
+    torch.save(dict(state_dict=model.state_dict(), meta={}), str(path))
+    return str(path)

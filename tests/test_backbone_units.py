@@ -349,30 +349,24 @@ def test_attention_modes_are_matched_by_value(mode):
     assert [s.layout for s in a.stages] == [s.layout for s in b.stages]
 
 
-def test_custom_arch_with_shrinking_widths_downsamples_every_stage():
-    arch = dict(dims=(16, 8, 16, 8), depths=(1, 1, 3, 3),
+@pytest.mark.parametrize('dims', [(16, 8, 16, 8), (16, 16, 32, 32)])
+def test_custom_arch_downsamples_every_stage(dims):
+    """Shrinking or equal consecutive widths must not drop the stride-2
+    downsample (equal ones once did)."""
+    arch = dict(dims=dims, depths=(1, 1, 3, 3),
                 attn_groups=(0, 0, 1, 1), qk_reduction=(0, 0, 2, 2),
                 conv_ratio=2, ffn_ratio=2)
     net = IFormer(arch).eval()
     with torch.no_grad():
         outs = net(torch.randn(1, 3, 64, 64))
     assert [tuple(o.shape[1:]) for o in outs] == [
-        (16, 16, 16), (8, 8, 8), (16, 4, 4), (8, 2, 2)]
-
-
-def test_custom_arch_with_equal_widths_still_downsamples_every_stage():
-    """Equal consecutive widths must not drop the stride-2 downsample."""
-    arch = dict(dims=(16, 16, 32, 32), depths=(1, 1, 3, 3),
-                attn_groups=(0, 0, 1, 1), qk_reduction=(0, 0, 2, 2),
-                conv_ratio=2, ffn_ratio=2)
-    net = IFormer(arch).eval()
-    with torch.no_grad():
-        outs = net(torch.randn(1, 3, 64, 64))
-    assert [tuple(o.shape[1:]) for o in outs] == [
-        (16, 16, 16), (16, 8, 8), (32, 4, 4), (32, 2, 2)]
+        (dims[0], 16, 16), (dims[1], 8, 8), (dims[2], 4, 4), (dims[3], 2, 2)]
     assert isinstance(net.stages[0].downsample, nn.Identity)
     assert all(isinstance(s.downsample, ifm.ConvNorm)
                for s in net.stages[1:])
+
+
+def test_a_stage_without_downsample_keeps_its_width():
     with pytest.raises(ValueError, match='keeps its width'):
         ifm.IFormerStage(8, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.,
                          downsample=False)

@@ -16,11 +16,9 @@ import pickle
 import re
 import sys
 
-import torch
-
 from iformer_mm.compat import safe_load
 
-from ._tools import ROOT, run_tool
+from ._tools import ROOT, run_tool, untrained_checkpoint
 
 TOY = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
 #: 6 classes: chance is 16.7%.
@@ -64,15 +62,8 @@ def test_whole_schedule_learns(tmp_path):
     trained = _top1(out)
     assert trained >= MIN_TOP1, out[-3000:]
 
-    from mmengine.runner import set_random_seed
-
-    import iformer_mm
-    set_random_seed(0)
-    model = iformer_mm.get_model(TOY)
-    torch.save(dict(state_dict=model.state_dict(), meta={}),
-               tmp_path / 'untrained.pth')
     out = run_tool([
         sys.executable, osp.join(ROOT, 'tools', 'test.py'), TOY,
-        str(tmp_path / 'untrained.pth'), '--work-dir', 'blank_work'],
-        cwd=tmp_path)
+        untrained_checkpoint(TOY, tmp_path / 'untrained.pth'),
+        '--work-dir', 'blank_work'], cwd=tmp_path)
     assert trained >= _top1(out) + 15, (trained, _top1(out))

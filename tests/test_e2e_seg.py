@@ -7,11 +7,9 @@ import os.path as osp
 import re
 import sys
 
-import torch
-
 from iformer_mm.compat import safe_load
 
-from ._tools import ROOT, run_tool
+from ._tools import ROOT, run_tool, untrained_checkpoint
 
 TOY = osp.join(ROOT, 'configs', 'toy', 'fpn_iformer_t_toy.py')
 #: Measured at iteration 60: mIoU 40.8 (circle IoU 70.8) on a 2-core AMD
@@ -59,18 +57,9 @@ def test_train_learns_and_test_tool(tmp_path):
     assert len(pngs) == 6
 
     # the same model untrained
-    torch.save(dict(state_dict=_untrained_state(), meta={}),
-               tmp_path / 'untrained.pth')
     out = run_tool([
         sys.executable, osp.join(ROOT, 'tools', 'test.py'), TOY,
-        str(tmp_path / 'untrained.pth'), '--work-dir', 'blank_work'],
-        cwd=tmp_path)
+        untrained_checkpoint(TOY, tmp_path / 'untrained.pth'),
+        '--work-dir', 'blank_work'], cwd=tmp_path)
     assert trained >= _miou(out) + 5, (trained, _miou(out))
 
-
-def _untrained_state():
-    from mmengine.runner import set_random_seed
-
-    import iformer_mm
-    set_random_seed(0)
-    return iformer_mm.get_model(TOY).state_dict()
