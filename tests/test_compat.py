@@ -476,3 +476,70 @@ def test_diagnosis_tells_pickles_from_other_bytes(tmp_path):
     current = tmp_path / 'current.pth'
     torch.save({'w': torch.ones(2)}, str(current))
     assert diagnose_checkpoint_file(str(current)) is None
+
+
+# errors that torch.load raises on damaged bytes: each becomes a one-line
+# CheckpointError when the bytes explain it, and stays itself otherwise
+LOAD_ERRORS = [EOFError, OSError, RuntimeError, KeyError, IndexError,
+               ValueError, TypeError, AttributeError]
+
+
+@pytest.mark.parametrize('error', LOAD_ERRORS)
+def test_load_errors_on_damaged_bytes_become_checkpoint_errors(
+        tmp_path, monkeypatch, error):
+    from iformer_mm.errors import CheckpointError
+
+    def broken(*args, **kwargs):
+        raise error('injected')
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(bytes([7, 200, 3, 255, 0, 1] * 50))
+    intact = tmp_path / 'intact.pth'
+    torch.save({'w': torch.ones(2)}, str(intact))
+    monkeypatch.setattr(torch, 'load', broken)
+    with pytest.raises(CheckpointError, match='neither the zip archive'):
+        safe_load(str(junk))
+    if error is EOFError:  # the data ended early: truncated
+        with pytest.raises(CheckpointError, match='is truncated'):
+            safe_load(str(intact))
+    else:
+        with pytest.raises(error, match='injected'):  # bytes look intact
+            safe_load(str(intact))
+
+
+def test_unparsable_pickle_data_is_called_damaged(tmp_path, monkeypatch):
+    from iformer_mm.errors import CheckpointError
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(2)}, str(legacy),
+               _use_new_zipfile_serialization=False)
+
+    def broken(*args, **kwargs):
+        raise pickle.UnpicklingError(
+            'Weights only load failed.\nWeightsUnpickler error: '
+            'Unsupported operand 66')
+    monkeypatch.setattr(torch, 'load', broken)
+    with pytest.raises(CheckpointError) as err:
+        safe_load(str(legacy))
+    assert 'is damaged: its pickle data cannot be parsed (Unsupported ' \
+        'operand 66). The download or save was interrupted' in str(err.value)
+
+
+def test_missing_path_and_directory_are_told_apart(tmp_path):
+    from iformer_mm.compat.checkpoint import (CheckpointNotFoundError,
+                                              check_checkpoint_path)
+    with pytest.raises(CheckpointNotFoundError, match='is a directory'):
+        check_checkpoint_path(tmp_path)
+    with pytest.raises(CheckpointNotFoundError, match='does not exist'):
+        check_checkpoint_path(tmp_path / 'nope.pth')
+    f = tmp_path / 'w.pth'
+    f.write_bytes(b'x')
+    assert check_checkpoint_path(str(f)) == str(f)
+
+
+def test_patch_finds_coremltools_by_itself(ct):
+    from coremltools.converters.mil.frontend.torch import ops
+
+    from iformer_mm.compat.coreml import _MARK, patch_coremltools
+    assert patch_coremltools() is True
+    assert getattr(ops._cast, _MARK, False)
+    # a frontend without the helper it patches is left alone
+    assert patch_coremltools(argparse.Namespace()) is False
