@@ -264,3 +264,29 @@ def test_classification_classes_look_like_their_names(tmp_path):
             else:
                 assert ratio > 0.6 and \
                     np.percentile(dist, 10) < 0.35 * dist.max(), (kind, path)
+
+
+def test_coco_category_ids_are_one_based_and_used(toy_coco):
+    for split in ('train', 'val'):
+        coco = _load(toy_coco, split)
+        ids = [c['id'] for c in coco['categories']]
+        assert ids == list(range(1, len(TOY_COCO_CLASSES) + 1))
+        used = {a['category_id'] for a in coco['annotations']}
+        assert used <= set(ids)
+
+
+def test_ade_shapes_have_the_documented_sizes(tmp_path):
+    """Radii between 12% and 30% of the image side: each shape's bounding
+    box spans between 0.12 and 0.62 of the side."""
+    size = 128
+    root = make_toy_ade(str(tmp_path / 'ade'), num_train=6, num_val=0,
+                        size=size, seed=2)
+    spans = []
+    for path in glob.glob(osp.join(root, 'annotations', 'training', '*')):
+        label = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        n, comp = cv2.connectedComponents((label >= 2).astype(np.uint8))
+        for i in range(1, n):
+            ys, xs = np.nonzero(comp == i)
+            spans.append(max(np.ptp(ys), np.ptp(xs)) + 1)
+    assert len(spans) >= 6
+    assert min(spans) >= 0.12 * size and max(spans) <= 0.62 * size, spans

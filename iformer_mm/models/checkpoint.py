@@ -569,7 +569,7 @@ def state_dict_for_model(model: nn.Module, ckpt,
                                 state.items() if k.startswith(prefix))
         return state, conv
     heads = _prefixes_of(model, 'IFormerClsHead')
-    head = heads[0] if len(heads) == 1 else 'head.'
+    (head, ) = heads if len(heads) == 1 else ('head.', )
     out = OrderedDict((bb[0] + k, v) for k, v in conv.backbone.items())
     out.update((head + k, v) for k, v in conv.classifier.items())
     out.update(conv.others)
