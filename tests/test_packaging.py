@@ -382,7 +382,8 @@ def test_mim_search_lists_the_paper_numbers(tmp_path):
 
 def test_mim_train_runs_the_package_tool(tmp_path):
     """``mim train iformer_mm CONFIG`` finds tools/train.py through the
-    installed package and trains (2 iterations of the toy segmentation)."""
+    installed package and trains (2 iterations of the toy segmentation);
+    ``mim test`` evaluates the checkpoint through tools/test.py."""
     work = tmp_path / 'work'
     proc = subprocess.run(
         [mim_command(), 'train', 'iformer_mm',
@@ -396,3 +397,15 @@ def test_mim_train_runs_the_package_tool(tmp_path):
     assert 'Training finished successfully' in out
     assert (work / 'iter_2.pth').is_file()
     assert list(work.glob('*/vis_data/scalars.json'))
+
+    # ``mim test iformer_mm CONFIG --checkpoint CKPT`` evaluates it
+    proc = subprocess.run(
+        [mim_command(), 'test', 'iformer_mm',
+         osp.join(REPO, 'configs', 'toy', 'fpn_iformer_t_toy.py'),
+         '--checkpoint', str(work / 'iter_2.pth'), '--work-dir',
+         str(tmp_path / 'test_work')],
+        cwd=str(tmp_path), capture_output=True, text=True, timeout=900,
+        env=mim_env())
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-4000:]
+    assert 'mIoU:' in out and 'per class results:' in out
