@@ -248,3 +248,33 @@ def test_missing_dataset_is_a_clear_error(name, anchor, tmp_path, capsys,
     with open(osp.join(ROOT, 'docs', 'getting_started.md')) as f:
         assert heading in f.read().lower()
     assert not os.path.exists(tmp_path / 'work' / 'epoch_1.pth')
+
+
+def test_load_config_defaults_change_nothing_but_the_work_dir():
+    """No option given: the work dir is ./work_dirs/<config stem>, the
+    optimizer wrapper and the lr are the config's."""
+    from iformer_mm.engine.runner import load_config
+    path = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
+    raw = Config.fromfile(path)
+    cfg = load_config(path)
+    assert cfg.work_dir == osp.join('./work_dirs', 'iformer_t_toy_cls')
+    assert cfg.optim_wrapper == raw.optim_wrapper
+    assert cfg.get('resume', False) == raw.get('resume', False)
+    assert cfg.auto_scale_lr == raw.auto_scale_lr
+    amp = load_config(path, amp=True)
+    assert amp.optim_wrapper.type == 'AmpOptimWrapper'
+
+
+def test_cpu_ddp_wrapper_keeps_the_users_settings():
+    from iformer_mm.engine.runner import adapt_to_machine
+    cfg = Config(dict(
+        model=dict(type='X'), launcher='pytorch',
+        model_wrapper_cfg=dict(type='MMDistributedDataParallel',
+                               find_unused_parameters=True,
+                               broadcast_buffers=True,
+                               bucket_cap_mb=7)))
+    adapt_to_machine(cfg, cuda=False)
+    wrapper = cfg.model_wrapper_cfg
+    assert wrapper.type == 'DeviceAwareDDP'
+    assert wrapper.find_unused_parameters is True
+    assert wrapper.broadcast_buffers is True and wrapper.bucket_cap_mb == 7
