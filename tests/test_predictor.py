@@ -445,3 +445,35 @@ def test_tool_prediction_uses_the_stored_fit():
     assert pred['heldout_median_pct'] == \
         params['validation']['heldout']['median_abs_pct']
     assert predict_for_tool(object())['status'] == 'unavailable'
+
+
+class _UpAndRank5(nn.Module):
+    """A transposed conv (decoder-style upsampling) and a rank-5 view."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(3, 6, 2, stride=2)
+
+    def forward(self, x):
+        y = self.up(x)                          # 1 x 6 x 16 x 16
+        z = y.view(1, 2, 3, 16, 16) * 2.0       # rank 5
+        return z.sum(1)                         # rank 4 again
+
+
+@needs_ct
+def test_features_of_transposed_conv_and_rank5_tensors():
+    from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor.features import op_records
+    recs = op_records(convert_spec(_UpAndRank5().eval(), 8))
+    (up, ) = [r for r in recs if r['type'] == 'conv_transpose']
+    # every input pixel meets every (Cout/g) x k x k weight once
+    assert up["macs"] == (3 * 8 * 8) * (6 * 2 * 2)
+    s = summarize(recs)
+    assert s['max_rank'] == 5
+    rank5 = [r for r in recs if r['out_shape'] is not None
+             and len(r['out_shape']) == 5]
+    assert rank5, [r['type'] for r in recs]
+    assert s['rank5_bytes'] == sum(r['bytes_out'] for r in rank5) > 0
+    assert s['largest_rank5_bytes'] == max(r['out_bytes'] for r in rank5)
+    ranks = [len(r['out_shape']) for r in recs if r['out_shape'] is not None]
+    assert 4 in ranks  # rank-4 tensors do not count as rank 5
