@@ -278,3 +278,41 @@ def test_cpu_ddp_wrapper_keeps_the_users_settings():
     assert wrapper.type == 'DeviceAwareDDP'
     assert wrapper.find_unused_parameters is True
     assert wrapper.broadcast_buffers is True and wrapper.bucket_cap_mb == 7
+
+
+@pytest.mark.parametrize('launcher', ['pytorch', 'slurm', 'mpi'])
+def test_every_distributed_launcher_gets_the_cpu_ddp_wrapper(launcher):
+    """mmengine's launchers are 'none', 'pytorch', 'slurm' and 'mpi': each
+    distributed one needs DDP without device ids on a CPU machine."""
+    from iformer_mm.engine.runner import adapt_to_machine
+    cfg = Config(dict(model=dict(type='X'), launcher=launcher))
+    notes = adapt_to_machine(cfg, cuda=False)
+    assert cfg.model_wrapper_cfg.type == 'DeviceAwareDDP'
+    assert any('DDP' in n for n in notes)
+    single = Config(dict(model=dict(type='X'), launcher='none'))
+    adapt_to_machine(single, cuda=False)
+    assert single.get('model_wrapper_cfg') is None
+
+
+def test_make_resumable_understands_registry_scoped_names():
+    """``mmengine.EpochBasedTrainLoop`` and ``mmengine.CheckpointHook`` are
+    the same classes as the plain names: they get the atomic hook and the
+    exactly-resuming loop too; other types are left alone."""
+    from iformer_mm.engine.runner import make_resumable
+    cfg = Config(dict(
+        train_cfg=dict(type='mmengine.EpochBasedTrainLoop', max_epochs=2),
+        default_hooks=dict(
+            checkpoint=dict(type='mmengine.CheckpointHook', interval=1),
+            logger=dict(type='mmengine.LoggerHook')),
+        custom_hooks=[dict(type='CheckpointHook', interval=3)]))
+    notes = make_resumable(cfg)
+    assert cfg.train_cfg.type == 'ResumableEpochBasedTrainLoop'
+    assert cfg.train_cfg.max_epochs == 2
+    assert cfg.default_hooks.checkpoint.type == 'SafeCheckpointHook'
+    assert cfg.default_hooks.checkpoint.interval == 1
+    assert cfg.default_hooks.logger.type == 'mmengine.LoggerHook'
+    assert cfg.custom_hooks[0].type == 'SafeCheckpointHook'
+    assert notes
+    other = Config(dict(train_cfg=dict(type='mmpretrain.MyLoop')))
+    make_resumable(other)
+    assert other.train_cfg.type == 'mmpretrain.MyLoop'

@@ -477,3 +477,40 @@ def test_features_of_transposed_conv_and_rank5_tensors():
     assert s['largest_rank5_bytes'] == max(r['out_bytes'] for r in rank5)
     ranks = [len(r['out_shape']) for r in recs if r['out_shape'] is not None]
     assert 4 in ranks  # rank-4 tensors do not count as rank 5
+
+
+class _GramMatrix(nn.Module):
+    def forward(self, x):
+        q = x.flatten(2)                            # 1 x 3 x 256
+        return torch.matmul(q.transpose(1, 2), q)   # (256 x 3) @ (3 x 256)
+
+
+@needs_ct
+def test_matmul_macs_follow_its_transpose_flag():
+    """coremltools folds the transpose into ``matmul(transpose_x=True)``:
+    the contracted size is then the second-to-last axis of x (the flag is
+    an immediate value of the op, read from the program)."""
+    from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor.features import op_records
+    recs = op_records(convert_spec(_GramMatrix().eval(), 16))
+    (mm, ) = [r for r in recs if r['type'] == 'matmul']
+    assert mm['out_shape'] == [1, 256, 256]
+    assert mm['macs'] == 256 * 256 * 3
+
+
+def test_efficientformer_reference_gets_the_attention_grid_of_its_size():
+    """timm fixes EfficientFormer's last-stage bias table at 7 x 7 (224 px);
+    at 512 px the reference is rebuilt with a 16 x 16 grid and runs."""
+    from iformer_mm.deploy.predictor.references import build_reference
+    model, info = build_reference('efficientformer-l1', 512)
+    assert info['kwargs']['attention_grid'] == 16
+    biased = [m for m in model.modules() if hasattr(m, 'attention_biases')]
+    assert biased
+    for m in biased:
+        assert m.attention_biases.shape[1] == 16 * 16
+        assert m.attention_bias_idxs.shape == (256, 256)
+        assert m.attention_bias_idxs.dtype == torch.long
+        assert int(m.attention_bias_idxs.max()) == 15 * 16 + 15
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 512, 512))
+    assert out.shape == (1, 1000)

@@ -632,6 +632,16 @@ def test_toy_generator_replaces_only_its_own_or_empty(tmp_path):
     assert {k: v[0] for k, v in _snapshot(root).items()} == \
         {k: v[0] for k, v in files.items()}
     assert os.listdir(tmp_path) == ['data']
+    # an old copy of its own with a generated file deleted by the user is
+    # still its own: it is regenerated, whole
+    stamp = json.loads((root / '.toy_complete').read_text())
+    stamp['params']['version'] = -1
+    (root / '.toy_complete').write_text(json.dumps(stamp))
+    (root / 'train' / 'square' / 'square_0000.png').unlink()
+    _small_imagenet(root)
+    assert {k: v[0] for k, v in _snapshot(root).items()} == \
+        {k: v[0] for k, v in files.items()}
+    assert os.listdir(tmp_path) == ['data']
 
 
 def test_train_val_toy_cfg_mismatch_is_a_config_error(tmp_path):

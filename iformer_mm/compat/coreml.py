@@ -34,7 +34,7 @@ def _make_cast(ops):
 
     def _cast(context, node, dtype, dtype_name):
         (x, ) = get_inputs(context, node, expected=1)
-        if not (len(x.shape) == 0 or all(d == 1 for d in x.shape)):
+        if not all(d == 1 for d in x.shape):  # a scalar has shape ()
             raise ValueError(
                 'input to cast must be either a scalar or a length 1 tensor')
         if x.can_be_folded_to_const():

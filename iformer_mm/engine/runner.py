@@ -92,10 +92,12 @@ def load_config(config: str, *, cfg_options: Optional[dict] = None,
 
 
 def _replace_types(node: Any, old: str, new: str) -> int:
-    """Replace ``type=old`` by ``type=new`` in nested dicts/lists."""
+    """Replace ``type=old`` by ``type=new`` in nested dicts/lists; a
+    registry-scoped name (``'mmengine.CheckpointHook'``) counts as ``old``."""
     count = 0
     if isinstance(node, dict):
-        if node.get('type') == old:
+        kind = node.get('type')
+        if isinstance(kind, str) and kind.split('.')[-1] == old:
             node['type'] = new
             count += 1
         for value in node.values():
