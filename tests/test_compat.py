@@ -439,6 +439,13 @@ def test_unpickler_reason_is_the_line_that_names_the_global():
         'Unsupported operand 149'
     assert _unpickler_reason(RuntimeError('only line\nsecond')) == \
         'only line'
+    # torch 2.13's words for a global of a blocked module
+    blocked = ('Weights only load failed. In PyTorch 2.6, we changed ...\n\n'
+               '\nTrying to load unsupported GLOBAL posix.system whose module '
+               'posix is blocked.\n\nCheck the documentation of torch.load')
+    assert _unpickler_reason(RuntimeError(blocked)) == (
+        'Trying to load unsupported GLOBAL posix.system whose module posix '
+        'is blocked.')
 
 
 def test_text_is_told_from_binary():
@@ -543,3 +550,254 @@ def test_patch_finds_coremltools_by_itself(ct):
     assert getattr(ops._cast, _MARK, False)
     # a frontend without the helper it patches is left alone
     assert patch_coremltools(argparse.Namespace()) is False
+
+
+# --------------------------------------------------------------------------
+# file objects, damaged zip archives, the http loader
+# --------------------------------------------------------------------------
+def _saved_bytes(obj=None):
+    import io
+    buf = io.BytesIO()
+    torch.save(obj if obj is not None else {'w': torch.arange(4.)}, buf)
+    return buf.getvalue()
+
+
+def test_file_objects_load_and_keep_their_position():
+    import io
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+    buf = io.BytesIO(_saved_bytes())
+    buf.seek(5)
+    assert diagnose_checkpoint_file(buf) is None
+    assert buf.tell() == 5  # the diagnosis reads without moving it
+    buf.seek(0)
+    assert torch.equal(safe_load(buf)['w'], torch.arange(4.))
+
+
+def test_damaged_file_objects_are_named_and_diagnosed(tmp_path):
+    import io
+    from iformer_mm.errors import CheckpointError
+    data = _saved_bytes()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(data[:len(data) // 2])
+    with open(cut, 'rb') as f, pytest.raises(CheckpointError) as err:
+        safe_load(f)
+    assert 'cut.pth' in str(err.value) and 'truncated' in str(err.value)
+    with pytest.raises(CheckpointError, match='truncated'):
+        safe_load(io.BytesIO(data[:len(data) // 2]))
+
+
+def _zip_with(members, corrupt=None):
+    """A zip archive (torch.save's container) holding ``members``; with
+    ``corrupt`` the bytes of that member are flipped after its CRC was
+    computed."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, 'w', zipfile.ZIP_STORED) as zf:
+        for name, payload in members.items():
+            zf.writestr(name, payload)
+    data = bytearray(buf.getvalue())
+    if corrupt is not None:
+        payload = members[corrupt]
+        at = bytes(data).index(payload)
+        data[at] ^= 0xFF
+    return bytes(data)
+
+
+@pytest.mark.parametrize('kind,needle', [
+    ('no_data_pkl', 'a zip archive without the data.pkl that torch.save '
+     'writes'),
+    ('bad_crc', 'damaged: member archive/data.pkl of its zip archive fails '
+     'its checksum'),
+    ('no_end', 'truncated: its zip archive has no end'),
+    ('cut_member', 'truncated'),
+])
+def test_zip_damage_is_told_by_kind(tmp_path, kind, needle):
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+    from iformer_mm.errors import CheckpointError
+    payload = pickle.dumps({'w': 1}, protocol=2) * 20
+    if kind == 'no_data_pkl':
+        data = _zip_with({'archive/readme.txt': b'hello'})
+    elif kind == 'bad_crc':
+        data = _zip_with({'archive/data.pkl': payload}, corrupt='archive/'
+                         'data.pkl')
+    elif kind == 'no_end':
+        whole = _zip_with({'archive/data.pkl': payload})
+        data = whole[:whole.rindex(b'PK\x01\x02')]  # central directory cut
+    else:
+        # a real checkpoint whose central directory is intact but whose
+        # last member is cut short inside
+        whole = _saved_bytes()
+        directory = whole.rindex(b'PK\x01\x02', 0,
+                                 whole.rindex(b'PK\x05\x06'))
+        data = whole  # keep the directory, zero a member's bytes
+        start = whole.index(b'PK\x03\x04', 30)
+        data = whole[:start + 10] + b'\x00' * (directory - start - 10) + \
+            whole[directory:]
+    path = tmp_path / 'x.pth'
+    path.write_bytes(data)
+    problem = diagnose_checkpoint_file(str(path))
+    assert problem is not None and needle in problem, problem
+    with pytest.raises(CheckpointError) as err:
+        safe_load(str(path))
+    assert needle in str(err.value)
+    assert 'x.pth' in str(err.value)
+
+
+def test_intact_zip_checkpoint_has_no_diagnosis(tmp_path):
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+    path = tmp_path / 'ok.pth'
+    path.write_bytes(_saved_bytes())
+    assert diagnose_checkpoint_file(str(path)) is None
+
+
+def test_http_checkpoints_are_downloaded_once_and_loaded_safely(
+        tmp_path, monkeypatch, malicious):
+    """mmengine's http(s) loader is ours: the file is fetched into the
+    cache once, then read with weights_only=True (malicious ones refused)."""
+    import shutil
+    import torch.hub
+    from mmengine.runner.checkpoint import CheckpointLoader
+    good = tmp_path / 'src' / 'good.pth'
+    good.parent.mkdir()
+    good.write_bytes(_saved_bytes())
+    evil_path, marker = malicious
+    served = {'https://example.com/w/good.pth?x=1': good,
+              'http://example.com/evil.pth': evil_path}
+    fetched = []
+
+    def download(url, dst, progress=True):
+        fetched.append(url)
+        shutil.copy(served[url], dst)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    url = 'https://example.com/w/good.pth?x=1'
+    for _ in range(2):
+        ckpt = CheckpointLoader.load_checkpoint(url, map_location='cpu')
+        assert torch.equal(ckpt['w'], torch.arange(4.))
+    assert fetched == [url]  # the second load used the cache
+    assert (tmp_path / 'hub' / 'checkpoints' / 'good.pth').is_file()
+    with pytest.raises(UnsafeCheckpointError):
+        CheckpointLoader.load_checkpoint('http://example.com/evil.pth')
+    assert not marker.exists()
+
+
+def test_refusal_names_the_global_without_the_static_scan(malicious,
+                                                          monkeypatch):
+    """Where torch cannot list a file's globals, the refusal still names
+    the one the unpickler stopped at."""
+    path, marker = malicious
+    monkeypatch.delattr(torch.serialization,
+                        'get_unsafe_globals_in_checkpoint')
+    with pytest.raises(UnsafeCheckpointError) as err:
+        safe_load(path)
+    assert 'system' in str(err.value) and 'nothing from it was executed' \
+        in str(err.value)
+    assert not marker.exists()
+
+
+def test_loaders_are_not_patched_where_torch_has_no_allow_list(monkeypatch):
+    from iformer_mm.compat import checkpoint as cc
+    monkeypatch.delattr(torch.serialization, 'add_safe_globals')
+    assert cc.torch_defaults_to_weights_only() is False
+    monkeypatch.setattr(cc, '_PATCHED', False)
+    assert cc.patch_mmengine_checkpoint_loaders() is False
+
+
+# --------------------------------------------------------------------------
+# the cast patch, against a stand-in of coremltools' frontend module
+# --------------------------------------------------------------------------
+class _Var:
+
+    def __init__(self, shape, val=None):
+        self.shape, self.val = shape, val
+
+    def can_be_folded_to_const(self):
+        return self.val is not None
+
+
+class _FakeFrontend:
+    """Just what ``_cast`` uses: ``mb``, ``_get_inputs`` and ``_cast``."""
+
+    def __init__(self):
+        self.calls = []
+        frontend = self
+
+        class MB:
+            @staticmethod
+            def const(val, name):
+                frontend.calls.append(('const', val, name))
+                return ('const', val)
+
+            @staticmethod
+            def squeeze(x, name):
+                frontend.calls.append(('squeeze', name))
+                return _Var(())
+
+            @staticmethod
+            def cast(x, dtype, name):
+                frontend.calls.append(('cast', dtype, name, x.shape))
+                return ('cast', dtype)
+
+        self.mb = MB
+        self._get_inputs = lambda context, node, expected: context.inputs
+
+        def _cast(context, node, dtype, dtype_name):
+            raise AssertionError('the original must have been replaced')
+        self._cast = _cast
+
+
+class _Context:
+
+    def __init__(self, x):
+        self.inputs, self.added = [x], {}
+
+    def add(self, value, name):
+        self.added[name] = value
+
+
+class _Node:
+    name = 'n'
+
+
+def test_cast_patch_folds_length_one_arrays_to_python_scalars():
+    from iformer_mm.compat.coreml import _MARK, patch_coremltools
+    fe = _FakeFrontend()
+    original = fe._cast
+    assert patch_coremltools(fe) and getattr(fe._cast, _MARK)
+    assert fe._cast._iformer_mm_original is original
+    patched = fe._cast
+    assert patch_coremltools(fe) and fe._cast is patched  # idempotent
+    ctx = _Context(_Var((1, 1), np.array([[3.7]])))
+    fe._cast(ctx, _Node, int, 'int32')
+    assert ctx.added['n'] == ('const', 3) and fe.calls == [
+        ('const', 3, 'n')]
+    value = np.float32(2.5)
+    ctx = _Context(_Var((), value))
+    fe._cast(ctx, _Node, np.float32, 'fp32')
+    assert ctx.added['n'].val is value  # already that type: passed through
+    with pytest.raises(ValueError, match='scalar or a length 1 tensor'):
+        fe._cast(_Context(_Var((2, ), np.zeros(2))), _Node, int, 'int32')
+
+
+def test_cast_patch_squeezes_runtime_values_of_length_one():
+    from iformer_mm.compat.coreml import patch_coremltools
+    fe = _FakeFrontend()
+    patch_coremltools(fe)
+    ctx = _Context(_Var((1, )))
+    fe._cast(ctx, _Node, int, 'int32')
+    assert fe.calls == [('squeeze', 'n_item'), ('cast', 'int32', 'n', ())]
+    assert ctx.added['n'] == ('cast', 'int32')
+    fe.calls.clear()
+    fe._cast(_Context(_Var(())), _Node, float, 'fp32')
+    assert fe.calls == [('cast', 'fp32', 'n', ())]  # a scalar: no squeeze
+
+
+@pytest.mark.parametrize('missing', ['_cast', '_get_inputs', 'mb'])
+def test_cast_patch_leaves_an_unknown_frontend_alone(missing):
+    from iformer_mm.compat.coreml import patch_coremltools
+    fe = _FakeFrontend()
+    delattr(fe, missing)
+    before = getattr(fe, '_cast', None)
+    assert patch_coremltools(fe) is False
+    assert getattr(fe, '_cast', None) is before

@@ -316,3 +316,27 @@ def test_make_resumable_understands_registry_scoped_names():
     other = Config(dict(train_cfg=dict(type='mmpretrain.MyLoop')))
     make_resumable(other)
     assert other.train_cfg.type == 'mmpretrain.MyLoop'
+
+
+def test_cpu_adaptation_counts_syncbn_and_keeps_a_chosen_backend():
+    """The note counts the SyncBN layers it replaced (nested dicts and
+    lists, both spellings); a backend the user chose is theirs, only the
+    nccl default (no CPU support) becomes gloo."""
+    from iformer_mm.engine.runner import adapt_to_machine
+    cfg = Config(dict(
+        model=dict(type='X', backbone=dict(norm_cfg=dict(type='SyncBN')),
+                   heads=[dict(norm_cfg=dict(type='MMSyncBN')),
+                          dict(norm_cfg=dict(type='mmcv.SyncBN')),
+                          dict(norm_cfg=dict(type='BN'))]),
+        env_cfg=dict(dist_cfg=dict(backend='mpi'))))
+    notes = adapt_to_machine(cfg, cuda=False)
+    assert '3 SyncBN layer config(s) -> BN (no CUDA)' in notes
+    assert [h.norm_cfg.type for h in cfg.model.heads] == ['BN'] * 3
+    assert cfg.env_cfg.dist_cfg.backend == 'mpi'
+    default = Config(dict(model=dict(type='X')))
+    assert adapt_to_machine(default, cuda=False) == []
+    assert default.env_cfg.dist_cfg.backend == 'gloo'
+    nccl = Config(dict(model=dict(type='X'),
+                       env_cfg=dict(dist_cfg=dict(backend='nccl'))))
+    adapt_to_machine(nccl, cuda=False)
+    assert nccl.env_cfg.dist_cfg.backend == 'gloo'

@@ -238,6 +238,9 @@ def _unpickler_reason(err: BaseException) -> str:
             rest = line.split('WeightsUnpickler error:', 1)[-1].strip()
             following = [ln for ln in lines[i + 1:] if ln]
             return rest or (following[0] if following else line)
+    for line in lines:  # torch >= 2.7 words a blocked module without it
+        if re.search(r'(?i)unsupported global', line):
+            return line
     return lines[0] if lines else repr(err)
 
 
@@ -307,7 +310,9 @@ def _zip_problem(source: Any) -> Optional[str]:
     """What is wrong with a zip checkpoint (``torch.save``'s format), or
     None when its structure is intact."""
     import zipfile
+    pos = None
     if not isinstance(source, (str, os.PathLike)):
+        pos = source.tell()
         source.seek(0)
     try:
         with zipfile.ZipFile(source) as zf:
@@ -324,8 +329,8 @@ def _zip_problem(source: Any) -> Optional[str]:
     except (EOFError, OSError, ValueError) as e:
         return f'truncated: reading its zip archive stopped early ({e})'
     finally:
-        if not isinstance(source, (str, os.PathLike)):
-            source.seek(0)
+        if pos is not None:
+            source.seek(pos)
     return None
 
 
