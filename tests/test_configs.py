@@ -340,3 +340,60 @@ def test_cpu_adaptation_counts_syncbn_and_keeps_a_chosen_backend():
                        env_cfg=dict(dist_cfg=dict(backend='nccl'))))
     adapt_to_machine(nccl, cuda=False)
     assert nccl.env_cfg.dist_cfg.backend == 'gloo'
+
+
+def test_config_scope_names_the_codebases_it_runs():
+    from iformer_mm.engine.runner import config_scope
+    assert config_scope(Config(dict(default_scope='mmseg'))) == 'mmseg'
+    for scope in (None, 'mmocr'):
+        with pytest.raises(ValueError) as err:
+            config_scope(Config(dict(default_scope=scope)))
+        assert repr(scope) in str(err.value)
+        assert "'mmdet'" in str(err.value)
+
+
+def test_load_config_applies_the_command_line(tmp_path):
+    from iformer_mm.engine.runner import load_config
+    path = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
+    cfg = load_config(path, work_dir=str(tmp_path / 'w'), amp=True,
+                      auto_scale_lr=True, launcher='slurm',
+                      cfg_options={'train_cfg.max_epochs': 3})
+    assert cfg.work_dir == str(tmp_path / 'w')
+    assert cfg.launcher == 'slurm' and cfg.train_cfg.max_epochs == 3
+    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
+    assert cfg.optim_wrapper.loss_scale == 'dynamic'
+    assert cfg.auto_scale_lr.enable is True
+    # a work_dir written in the config is kept when none is given
+    own = tmp_path / 'own.py'
+    own.write_text(f"_base_ = [{path!r}]\nwork_dir = 'runs/mine'\n")
+    assert load_config(str(own)).work_dir == 'runs/mine'
+    bad_wrapper = tmp_path / 'bad_wrapper.py'
+    bad_wrapper.write_text(
+        f"_base_ = [{path!r}]\n"
+        "optim_wrapper = dict(type='ApexOptimWrapper', _delete_=True, "
+        "optimizer=dict(type='SGD', lr=0.1))\n")
+    with pytest.raises(ValueError, match='ApexOptimWrapper'):
+        load_config(str(bad_wrapper), amp=True)
+    assert load_config(str(bad_wrapper)).optim_wrapper.type == \
+        'ApexOptimWrapper'
+    no_base = tmp_path / 'no_base.py'
+    no_base.write_text(f"_base_ = [{path!r}]\n"
+                       "auto_scale_lr = dict(_delete_=True, enable=False)\n")
+    with pytest.raises(RuntimeError, match='base_batch_size'):
+        load_config(str(no_base), auto_scale_lr=True)
+
+
+def test_amp_falls_back_to_fp32_without_cuda():
+    from iformer_mm.engine.runner import adapt_to_machine
+    cfg = Config(dict(model=dict(type='X'), optim_wrapper=dict(
+        type='AmpOptimWrapper', loss_scale='dynamic', dtype='float16',
+        optimizer=dict(type='SGD', lr=0.1), clip_grad=dict(max_norm=1.0))))
+    notes = adapt_to_machine(cfg, cuda=False)
+    assert cfg.optim_wrapper == dict(
+        type='OptimWrapper', optimizer=dict(type='SGD', lr=0.1),
+        clip_grad=dict(max_norm=1.0))
+    assert any('--amp ignored' in n for n in notes)
+    gpu = Config(dict(model=dict(type='X'), optim_wrapper=dict(
+        type='AmpOptimWrapper', loss_scale='dynamic')))
+    adapt_to_machine(gpu, cuda=True)
+    assert gpu.optim_wrapper.type == 'AmpOptimWrapper'

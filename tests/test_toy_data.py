@@ -12,6 +12,7 @@ known answers.
 """
 import glob
 import json
+import os
 import os.path as osp
 
 import cv2
@@ -290,3 +291,99 @@ def test_ade_shapes_have_the_documented_sizes(tmp_path):
             spans.append(max(np.ptp(ys), np.ptp(xs)) + 1)
     assert len(spans) >= 6
     assert min(spans) >= 0.12 * size and max(spans) <= 0.62 * size, spans
+
+
+# ---------------------------------------------------------------------------
+# generation races: the processes of a distributed run all call the
+# generator; whichever finishes first wins and nobody sees a partial copy
+# ---------------------------------------------------------------------------
+def _tree(root):
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path, 'rb') as f:
+                out[os.path.relpath(path, root)] = f.read()
+    return out
+
+
+def _write_tiny(path):
+    os.makedirs(os.path.join(path, 'a'))
+    with open(os.path.join(path, 'a', 'x.txt'), 'w') as f:
+        f.write('data')
+
+
+def test_a_copy_finished_meanwhile_by_another_process_is_kept(tmp_path):
+    from iformer_mm.datasets.toy import _generate_atomically
+    root = str(tmp_path / 'toy')
+    params = dict(kind='tiny', version=1)
+
+    def slow_writer(path):
+        # another process completes the same dataset while we write ours
+        _generate_atomically(root, params, _write_tiny)
+        _write_tiny(path)
+        with open(os.path.join(path, 'a', 'x.txt'), 'w') as f:
+            f.write('late')
+    assert _generate_atomically(root, params, slow_writer) == root
+    assert _tree(root)['a/x.txt'] == b'data'  # the first copy, untouched
+    assert sorted(os.listdir(tmp_path)) == ['toy']  # no temporary left
+
+
+def test_an_empty_directory_made_meanwhile_is_filled(tmp_path):
+    from iformer_mm.datasets.toy import _generate_atomically
+    root = str(tmp_path / 'toy')
+    params = dict(kind='tiny', version=1)
+
+    def writer(path):
+        os.makedirs(root)  # e.g. the user's mkdir, or a launcher's
+        _write_tiny(path)
+    _generate_atomically(root, params, writer)
+    assert _tree(root)['a/x.txt'] == b'data'
+    assert sorted(os.listdir(tmp_path)) == ['toy']
+
+
+def test_an_old_own_copy_is_swapped_whole(tmp_path):
+    """A copy of other params is moved aside and removed only after the new
+    one is in place; nothing of it is left, nor any temporary."""
+    from iformer_mm.datasets.toy import _generate_atomically
+    root = str(tmp_path / 'toy')
+    _generate_atomically(root, dict(kind='tiny', version=1), _write_tiny)
+
+    def other(path):
+        os.makedirs(os.path.join(path, 'b'))
+        with open(os.path.join(path, 'b', 'y.txt'), 'w') as f:
+            f.write('new')
+    _generate_atomically(root, dict(kind='tiny', version=2), other)
+    tree = _tree(root)
+    assert tree['b/y.txt'] == b'new' and 'a/x.txt' not in tree
+    assert sorted(os.listdir(tmp_path)) == ['toy']
+
+
+def test_a_failed_writer_leaves_the_old_copy_and_no_temporary(tmp_path):
+    from iformer_mm.datasets.toy import _generate_atomically
+    root = str(tmp_path / 'toy')
+    _generate_atomically(root, dict(kind='tiny', version=1), _write_tiny)
+    before = _tree(root)
+
+    def broken(path):
+        _write_tiny(path)
+        raise OSError('disk full')
+    with pytest.raises(OSError, match='disk full'):
+        _generate_atomically(root, dict(kind='tiny', version=2), broken)
+    assert _tree(root) == before
+    assert sorted(os.listdir(tmp_path)) == ['toy']
+
+
+def test_an_unreadable_stamp_means_regenerate(tmp_path):
+    from iformer_mm.datasets.toy import _STAMP, _generate_atomically
+    root = tmp_path / 'toy'
+    params = dict(kind='tiny', version=1)
+    _generate_atomically(str(root), params, _write_tiny)
+    (root / _STAMP).write_text('{not json')
+    (root / 'a' / 'x.txt').write_text('stale')
+    _generate_atomically(str(root), params, _write_tiny)
+    assert _tree(root)['a/x.txt'] == b'data'
+    (root / _STAMP).write_text('[1, 2]')  # JSON, but not a stamp
+    (root / 'a' / 'x.txt').write_text('stale')
+    _generate_atomically(str(root), params, _write_tiny)
+    assert _tree(root)['a/x.txt'] == b'data'
