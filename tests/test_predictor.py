@@ -514,3 +514,32 @@ def test_efficientformer_reference_gets_the_attention_grid_of_its_size():
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 512, 512))
     assert out.shape == (1, 1000)
+
+
+def test_failed_rule_counts_errors_where_no_threshold_separates(
+        monkeypatch):
+    """Failed at 10 and 30, ran at 0, 2 and 20: each candidate threshold
+    misclassifies one row; the tie goes to the widest margin (between 2 and
+    10, not 20 and 30), and a zero value is never a threshold's end."""
+    monkeypatch.setattr(M, 'FAILED_FEATURES', ('largest_tensor_bytes', ))
+    values = [(10, True), (30, True), (0, False), (2, False), (20, False)]
+    rows = [dict(failed=failed) for _, failed in values]
+    feats = [dict(largest_tensor_bytes=v) for v, _ in values]
+    rule = M.fit_failed_rule(rows, feats)
+    assert rule['feature'] == 'largest_tensor_bytes'
+    assert rule['errors_on_fit'] == 1
+    assert rule['threshold'] == pytest.approx((2 * 10) ** 0.5)
+    assert rule['margin'] == pytest.approx(5.0)
+    assert (rule['failed_on_fit'], rule['ran_on_fit']) == (2, 3)
+    assert M.fit_failed_rule([dict(failed=False)] * 2, feats[:2]) is None
+
+
+def test_parameter_check_reports_both_counts_of_a_reparameterised_net():
+    from iformer_mm.deploy.predictor.references import check_params
+    assert check_params(4_000_000, 4.0) is None
+    assert check_params(4_500_000, 4.0, deployed=4_020_000) is None
+    why = check_params(5_000_000, 4.0, deployed=4_500_000)
+    assert why.startswith('built / reparameterised network has 5.00 / 4.50 '
+                          'M parameters, published 4.0 M (+25.0%, +12.5%')
+    why = check_params(5_000_000, 4.0, deployed=5_000_000)
+    assert why.startswith('built network has 5.00 M parameters')
