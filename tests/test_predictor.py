@@ -543,3 +543,147 @@ def test_parameter_check_reports_both_counts_of_a_reparameterised_net():
                           'M parameters, published 4.0 M (+25.0%, +12.5%')
     why = check_params(5_000_000, 4.0, deployed=5_000_000)
     assert why.startswith('built network has 5.00 M parameters')
+
+
+@needs_ct
+def test_extract_all_keeps_exclusions_and_reuses_converted_programs(
+        tmp_path, monkeypatch):
+    """The batch driver: one row per (key, resolution), excluded rows say
+    why (no reference, parameter mismatch, failed conversion), converted
+    programs are cached and reused, ``only`` adds to the stored rows."""
+    from iformer_mm.deploy.predictor import extract as E
+    from iformer_mm.deploy.predictor.data import COLUMNS
+    csv_path = tmp_path / 'm.csv'
+    table = [  # network, key, resolution, params_m
+        ('Tiny', 'tiny', 16, 0.000312), ('Tiny', 'tiny', 16, 0.000312),
+        ('Tiny', 'tiny', 8, 0.000312), ('Gone', 'gone', 16, 1.0),
+        ('Fat', 'fat', 16, 9.0), ('Broken', 'broken', 16, 0.000312)]
+    with open(csv_path, 'w', newline='') as f:
+        w = csv.DictWriter(f, COLUMNS)
+        w.writeheader()
+        for name, key, res, params in table:
+            w.writerow(dict(network=name, key=key, family=key,
+                            resolution=res, params_m=params, gmacs='',
+                            latency_ms='1.0', source='test', role='fit',
+                            note=''))
+
+    def build(key, res):
+        if key == 'gone':
+            raise KeyError(f'{key}: no reference network is mapped')
+        model = _ConvNet().eval()
+        n = sum(p.numel() for p in model.parameters())  # 312
+        return model, dict(params=n, params_deployed=None)
+    converted = []
+    real_convert = E.convert_spec
+
+    def convert(model, res):
+        converted.append(res)
+        if getattr(model, 'broken', False):
+            raise RuntimeError('boom')
+        return real_convert(model, res)
+
+    def build_maybe_broken(key, res):
+        model, info = build(key, res)
+        model.broken = key == 'broken'
+        return model, info
+    monkeypatch.setattr(E, 'build_reference', build_maybe_broken)
+    monkeypatch.setattr(E, 'convert_spec', convert)
+    out, cache, lines = tmp_path / 'f.json', tmp_path / 'specs', []
+    result = E.extract_all(str(cache), str(out), str(csv_path),
+                           log=lines.append)
+    assert sorted(result) == ['broken@16', 'fat@16', 'gone@16', 'tiny@16',
+                              'tiny@8']
+    assert [ln.split(':')[0] for ln in lines] == [
+        '[1/5] tiny@8', '[2/5] broken@16', '[3/5] fat@16', '[4/5] gone@16',
+        '[5/5] tiny@16']  # small resolutions first
+    assert result['gone@16'] == dict(key='gone', resolution=16,
+                                     status='excluded',
+                                     reason='no reference network is mapped')
+    assert result['fat@16']['status'] == 'excluded'
+    assert result['fat@16']['reason'].startswith('built network has 0.00 M')
+    assert result['broken@16']['reason'] == \
+        'Core ML conversion failed: RuntimeError: boom'
+    tiny = result['tiny@16']
+    assert tiny['status'] == 'ok' and tiny['features']['macs'] == \
+        8 * 16 * 16 * 27 + 8 * 16 * 16 * 9
+    assert result['tiny@8']['features']['macs'] == 8 * 8 * 8 * 36
+    assert sorted(converted) == [8, 16, 16]  # tiny twice, broken once
+    stored = json.loads(out.read_text())
+    assert stored['rows'] == json.loads(json.dumps(result))
+    assert stored['feature_version'] == E.F.FEATURE_VERSION
+    assert sorted(os.listdir(cache)) == ['tiny@16.pb', 'tiny@8.pb']
+    # again, for one row: its cached program is read, the others are kept
+    converted.clear()
+    again = E.extract_all(str(cache), str(out), str(csv_path),
+                          only=['tiny@16'], log=lines.append)
+    assert converted == [] and again['tiny@16']['features'] == \
+        tiny['features']
+    assert sorted(again) == sorted(result)
+    E.extract_all(str(cache), str(out), str(csv_path), only=['tiny@8'],
+                  reconvert=True, log=lines.append)
+    assert converted == [8]
+
+
+def _undeployed_twin(build):
+    """The same network as ``build_reference`` makes, before deploy():
+    same seed, same constructor."""
+    torch.manual_seed(0)
+    return build().eval()
+
+
+def test_iformer_reference_is_the_papers_classifier_deployed():
+    """iFormer-T: the published 2.9 M parameters before deploy, fewer after
+    (reparameterised), the same outputs; at 512 the dense hybrid SHMA."""
+    from iformer_mm.deploy.predictor.references import (
+        IFORMER_DENSE_DEFAULT, _IFormerClassifier, build_reference,
+        check_params)
+    model, info = build_reference('iformer-t', 224)
+    assert info['library'] == 'iformer_mm' and info['model'] == 't'
+    assert check_params(info['params'], 2.9) is None
+    assert info['params_deployed'] < info['params']
+    assert 'switch_to_deploy' in info['deploy']
+    twin = _undeployed_twin(lambda: _IFormerClassifier('t'))
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.allclose(model(x), twin(x), atol=1e-3, rtol=1e-3)
+    _, dense = build_reference('iformer-t', 512)
+    assert dense['kwargs'] == IFORMER_DENSE_DEFAULT
+    _, m_global = build_reference('iformer-m', 512)  # its own choice wins
+    assert m_global['kwargs'] == dict(attention='global')
+    assert info['version'] == __import__('iformer_mm').__version__
+
+
+def test_timm_reparameterisation_keeps_outputs_and_counts_both():
+    import timm
+    from iformer_mm.deploy.predictor.references import build_reference
+    model, info = build_reference('mobileone-s2', 64)
+    assert info['deploy'] == 'timm reparameterize_model'
+    assert info['params_deployed'] < info['params']
+    twin = _undeployed_twin(lambda: timm.create_model(
+        'mobileone_s2', pretrained=False))
+    assert sum(p.numel() for p in twin.parameters()) == info['params']
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(model(x), twin(x), atol=1e-3, rtol=1e-3)
+    assert info['version'] == timm.__version__
+
+
+def test_user_keys_name_a_library_model_and_unknown_keys_say_why():
+    import torchvision
+    from iformer_mm.deploy.predictor.references import (UNAVAILABLE,
+                                                        build_reference,
+                                                        reference_for)
+    model, info = build_reference('torchvision:mobilenet_v3_small', 32)
+    assert info['params'] == sum(
+        p.numel() for p in torchvision.models.mobilenet_v3_small().
+        parameters())
+    assert info['deploy'] == 'eval mode' and not model.training
+    assert info['version'] == torchvision.__version__
+    assert reference_for('timm:resnet18').name == 'resnet18'
+    for bad in ('nonsense', 'timm:', 'keras:resnet'):
+        with pytest.raises(KeyError, match='no reference network is mapped'):
+            reference_for(bad)
+    key = next(iter(UNAVAILABLE))
+    with pytest.raises(KeyError) as err:
+        reference_for(key)
+    assert UNAVAILABLE[key] in str(err.value)

@@ -258,6 +258,14 @@ def test_classification_classes_look_like_their_names(tmp_path):
                 # thin strokes (little of the bounding square is covered)
                 assert ratio > 0.6, (kind, path, ratio)
                 assert area < 0.5 * np.ptp(dist) ** 2 * 2, (kind, path)
+                # the two strokes join opposite corners of one square: the
+                # cross is its own mirror image about the box's vertical
+                ys, xs = np.nonzero(fg)
+                box = fg[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+                mirrored = box[:, ::-1]
+                iou = (box & mirrored).sum() / (box | mirrored).sum()
+                assert iou > 0.75, (kind, path, iou)
+                assert 0.85 < box.shape[0] / box.shape[1] < 1.15, path
             elif kind == 'ring':
                 assert ratio > 0.6, (kind, path, ratio)
                 # an outline: distances to the centre cluster near r
