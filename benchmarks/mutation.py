@@ -20,8 +20,8 @@ killed when the tests fail or time out. Known equivalent mutants (they
 cannot change behaviour) are listed in ``benchmarks/mutation_equivalents.txt``
 with the reason, excluded from the score and printed.
 
-Prints the score per group (killed / (killed + survived)) and every
-survivor with its diff; writes ``<work-dir>/report.json`` and
+Prints the score per group and per module (killed / (killed +
+survived)) and every survivor with its diff; writes ``<work-dir>/report.json`` and
 ``<work-dir>/report.md``. Not part of CI: it takes long on 2 cores.
 """
 from __future__ import annotations
@@ -310,6 +310,14 @@ def run_group(name, venv, work_dir, args, equivalents):
     score = len(killed) / done if done else float('nan')
     log(f'[{name}] killed {len(killed)} / {done} = {100 * score:.1f}% '
         f'({len(other)} not run) in {time.time() - t0:.0f} s')
+    per_module = {}
+    for module in modules:
+        k = sum(i['module'] == module for i in killed)
+        s = sum(i['module'] == module for i in survived)
+        per_module[module] = dict(killed=k, survived=s)
+        if k + s:
+            log(f'[{name}]   {module}: killed {k} / {k + s} = '
+                f'{100 * k / (k + s):.0f}%')
     for s in survived:
         log(f'  SURVIVED {s["module"]}:{s["line"]} {s["operator"]}: '
             f'{s["text"]}')
@@ -320,7 +328,7 @@ def run_group(name, venv, work_dir, args, equivalents):
                                  reason=i['equivalent'])
                             for i in items if i['equivalent']],
                 killed=len(killed), survived=survived, not_run=len(other),
-                score=score)
+                score=score, per_module=per_module)
 
 
 def write_report(work_dir, results, head, args):
@@ -341,6 +349,12 @@ def write_report(work_dir, results, head, args):
         lines.append(f'| {r["group"]} | {r["total"]} | {r["sampled"]} | '
                      f'{r["killed"]} | {len(r["survived"])} | '
                      f'{100 * r["score"]:.0f}% |')
+        for module, c in r.get('per_module', {}).items():
+            n = c['killed'] + c['survived']
+            if n:
+                lines.append(f'| &nbsp; {module} | | | {c["killed"]} | '
+                             f'{c["survived"]} | '
+                             f'{100 * c["killed"] / n:.0f}% |')
     if done:
         lines.append(f'| all | | | {killed} | {done - killed} | '
                      f'{100 * killed / done:.0f}% |')
