@@ -801,3 +801,58 @@ def test_cast_patch_leaves_an_unknown_frontend_alone(missing):
     before = getattr(fe, '_cast', None)
     assert patch_coremltools(fe) is False
     assert getattr(fe, '_cast', None) is before
+
+
+@pytest.mark.parametrize('rank', [0, 1])
+def test_http_download_in_a_distributed_run(tmp_path, monkeypatch, rank):
+    """Rank 0 downloads before the barrier; the other ranks wait for it
+    and then read the cached file (fetching only if it is still absent)."""
+    import shutil
+    import mmengine.dist
+    import torch.hub
+    from iformer_mm.compat.checkpoint import load_from_http
+    src = tmp_path / 'w.pth'
+    src.write_bytes(_saved_bytes())
+    events = []
+
+    def download(url, dst, progress=True):
+        events.append('download')
+        shutil.copy(src, dst)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    monkeypatch.setattr(mmengine.dist, 'get_dist_info', lambda: (rank, 2))
+    monkeypatch.setattr(torch.distributed, 'barrier',
+                        lambda *a, **k: events.append('barrier'))
+    ckpt = load_from_http('https://example.com/w.pth',
+                          model_dir=str(tmp_path / 'cache'))
+    assert torch.equal(ckpt['w'], torch.arange(4.))
+    assert events == (['download', 'barrier'] if rank == 0 else
+                      ['barrier', 'download'])
+    events.clear()  # the cache is there: nobody downloads again
+    load_from_http('https://example.com/w.pth',
+                   model_dir=str(tmp_path / 'cache'))
+    assert events == ['barrier']
+
+
+def test_in_memory_files_report_their_size():
+    import io
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+    assert diagnose_checkpoint_file(io.BytesIO(b'')) == \
+        'not a checkpoint: the file is empty (0 bytes)'
+    page = io.BytesIO(b'<html><body>404</body></html>\n')
+    page.seek(3)
+    assert diagnose_checkpoint_file(page).startswith(
+        'not a checkpoint: an HTML page (30 bytes,')
+    assert page.tell() == 3
+
+
+def test_patch_without_coremltools_is_a_no_op(monkeypatch):
+    import importlib
+    from iformer_mm.compat import coreml
+    real = importlib.import_module
+
+    def no_coremltools(name, *args, **kwargs):
+        if name.startswith('coremltools'):
+            raise ImportError(f'No module named {name!r}')
+        return real(name, *args, **kwargs)
+    monkeypatch.setattr(importlib, 'import_module', no_coremltools)
+    assert coreml.patch_coremltools() is False

@@ -310,10 +310,8 @@ def _zip_problem(source: Any) -> Optional[str]:
     """What is wrong with a zip checkpoint (``torch.save``'s format), or
     None when its structure is intact."""
     import zipfile
-    pos = None
-    if not isinstance(source, (str, os.PathLike)):
-        pos = source.tell()
-        source.seek(0)
+    # zipfile finds the archive from its end: the position does not matter
+    pos = None if isinstance(source, (str, os.PathLike)) else source.tell()
     try:
         with zipfile.ZipFile(source) as zf:
             names = zf.namelist()
