@@ -11,8 +11,10 @@ coreml_vs_authors.py --sweep`` checks every budget (about 45 min).
 import importlib.util
 
 import pytest
+import torch
 
-from iformer_mm.deploy.census import (AUTHORS_CENSUS_512, OP_BUDGETS,
+from iformer_mm.deploy.census import (AUTHORS_CENSUS_512,
+                                      MEASURED_OPS_512, OP_BUDGETS,
                                       census_of_module)
 
 pytestmark = pytest.mark.skipif(
@@ -59,6 +61,12 @@ def test_op_budget_and_rank(key):
     assert c['max_rank'] <= 5, f'{key}: a rank-{c["max_rank"]} tensor'
     assert c['total_ops'] <= OP_BUDGETS[key], (
         f"{key}: {c['total_ops']} Core ML ops > budget {OP_BUDGETS[key]}")
+    # the recorded figure is this stack's (coremltools and torch are pinned
+    # by the installer); after an upgrade, re-measure with the sweep
+    assert c['total_ops'] == MEASURED_OPS_512[key], (
+        f"{key}: {c['total_ops']} Core ML ops, recorded "
+        f"{MEASURED_OPS_512[key]}: re-run benchmarks/coreml_vs_authors.py "
+        '--sweep and update MEASURED_OPS_512')
     # The census adds up: every rearrangement op is counted in the total.
     assert c['rearrange_ops'] == sum(c[op] for op in (
         'reshape', 'transpose', 'concat', 'split')) <= c['total_ops']
@@ -72,3 +80,94 @@ def test_authors_layout_no_larger_than_the_authors_network():
     c = census('iformer-m:authors')
     assert c['total_ops'] <= theirs_ops
     assert c['rearrange_bytes'] <= theirs_bytes
+
+
+def test_recorded_op_counts_keep_the_layouts_identities():
+    """What the sweep measured for every arch obeys the identities that the
+    pinned conversions show for M and T: at 512 the hybrid layout is the
+    windowed one (stage 4 is a single window), window partition and reverse
+    add 6 ops to global attention, the authors' layout is channel-chunked
+    hybrid, and SDPA export does not change the op count."""
+    from iformer_mm.deploy.backbones import IFORMER_ARCHS
+    m = MEASURED_OPS_512
+    chunk_ops = {m[f'iformer-{a}:cc-hybrid'] - m[f'iformer-{a}:hybrid']
+                 for a in IFORMER_ARCHS}
+    assert len(chunk_ops) == 1, chunk_ops  # the same stage-3 chunking
+    for a in IFORMER_ARCHS:
+        k = f'iformer-{a}:'
+        assert m[k + 'hybrid'] == m[k + 'window'] == m[k + 'global'] + 6
+        assert m[k + 'authors'] == m[k + 'authors-fa'] == m[k + 'cc-hybrid']
+        assert OP_BUDGETS[k + 'cc-hybrid'] == m[k + 'cc-hybrid'] + 5
+    sizes = [m[f'iformer-{a}:global'] for a in ('t', 's', 'm', 'l', 'l2', 'h')]
+    assert sizes == sorted(sizes)  # deeper archs, more ops
+
+
+class _Small(torch.nn.Module):
+
+    def __init__(self):
+        super().__init__()
+        self.c = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.p = torch.nn.Conv2d(8, 16, 1)
+
+    def forward(self, x):                       # x: 1 x 3 x 16 x 16
+        y = self.p(torch.relu(self.c(x)))       # 1 x 16 x 16 x 16
+        return y.reshape(1, 16, 4, 64).transpose(2, 3)
+
+
+def test_census_of_a_small_program_matches_hand_counts():
+    c = census_of_module(_Small().eval(), 16)
+    # FP32 input and output cast around conv, relu, conv, reshape, transpose
+    assert c['op_counts']['cast'] == 2 and c['total_ops'] == 7
+    assert (c['reshape'], c['transpose'], c['concat'], c['split']) == \
+        (1, 1, 0, 0)
+    assert c['rearrange_ops'] == 2
+    fp16_out = 16 * 16 * 16 * 2
+    assert c['rearrange_bytes_by_op']['reshape'] == fp16_out
+    assert c['rearrange_bytes'] == 2 * fp16_out
+    assert c['largest_rearrange_bytes'] == fp16_out
+    # conv weights in the weight file (a bias of 8 may be an immediate)
+    weights = 8 * 27 + 16 * 8 + 16
+    assert 2 * weights <= c['weight_bytes'] <= 2 * (weights + 8)
+    assert set(c['weight_bytes_by_dtype']) == {'fp16'}
+    assert c['weight_bytes'] <= c['const_bytes']
+    assert c['max_rank'] == 4
+    fp32 = census_of_module(_Small().eval(), 16, fp16=False)
+    assert set(fp32['weight_bytes_by_dtype']) == {'fp32'}
+    assert fp32['weight_bytes'] == 2 * c['weight_bytes']
+    assert fp32['rearrange_bytes'] == 2 * c['rearrange_bytes']
+
+
+def test_census_of_a_saved_package_reads_its_weight_file(tmp_path):
+    from iformer_mm.deploy.census import census_from_spec, op_census
+    from iformer_mm.deploy.coreml import convert_exported_program
+    from iformer_mm.deploy.export import TupleOutputs, export_program
+    model = TupleOutputs(_Small()).eval()
+    example = torch.zeros(1, 3, 16, 16)
+    mlmodel = convert_exported_program(export_program(model, example),
+                                       example.shape, 1)
+    path = str(tmp_path / 'small.mlpackage')
+    mlmodel.save(path)
+    c = op_census(path)
+    assert c['weights_file_bytes'] >= c['weight_bytes'] > 0
+    same = census_from_spec(mlmodel.get_spec())
+    assert {k: v for k, v in c.items() if k != 'weights_file_bytes'} == \
+        {k: v for k, v in same.items() if k != 'weights_file_bytes'}
+    assert op_census(mlmodel)['total_ops'] == c['total_ops']
+
+
+def test_census_needs_the_main_function_of_an_ml_program():
+    from coremltools.proto import Model_pb2
+
+    from iformer_mm.deploy.census import census_from_spec
+    nn_spec = Model_pb2.Model()
+    nn_spec.neuralNetwork.SetInParent()
+    with pytest.raises(ValueError, match="needs an ML program.*"
+                       "'neuralNetwork'"):
+        census_from_spec(nn_spec)
+    c = census_of_module(_Small().eval(), 16)
+    assert c['total_ops'] == 7
+    prog = Model_pb2.Model()
+    prog.mlProgram.functions['other'].opset = 'CoreML7'
+    with pytest.raises(ValueError, match=r"no \"main\" function; "
+                       r"functions: \['other'\]"):
+        census_from_spec(prog)

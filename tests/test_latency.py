@@ -620,3 +620,96 @@ def test_census_of_a_program_without_rearrangement():
     assert census['rearrange_ops'] == census['rearrange_bytes'] == 0
     assert census['largest_rearrange_bytes'] == 0
     assert census['weight_bytes'] == 0 and census['weight_mib'] == 0
+
+
+# --------------------------------------------------------------------------
+# backbone names: registries, configs, mistakes
+# --------------------------------------------------------------------------
+def test_registry_names_build_their_backbone_and_mistakes_say_why():
+    from iformer_mm.deploy.backbones import BackboneError, resolve_backbone
+    spec = resolve_backbone('mmpretrain.MobileOne{"arch": "s0"}')
+    assert spec.source == 'mmpretrain.MobileOne' and spec.size_divisor == 1
+    model = spec.build()
+    assert type(model).__name__ == 'MobileOne'
+    assert model.arch['num_blocks'] == [2, 8, 10, 1]  # s0's table
+    for name, needle in [
+            ('mmpretrain.MobileOne{arch: s0}', 'Bad JSON arguments'),
+            ('mmdet.NoSuchNet', "mmdet has no backbone 'NoSuchNet'"),
+            ('mmocr.ResNet', "Unknown OpenMMLab scope 'mmocr'"),
+            ('no-such-backbone', 'Unknown backbone')]:
+        with pytest.raises(BackboneError, match=needle):
+            resolve_backbone(name)
+
+
+def test_a_missing_library_makes_its_backbones_unavailable(monkeypatch):
+    """On the light install (no mmdet) a preset of mmdet is listed as
+    unavailable, with the reason, instead of failing the whole run."""
+    from iformer_mm.deploy.backbones import BackboneError, resolve_backbone
+    monkeypatch.setitem(sys.modules, 'mmdet.registry', None)
+    spec = resolve_backbone('resnet18')
+    assert spec.unavailable and 'mmdet is not importable here' in \
+        spec.unavailable and 'install it' in spec.unavailable
+    with pytest.raises(BackboneError, match='mmdet is not importable'):
+        spec.build()
+
+
+def test_config_backbones_follow_their_scope(tmp_path):
+    from iformer_mm.deploy.backbones import BackboneError, resolve_backbone
+    cfg = tmp_path / 'mine.py'
+    cfg.write_text("default_scope = 'mmseg'\nmodel = dict(backbone=dict("
+                   "type='mmpretrain.MobileOne', arch='s0'))\n")
+    spec = resolve_backbone(str(cfg))
+    assert spec.family == 'peer' and spec.paper is None
+    assert '[mmpretrain.MobileOne]' in spec.source
+    assert type(spec.build()).__name__ == 'MobileOne'
+    empty = tmp_path / 'empty.py'
+    empty.write_text("model = dict(type='X')\n")
+    with pytest.raises(BackboneError, match='has no model.backbone'):
+        resolve_backbone(str(empty))
+    with pytest.raises(BackboneError, match='Config file not found'):
+        resolve_backbone(str(tmp_path / 'gone.py'))
+
+
+def test_efficientformer_biases_are_resized_to_the_token_grid():
+    """EfficientFormer's 7x7 bias table (224 px) becomes 16x16 at 512 px:
+    the corner offsets keep their values (bicubic, corners aligned) and
+    every pair of tokens reads the bias of its offset."""
+    from iformer_mm.deploy.backbones import (BackboneError,
+                                             resize_attention_biases,
+                                             resolve_backbone)
+    spec = resolve_backbone('efficientformer-l1')
+    model = spec.build()
+    model.eval()  # (mmpretrain's train() returns None) caches the biases
+    (attn, ) = [m for m in model.modules()
+                if hasattr(m, 'attention_bias_idxs')]
+    torch.manual_seed(0)
+    with torch.no_grad():
+        attn.attention_biases.normal_()
+    old = attn.attention_biases.detach().clone()
+    old_idxs = attn.attention_bias_idxs.clone()
+    # the bias of token 0 with itself (offset 0, 0) and with the far corner
+    # token of the 7x7 grid (offset 6, 6)
+    same, far = old[:, old_idxs[0, 0]], old[:, old_idxs[0, 48]]
+    with pytest.raises(BackboneError, match='square input'):
+        resize_attention_biases(model, (512, 256))
+    note = resize_attention_biases(model, (512, 512))
+    assert '7x7 -> 16x16' in note
+    idxs = attn.attention_bias_idxs
+    assert idxs.shape == (256, 256)
+    table = attn.attention_biases
+    assert table.shape == (old.shape[0], 256)
+    assert torch.allclose(table[:, idxs[0, 0]], same, atol=1e-5)
+    assert torch.allclose(table[:, idxs[0, 255]], far, atol=1e-5)
+    for a, b in ((3, 40), (17, 200), (255, 0)):
+        ay, ax, by, bx = a // 16, a % 16, b // 16, b % 16
+        offset = (abs(ay - by), abs(ax - bx))
+        same_offset = [(i, j) for i in range(256) for j in range(256)
+                       if (abs(i // 16 - j // 16), abs(i % 16 - j % 16)) ==
+                       offset][:3]
+        assert {int(idxs[i, j]) for i, j in same_offset} == {int(idxs[a, b])}
+    # the eval-mode cache follows the new table: inference at 512 runs
+    assert torch.equal(attn.ab, table[:, idxs])
+    with torch.no_grad():
+        out = model(torch.zeros(1, 3, 512, 512))
+    assert out[-1].shape == (1, 448, 16, 16)
+    assert resize_attention_biases(model, (512, 512)) == ''  # already 16
