@@ -1,0 +1,314 @@
+"""Edges of the work-dir lock and of resume (issue 14, engine group): the
+lock without flock (Windows), who holds it, resume's choice among damaged
+and equally new checkpoints, leftovers of interrupted writes."""
+import json
+import os
+import os.path as osp
+import subprocess
+import zipfile
+
+import pytest
+import torch
+
+from iformer_mm.errors import CheckpointError
+
+
+def _dead_pid():
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    return proc.pid
+
+
+# --------------------------------------------------------------------------
+# the lock
+# --------------------------------------------------------------------------
+def test_holder_descriptions_and_liveness():
+    from iformer_mm.engine.lock import _describe, _pid_alive
+    assert _describe({}) == 'another process'
+    assert _describe(dict(pid=12)) == 'PID 12'
+    assert _describe(dict(pid=12, host='gpu3', started='09:00')) == \
+        'PID 12 on gpu3, started 09:00'
+    assert _describe(dict(pid=12, started='09:00')) == \
+        'PID 12, started 09:00'
+    assert _pid_alive(os.getpid())
+    assert not _pid_alive(_dead_pid())
+
+
+def test_unreadable_lock_files_name_no_holder(tmp_path):
+    from iformer_mm.engine.lock import _read_holder
+    path = tmp_path / 'lock'
+    assert _read_holder(str(path)) == {}
+    path.write_text('{broken')
+    assert _read_holder(str(path)) == {}
+    path.write_text('[1, 2]')
+    assert _read_holder(str(path)) == {}
+    path.write_text('{"pid": 5}')
+    assert _read_holder(str(path)) == {'pid': 5}
+
+
+@pytest.fixture
+def no_flock(monkeypatch):
+    """The lock as on a system without fcntl (Windows)."""
+    from iformer_mm.engine import lock
+    monkeypatch.setattr(lock, 'fcntl', None)
+    return lock
+
+
+def test_lock_without_flock_excludes_a_live_holder(tmp_path, no_flock):
+    work = str(tmp_path / 'work')
+    first = no_flock.WorkDirLock(work).acquire()
+    assert first.acquire() is first and first.held  # re-entrant
+    with pytest.raises(no_flock.WorkDirBusyError) as err:
+        no_flock.WorkDirLock(work).acquire()
+    assert f'PID {os.getpid()}' in str(err.value)
+    assert "pass another --work-dir" in str(err.value)
+    first.release()
+    first.release()  # twice is harmless
+    assert not first.held
+    assert not osp.exists(osp.join(work, no_flock.LOCK_NAME))
+
+
+@pytest.mark.parametrize('content', ['dead', 'garbage', 'no_pid'])
+def test_lock_without_flock_takes_over_a_stale_file(tmp_path, no_flock,
+                                                    content):
+    work = tmp_path / 'work'
+    work.mkdir()
+    path = work / no_flock.LOCK_NAME
+    stale = dict(dead=json.dumps(dict(pid=_dead_pid(), host='h')),
+                 garbage='{not json', no_pid=json.dumps(dict(host='h')))
+    path.write_text(stale[content])
+    with no_flock.WorkDirLock(str(work)) as lock:
+        assert lock.held
+        assert json.loads(path.read_text())['pid'] == os.getpid()
+        if content == 'dead':
+            assert lock.took_over['host'] == 'h'
+        else:
+            assert lock.took_over is None
+    assert not path.exists()
+
+
+def test_a_lock_file_replaced_under_us_is_not_trusted(tmp_path,
+                                                      monkeypatch):
+    """Between our open and our flock the holder may delete the file (it
+    releases) and a third process create a new one: a lock on the deleted
+    inode protects nothing, so the lock is taken again on the new file."""
+    from iformer_mm.engine import lock
+    work = tmp_path / 'work'
+    work.mkdir()
+    path = str(work / lock.LOCK_NAME)
+    real_flock = lock.fcntl.flock
+    calls = []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:  # the holder swaps the file right now
+            os.unlink(path)
+            with open(path, 'w') as f:
+                f.write('{}')
+        return real_flock(fd, op)
+    monkeypatch.setattr(lock.fcntl, 'flock', flock)
+    with lock.WorkDirLock(str(work)) as held:
+        assert len(calls) == 2
+        assert os.stat(path).st_ino == os.fstat(held._fd).st_ino
+
+
+# --------------------------------------------------------------------------
+# resume
+# --------------------------------------------------------------------------
+def _ckpt(path, step=1):
+    torch.save(dict(meta=dict(step=step), state_dict={}), str(path))
+
+
+def test_checkpoint_problems_are_told_apart(tmp_path):
+    from iformer_mm.engine.resume import checkpoint_problem
+    assert checkpoint_problem(str(tmp_path / 'none.pth')) == \
+        'it does not exist'
+    assert checkpoint_problem(str(tmp_path)) == 'it is not a file'
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    assert checkpoint_problem(str(empty)) == 'it is empty (0 bytes)'
+    text = tmp_path / 'text.pth'
+    text.write_text('<html>')
+    assert 'not a torch zip archive' in checkpoint_problem(str(text))
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': 1}, str(legacy), _use_new_zipfile_serialization=False)
+    assert checkpoint_problem(str(legacy)) is None
+    other_zip = tmp_path / 'other.pth'
+    with zipfile.ZipFile(other_zip, 'w') as zf:
+        zf.writestr('a/readme.txt', 'hi')
+    assert checkpoint_problem(str(other_zip)) == \
+        'it is not a checkpoint (no data.pkl in the archive)'
+    good = tmp_path / 'good.pth'
+    _ckpt(good)
+    data = good.read_bytes()
+    cut = tmp_path / 'cut.pth'
+    cut.write_bytes(data[:len(data) - 30])
+    assert checkpoint_problem(str(cut)).startswith(
+        f'it is truncated ({len(data) - 30} bytes')
+    assert checkpoint_problem(str(good)) is None
+
+
+def test_resume_prefers_last_checkpoint_among_equally_new(tmp_path, capsys):
+    from iformer_mm.engine.resume import find_resume_checkpoint
+    a, b = tmp_path / 'epoch_1.pth', tmp_path / 'epoch_2.pth'
+    _ckpt(a), _ckpt(b)
+    same = os.stat(a).st_mtime_ns
+    os.utime(b, ns=(same, same))
+    (tmp_path / 'last_checkpoint').write_text(str(a))
+    assert find_resume_checkpoint(str(tmp_path)) == (str(a), [])
+    (tmp_path / 'last_checkpoint').write_text(str(b))
+    assert find_resume_checkpoint(str(tmp_path)) == (str(b), [])
+    # an empty last_checkpoint names nothing
+    (tmp_path / 'last_checkpoint').write_text('')
+    path, _ = find_resume_checkpoint(str(tmp_path))
+    assert path in (str(a), str(b))
+    # not a work dir yet: nothing to resume, no error
+    assert find_resume_checkpoint(str(tmp_path / 'new')) == (None, [])
+
+
+def test_last_checkpoint_naming_a_file_elsewhere_is_a_candidate(tmp_path):
+    """mmengine's last_checkpoint may name a checkpoint outside the work
+    dir (e.g. after --work-dir changed): it is still the newest."""
+    from iformer_mm.engine.resume import find_resume_checkpoint
+    work = tmp_path / 'work'
+    work.mkdir()
+    _ckpt(work / 'epoch_1.pth')
+    elsewhere = tmp_path / 'old' / 'iter_9.pth'
+    elsewhere.parent.mkdir()
+    _ckpt(elsewhere)
+    later = os.stat(work / 'epoch_1.pth').st_mtime_ns + 10**9
+    os.utime(elsewhere, ns=(later, later))
+    (work / 'last_checkpoint').write_text(str(elsewhere) + '\n')
+    assert find_resume_checkpoint(str(work)) == (str(elsewhere), [])
+
+
+def test_remote_resume_paths_are_left_to_mmengine():
+    from iformer_mm.engine.resume import check_resume_checkpoint
+    check_resume_checkpoint('https://example.com/epoch_3.pth')  # no raise
+    with pytest.raises(CheckpointError, match='does not exist'):
+        check_resume_checkpoint('/no/such/epoch_3.pth')
+
+
+def test_only_interrupted_atomic_writes_are_removed(tmp_path):
+    from iformer_mm.engine.resume import remove_interrupted_writes
+    ours = ['.epoch_3.pth.a1B2.tmp', '.iter_100.pth.x.tmp',
+            '.best_coco_bbox_mAP_epoch_2.pth.q9.tmp',
+            '.last_checkpoint.z.tmp']
+    theirs = ['epoch_3.pth', 'notes.tmp', '.epoch_3.pth.tmp',
+              'epoch_3.pth.a1.tmp', '.epoch_x.pth.a.tmp', '.my.tmp']
+    for name in ours + theirs:
+        (tmp_path / name).write_text('x')
+    removed = remove_interrupted_writes(str(tmp_path))
+    assert sorted(osp.basename(p) for p in removed) == sorted(ours)
+    assert sorted(os.listdir(tmp_path)) == sorted(theirs)
+    assert remove_interrupted_writes(str(tmp_path / 'none')) == []
+
+
+# --------------------------------------------------------------------------
+# SafeCheckpointHook's best checkpoints, by iteration and several metrics
+# --------------------------------------------------------------------------
+def _iter_runner(work_dir, scores, **hook):
+    """A tiny iteration-based run validated at iterations 2, 4 and 6; its
+    metric returns ``scores[i]`` (a dict) at the i-th validation."""
+    import torch.nn as nn
+    from mmengine.evaluator import BaseMetric
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+    from torch.utils.data import Dataset
+
+    class Model(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, x, mode='tensor'):
+            out = self.linear(torch.stack(x))
+            if mode == 'loss':
+                return dict(loss=(out ** 2).mean())
+            return list(out)
+
+    class Data(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return dict(x=torch.tensor([i / 4., 1.]))
+
+    class Scripted(BaseMetric):
+        calls = 0
+
+        def process(self, data_batch, data_samples):
+            self.results.append(0)
+
+        def compute_metrics(self, results):
+            Scripted.calls += 1
+            return dict(scores[Scripted.calls - 1])
+
+    loader = dict(dataset=Data(), batch_size=2, num_workers=0,
+                  sampler=dict(type='InfiniteSampler', shuffle=False))
+    val_loader = dict(loader, sampler=dict(type='DefaultSampler',
+                                           shuffle=False))
+    return Runner(
+        model=Model(), work_dir=str(work_dir), train_dataloader=loader,
+        val_dataloader=val_loader, val_evaluator=[Scripted()],
+        val_cfg=dict(),
+        train_cfg=dict(by_epoch=False, max_iters=6, val_interval=2),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        default_hooks=dict(checkpoint=dict(
+            type='SafeCheckpointHook', interval=2, by_epoch=False, **hook)),
+        randomness=dict(seed=0), default_scope='mmengine')
+
+
+def _files(work_dir):
+    return sorted(n for n in os.listdir(work_dir) if n.endswith('.pth'))
+
+
+def test_best_checkpoints_per_metric_by_iteration(tmp_path):
+    import iformer_mm.engine  # noqa: F401  (registers the hook)
+    scores = [dict(acc=0.1, loss=5.0), dict(acc=0.3, loss=6.0),
+              dict(acc=0.2, loss=4.0)]
+    runner = _iter_runner(tmp_path, scores, save_best=['acc', 'loss'],
+                          rule=['greater', 'less'], max_keep_ckpts=1)
+    runner.train()
+    # acc best at iteration 4, loss at 6; the earlier bests were retired
+    assert _files(tmp_path) == ['best_acc_iter_4.pth', 'best_loss_iter_6.pth',
+                                'iter_6.pth']
+    assert (tmp_path / 'last_checkpoint').read_text() == \
+        str(tmp_path / 'iter_6.pth')
+    hub = runner.message_hub
+    assert hub.get_info('best_score_acc') == 0.3
+    assert hub.get_info('best_score_loss') == 4.0
+    assert hub.get_info('best_ckpt_loss') == \
+        str(tmp_path / 'best_loss_iter_6.pth')
+    best = torch.load(str(tmp_path / 'best_acc_iter_4.pth'),
+                      weights_only=False)
+    assert best['meta']['iter'] == 4 and 'optimizer' not in best
+
+
+def test_auto_best_follows_the_first_metric(tmp_path):
+    import iformer_mm.engine  # noqa: F401
+    scores = [dict(acc=0.5, loss=1.0), dict(acc=0.4, loss=0.1),
+              dict(acc=0.6, loss=0.2)]
+    runner = _iter_runner(tmp_path, scores, save_best='auto')
+    runner.train()
+    assert [n for n in _files(tmp_path) if n.startswith('best')] == \
+        ['best_acc_iter_6.pth']
+    assert runner.message_hub.get_info('best_score') == 0.6
+
+
+def test_atomic_backend_writes_text_in_its_encoding(tmp_path, monkeypatch):
+    from iformer_mm.engine import checkpointing as C
+    path = tmp_path / 'sub' / 'note.txt'
+    C.AtomicLocalBackend().put_text('hé', str(path), encoding='latin-1')
+    assert path.read_bytes() == b'h\xe9'
+    C.AtomicLocalBackend().put(b'\x00\x01', str(path))
+    assert path.read_bytes() == b'\x00\x01'
+
+    def fail(f, data):
+        f.write(data[:1])
+        raise OSError('disk full')
+    monkeypatch.setattr(C, '_write_data', fail)
+    with pytest.raises(OSError, match='disk full'):
+        C.atomic_write(b'new content', str(path))
+    assert path.read_bytes() == b'\x00\x01'  # the old file, whole
+    assert os.listdir(path.parent) == ['note.txt']  # no temporary left
