@@ -176,3 +176,114 @@ def test_missing_checkpoint_file_is_clear(tmp_path):
                                      checkpoint=str(tmp_path / 'nope.pth')))
     with pytest.raises(CheckpointError, match="nope.pth' does not exist"):
         net.init_weights()
+
+
+# --------------------------------------------------------------------------
+# wrappers, downloads and models that are not iFormers
+# --------------------------------------------------------------------------
+def test_weights_are_found_in_every_wrapper_and_missing_ones_named():
+    from iformer_mm.models.checkpoint import unwrap_state_dict
+    w = {'a.weight': torch.ones(1)}
+    ema = {'a.weight': torch.zeros(1)}
+    assert unwrap_state_dict(w) is w
+    # state_dict, then model, then model_ema
+    assert unwrap_state_dict({'model': w, 'model_ema': ema}) == w
+    assert unwrap_state_dict({'model_ema': ema, 'epoch': 3}) == ema
+    assert unwrap_state_dict({'state_dict': w, 'model': ema}) == w
+    assert unwrap_state_dict({'model': w, 'model_ema': ema},
+                             key='model_ema') == ema
+    # a state dict with a stray non-tensor entry: its tensors
+    assert unwrap_state_dict(dict(w, epoch=3)) == w
+    assert unwrap_state_dict({'model': dict(w, step=1)}) == w
+    with pytest.raises(CheckpointError, match="holds a list, not a dict"):
+        unwrap_state_dict([w])
+    with pytest.raises(CheckpointError,
+                       match=r"no 'ema' entry; it has \['model'\]"):
+        unwrap_state_dict({'model': w}, key='ema')
+    with pytest.raises(CheckpointError, match="'model' entry holds no "
+                       'tensors'):
+        unwrap_state_dict({'model': {'step': 1}})
+    with pytest.raises(CheckpointError, match=r"holds no weights.*"
+                       r"top-level keys are \['epoch', 'lr'\]"):
+        unwrap_state_dict({'epoch': 3, 'lr': 0.1})
+
+
+def test_url_checkpoints_are_cached_and_download_errors_explained(
+        tmp_path, monkeypatch):
+    import shutil
+    from iformer_mm.models.checkpoint import load_checkpoint_file
+    src = tmp_path / 'src.pth'
+    torch.save({'state_dict': {'w': torch.ones(2)}}, str(src))
+    fetched = []
+
+    def download(url, dst, progress=True):
+        fetched.append(url)
+        if 'missing' in url:
+            raise RuntimeError('HTTP Error 404: Not Found')
+        shutil.copy(src, dst)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+    url = 'https://example.com/r/iFormer_m.pth'
+    for _ in range(2):
+        ckpt = load_checkpoint_file(url)
+        assert torch.equal(ckpt['state_dict']['w'], torch.ones(2))
+    assert fetched == [url]
+    assert (tmp_path / 'hub' / 'checkpoints' / 'iFormer_m.pth').is_file()
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint_file('http://example.com/missing.pth')
+    msg = str(err.value)
+    assert 'Could not download http://example.com/missing.pth (HTTP Error ' \
+        '404' in msg and 'checkpoint=/path/missing.pth' in msg
+    assert not (tmp_path / 'hub' / 'checkpoints' / 'missing.pth').exists()
+
+
+def test_mixed_naming_is_refused():
+    from iformer_mm.models.checkpoint import split_checkpoint
+    mixed = {'downsample_layers.0.0.weight': torch.zeros(1),
+             'stem.0.conv.weight': torch.zeros(1)}
+    with pytest.raises(CheckpointError, match="mixes the authors' backbone "
+                       'names'):
+        split_checkpoint(mixed)
+
+
+def test_whole_model_keys_keep_their_parts():
+    """A detector's file: backbone keys come out bare, the neck as it is;
+    a classifier's head.head.* is the classifier; back to OpenMMLab names
+    nothing is lost."""
+    from iformer_mm.models.checkpoint import convert_to_ours
+    ours = IFormer(arch='t').state_dict()
+    whole = {'backbone.' + k: v for k, v in ours.items()}
+    whole['neck.lateral_convs.0.conv.weight'] = torch.zeros(2, 2, 1, 1)
+    whole['head.head.weight'] = torch.zeros(3, 384)
+    converted = convert_to_ours(whole)
+    assert [k for k in converted if k.startswith('stem.')] == \
+        [k for k in ours if k.startswith('stem.')]
+    assert 'neck.lateral_convs.0.conv.weight' in converted
+    assert 'head.head.weight' in converted
+    assert len(converted) == len(whole)
+    from iformer_mm.models.checkpoint import split_checkpoint
+    back = to_openmmlab(split_checkpoint(whole))
+    assert list(back) == list(whole)
+    assert all(torch.equal(back[k], whole[k]) for k in whole)
+
+
+def test_models_without_an_iformer_take_the_files_keys(tmp_path):
+    """A model with no IFormer (or two) gets the file's keys as they are,
+    after a prefix, and strict loading still checks every one."""
+    from iformer_mm.models.checkpoint import state_dict_for_model
+    model = torch.nn.Sequential(torch.nn.Linear(2, 3))
+    file = {'module.student.0.weight': torch.full((3, 2), 2.0),
+            'module.student.0.bias': torch.ones(3),
+            'module.teacher.0.weight': torch.zeros(3, 2)}
+    state, _ = state_dict_for_model(model, file, prefix='student')
+    assert sorted(state) == ['0.bias', '0.weight']
+    path = tmp_path / 'distill.pth'
+    torch.save({'state_dict': file}, str(path))
+    report = load_model_checkpoint(model, str(path), prefix='student.')
+    assert report.complete and torch.equal(model[0].bias, torch.ones(3))
+    other = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2, 3))
+    with pytest.raises(CheckpointMismatchError) as err:
+        load_model_checkpoint(other, str(path), prefix='teacher')
+    # no "only backbone weights" advice: the model has no iFormer backbone
+    assert 'No key matched: is it a checkpoint of this kind of model?' in \
+        str(err.value) and 'init_cfg' not in str(err.value)

@@ -649,7 +649,7 @@ def _model_hint(model: nn.Module, conv: ConvertedCheckpoint,
             if bb[0] else model
         hint = _arch_hint(conv.backbone, getattr(backbone, 'arch_name',
                                                  None))
-    if not hint and not conv.others and conv.backbone and \
+    if not hint and bb and not conv.others and conv.backbone and \
             any(not k.startswith(tuple(bb)) for k in report.missing):
         hint = ('The file holds only backbone weights: use it as '
                 "model.backbone.init_cfg=dict(type='Pretrained', "
