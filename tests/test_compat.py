@@ -856,3 +856,52 @@ def test_patch_without_coremltools_is_a_no_op(monkeypatch):
         return real(name, *args, **kwargs)
     monkeypatch.setattr(importlib, 'import_module', no_coremltools)
     assert coreml.patch_coremltools() is False
+
+
+def test_release_files_may_hold_numpy_values_of_any_common_dtype(tmp_path):
+    """Training scripts store metrics and counters as numpy scalars and
+    arrays of whatever dtype: with the release allow-list in scope they all
+    load; without it, they are refused (nothing runs)."""
+    path = tmp_path / 'release.pth'
+    values = dict(epoch=np.int64(299), acc=np.float64(80.4),
+                  half=np.float16(0.5), flag=np.bool_(True),
+                  small=np.uint8(3), signed=np.int8(-2),
+                  hist=np.arange(4, dtype=np.int16),
+                  args=argparse.Namespace(model='iFormer', lr=4e-3))
+    torch.save(dict(model={'w': torch.ones(1)}, **values), str(path))
+    ckpt = safe_load(str(path), extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)
+    for key, value in values.items():
+        if isinstance(value, np.ndarray):
+            assert ckpt[key].dtype == value.dtype and \
+                (ckpt[key] == value).all()
+        else:
+            assert ckpt[key] == value and type(ckpt[key]) is type(value)
+    with pytest.raises(UnsafeCheckpointError):
+        safe_load(str(path))
+
+
+def test_import_hook_comes_before_other_finders(tmp_path):
+    """Another import hook already on sys.meta_path (a profiler's, a
+    type checker's) must not get coremltools' frontend first: ours goes in
+    front, so the frontend is still patched when it is imported."""
+    import subprocess
+    import sys
+    code = '''
+import importlib.abc, importlib.machinery, sys
+class Other(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname.startswith('coremltools.converters.mil.frontend.torch'):
+            return importlib.machinery.PathFinder.find_spec(fullname, path)
+        return None
+sys.meta_path.insert(0, Other())
+import iformer_mm  # noqa
+assert 'coremltools.converters.mil.frontend.torch.ops' not in sys.modules
+from coremltools.converters.mil.frontend.torch import ops
+print(getattr(ops._cast, '_iformer_mm_cast_patch', False))
+'''
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, cwd=str(tmp_path),
+                         env=dict(os.environ, PYTHONPATH=os.path.dirname(
+                             os.path.dirname(os.path.abspath(__file__)))))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == 'True'
