@@ -321,3 +321,57 @@ def test_unknown_attention_lists_authors():
     with pytest.raises(ValueError) as err:
         IFormer('t', attention='authers')
     assert "'authors'" in str(err.value) and "'hybrid'" in str(err.value)
+
+
+def test_layout_and_arch_mistakes_each_say_what_is_wrong():
+    g = 'global'
+    cases = [
+        (dict(attention=[g, g, 'swin', g]), ValueError,
+         "Unknown attention mode 'swin'"),
+        (dict(attention=[g, g, 3, g]), TypeError,
+         'must be a string or a dict'),
+        (dict(attention=[g, g, dict(reverse='after_attn'), g]), TypeError,
+         'must be a string or a dict'),
+        (dict(attention=[g, g, dict(windowed=[1, 1, 1], reverse='later'),
+                         g]), ValueError,
+         "reverse must be 'before_next_attn' or 'after_attn', got 'later'"),
+        (dict(attention=[g, g, g]), ValueError,
+         'attention lists 3 stages, the network has 4'),
+    ]
+    for kwargs, error, needle in cases:
+        with pytest.raises(error) as err:
+            IFormer('t', **kwargs)
+        assert needle in str(err.value), (kwargs, str(err.value))
+    custom = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 3),
+                  attn_groups=(0, 0, 1, 1), qk_reduction=(0, 0, 2, 2),
+                  conv_ratio=2, ffn_ratio=2)
+    with pytest.raises(ValueError, match='A stage of depth 2 cannot hold 1 '
+                       r'attention groups \(3 blocks each\)'):
+        IFormer(custom)
+    with pytest.raises(ValueError, match="needs a named arch, one of "
+                       r"\['h', 'l', 'l2', 'm', 's', 't'\]"):
+        IFormer(dict(custom, depths=(1, 1, 4, 3)), attention='authors')
+    with pytest.raises(ValueError, match='Custom arch dims must have 4 '
+                       'entries'):
+        IFormer(dict(custom, dims=(16, 32, 64)))
+    with pytest.raises(TypeError, match="arch must be a str or dict, got "
+                       "<class 'int'>"):
+        IFormer(3)
+
+
+def test_pretrained_init_cfg_loads_the_backbone(tmp_path):
+    """init_weights with a Pretrained init_cfg loads the file (prefix
+    removed) instead of drawing random weights, and marks itself done."""
+    torch.manual_seed(0)
+    src = IFormer('t').eval()
+    whole = {'backbone.' + k: v for k, v in src.state_dict().items()}
+    whole['neck.conv.weight'] = torch.zeros(1)
+    path = tmp_path / 'det.pth'
+    torch.save({'state_dict': whole, 'meta': {}}, str(path))
+    torch.manual_seed(1)
+    net = IFormer('t', init_cfg=dict(type='Pretrained', checkpoint=str(path),
+                                     prefix='backbone.'))
+    net.init_weights()
+    assert net.is_init
+    for k, v in src.state_dict().items():
+        assert torch.equal(net.state_dict()[k], v), k
