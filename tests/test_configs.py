@@ -397,3 +397,18 @@ def test_amp_falls_back_to_fp32_without_cuda():
         type='AmpOptimWrapper', loss_scale='dynamic')))
     adapt_to_machine(gpu, cuda=True)
     assert gpu.optim_wrapper.type == 'AmpOptimWrapper'
+
+
+@pytest.mark.parametrize('by_epoch,loop', [
+    (True, 'ResumableEpochBasedTrainLoop'),
+    (False, 'ResumableIterBasedTrainLoop')])
+def test_make_resumable_reads_mmengine_by_epoch_shorthand(by_epoch, loop):
+    """``train_cfg=dict(by_epoch=..., max_...)`` without a type is
+    mmengine's shorthand for its epoch / iteration loop."""
+    from iformer_mm.engine.runner import make_resumable
+    cfg = Config(dict(train_cfg=dict(by_epoch=by_epoch, max_iters=6,
+                                     val_interval=2)))
+    make_resumable(cfg)
+    assert cfg.train_cfg.type == loop
+    assert 'by_epoch' not in cfg.train_cfg
+    assert cfg.train_cfg.max_iters == 6 and cfg.train_cfg.val_interval == 2

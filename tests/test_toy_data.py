@@ -52,6 +52,7 @@ def test_coco_annotations_agree_with_masks_and_images(toy_coco, split):
     assert [c['name'] for c in coco['categories']] == list(TOY_COCO_CLASSES)
     images = {im['id']: im for im in coco['images']}
     assert coco['annotations'], 'no annotations generated'
+    flat_checked = 0
     for ann in coco['annotations']:
         im = images[ann['image_id']]
         img = cv2.imread(osp.join(toy_coco, split, im['file_name']))
@@ -77,6 +78,9 @@ def test_coco_annotations_agree_with_masks_and_images(toy_coco, split):
                                       np.ones((5, 5), np.uint8)).astype(
                                           bool)].astype(float)
             assert inside.std(0).max() < 0.5 * outside.std(0).max(), ann
+            flat_checked += 1
+    # shapes too small for an eroded interior are the exception
+    assert flat_checked >= 0.8 * len(coco['annotations'])
 
 
 def test_ade_labels_show_the_drawn_classes(tmp_path):
@@ -395,3 +399,37 @@ def test_an_unreadable_stamp_means_regenerate(tmp_path):
     (root / 'a' / 'x.txt').write_text('stale')
     _generate_atomically(str(root), params, _write_tiny)
     assert _tree(root)['a/x.txt'] == b'data'
+
+
+def test_coco_shapes_are_what_their_category_says(toy_coco):
+    """A triangle covers at most half of its box (any triangle does), a
+    circle about pi/4 of it, a square at least half (rotated by 45 degrees)
+    and up to all of it; a circle's outline has many vertices."""
+    ratios = {name: [] for name in TOY_COCO_CLASSES}
+    for split in ('train', 'val'):
+        coco = _load(toy_coco, split)
+        names = {c['id']: c['name'] for c in coco['categories']}
+        for ann in coco['annotations']:
+            x, y, w, h = ann['bbox']
+            name = names[ann['category_id']]
+            ratios[name].append(ann['area'] / (w * h))
+            vertices = len(ann['segmentation'][0]) // 2
+            assert vertices == {'square': 4, 'triangle': 3}.get(
+                name, vertices) and (name != 'circle' or vertices >= 12), ann
+    assert all(ratios.values()), {k: len(v) for k, v in ratios.items()}
+    assert max(ratios['triangle']) <= 0.56, ratios['triangle']
+    assert all(0.7 <= r <= 0.86 for r in ratios['circle']), ratios['circle']
+    assert all(0.45 <= r <= 1.0 for r in ratios['square']), ratios['square']
+
+
+def test_coco_ids_are_unique_small_positive_integers(toy_coco):
+    """Image and annotation ids are unique across both splits and fit the
+    int32 that COCO tools (pycocotools' C code, faster-coco-eval) use."""
+    image_ids, ann_ids = [], []
+    for split in ('train', 'val'):
+        coco = _load(toy_coco, split)
+        image_ids += [im['id'] for im in coco['images']]
+        ann_ids += [a['id'] for a in coco['annotations']]
+    for ids in (image_ids, ann_ids):
+        assert len(set(ids)) == len(ids)
+        assert all(isinstance(i, int) and 0 < i < 2**31 for i in ids)

@@ -43,6 +43,8 @@ TOY_ADE_CLASSES = ('ground', 'square', 'triangle', 'circle')
 TOY_ADE_PALETTE = [[120, 120, 120], [220, 20, 60], [0, 128, 255],
                    [255, 200, 0]]
 TOY_CLS_CLASSES = ('square', 'triangle', 'circle', 'cross', 'ring', 'bar')
+# circles are drawn as regular polygons with this many vertices
+_CIRCLE_VERTICES = 24
 
 # Bumped whenever the generated content changes, so that an old copy on
 # disk is regenerated instead of silently reused.
@@ -62,7 +64,7 @@ def _shape_polygon(rng: np.random.RandomState, kind: str, cx: float,
     elif kind == 'triangle':
         angles = theta + np.arange(3) * 2 * math.pi / 3
     elif kind == 'circle':
-        angles = np.arange(24) * 2 * math.pi / 24
+        angles = np.arange(_CIRCLE_VERTICES) * 2 * math.pi / _CIRCLE_VERTICES
     else:
         raise ValueError(f'unknown shape {kind!r}')
     pts = np.stack([cx + r * np.cos(angles), cy + r * np.sin(angles)], 1)
