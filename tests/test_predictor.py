@@ -687,3 +687,36 @@ def test_user_keys_name_a_library_model_and_unknown_keys_say_why():
     with pytest.raises(KeyError) as err:
         reference_for(key)
     assert UNAVAILABLE[key] in str(err.value)
+
+
+def test_every_term_reads_its_feature_in_its_unit():
+    """Each cost-model term against its definition, on features whose
+    numbers are all different: GMACs are MACs / 1e9, MB are bytes / 1e6."""
+    f = _features(conv=(1.5, 2.0), conv_dw=(0.25, 3.0), linear=(0.5, 4.0),
+                  matmul=(0.125, 5.0), elementwise=(0, 6.0),
+                  transpose=(0, 7.0), rearrange=(0, 8.0), ops=321)
+    f.update(bytes_in=10_000_000, bytes_out=20_000_000, bytes_const=4_000_000,
+             rank5_bytes=3_000_000,
+             transpose_bytes_over={str(s): (i + 1) * 1_000_000
+                                   for i, s in enumerate(TRANSPOSE_SIZES)})
+    value = {t: fn(f) for t, (fn, _) in M.TERMS.items()}
+    assert value['gmacs_conv'] == pytest.approx(1.5)
+    assert value['gmacs_conv_dw'] == pytest.approx(0.25)
+    assert value['gmacs_all'] == pytest.approx(1.5 + 0.25 + 0.5 + 0.125)
+    assert value['mb_conv'] == pytest.approx(2.0)
+    assert value['mb_transpose'] == pytest.approx(7.0)
+    assert value['mb_memory'] == pytest.approx(6.0 + 8.0)
+    assert value['mb_all'] == pytest.approx(30.0)
+    assert value['mb_weights'] == pytest.approx(4.0)
+    assert value['mb_rank5'] == pytest.approx(3.0)
+    for i, size in enumerate(TRANSPOSE_SIZES):
+        assert value[f'mb_transpose_over_{size // 1024}k'] == \
+            pytest.approx(i + 1)
+    assert value['ops'] == 321.0 and value['const'] == 1.0
+    units = {t: unit for t, (_, unit) in M.TERMS.items()}
+    assert {u for t, u in units.items() if t.startswith('gmacs')} == \
+        {'ms/GMAC'}
+    assert {u for t, u in units.items() if t.startswith('mb_')} == {'ms/MB'}
+    # a prediction is not "Failed" unless the rule says so
+    assert M.Prediction(2.0).failed is False
+    assert M.Prediction(2.0, failed=1).failed is True

@@ -279,7 +279,7 @@ class Prediction(float):
     """Predicted milliseconds (the cost model's value, always a number),
     with ``failed`` set when the "Failed" rule fires. Errors are scored on
     the number, so a wrong "Failed" never hides a row from the metrics."""
-    failed: bool = False
+    failed: bool
 
     def __new__(cls, ms: float, failed: bool = False) -> 'Prediction':
         obj = super().__new__(cls, ms)
