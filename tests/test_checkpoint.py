@@ -287,3 +287,31 @@ def test_models_without_an_iformer_take_the_files_keys(tmp_path):
     # no "only backbone weights" advice: the model has no iFormer backbone
     assert 'No key matched: is it a checkpoint of this kind of model?' in \
         str(err.value) and 'init_cfg' not in str(err.value)
+
+
+def test_report_groups_keys_by_module_and_names_the_target():
+    """The one-line report counts keys per top-level module (up to six),
+    lists ignored heads (up to six), and names the model it was for."""
+    from iformer_mm.models.checkpoint import LoadReport, _target_name
+    keys = ([f'neck.l{i}.weight' for i in range(3)] +
+            [f'rpn_head.c{i}.bias' for i in range(2)] + ['roi_head.fc.w'])
+    report = LoadReport(source='f.pth', layout='whole model',
+                        target=_target_name(IFormer('t')),
+                        unexpected=keys)
+    details = report.details()
+    assert details.startswith('unexpected 6 (neck.* 3, rpn_head.* 2, '
+                              'roi_head.* 1): neck.l0.weight')
+    assert report.target == "IFormer(arch='t')"
+    assert _target_name(torch.nn.Sequential()) == 'Sequential'
+    many = [f'h{i}.w' for i in range(7)]
+    report = LoadReport(source='f.pth', layout='x', target='T',
+                        missing=many, ignored=many[:6])
+    assert '(h0.* 1, h1.* 1, h2.* 1, h3.* 1, h4.* 1, h5.* 1, ...)' in \
+        report.details()
+    assert report.summary().endswith(
+        '6 ignored (h0.*, h1.*, h2.*, h3.*, h4.*, h5.*)')
+    report.ignored = many
+    assert report.summary().endswith('h4.*, h5.*, ...)')
+    one = LoadReport(source='f.pth', layout='x', target='T',
+                     missing=['stem.a', 'stem.b'])
+    assert one.details() == 'missing 2: stem.a, stem.b'  # one module
