@@ -73,7 +73,10 @@ GROUPS = {
                 'iformer_mm/engine/resume.py',
                 'iformer_mm/engine/loading.py',
                 'iformer_mm/engine/lock.py'],
-               ['tests/test_reliability*.py', 'tests/test_loading*.py']),
+               # quick tests first: with pytest -x a mutant they catch is
+               # done before the 2-minute resume and kill -9 tests
+               ['tests/test_reliability_edges.py', 'tests/test_loading*.py',
+                'tests/test_reliability.py']),
     'runner': (['iformer_mm/engine/runner.py'],
                ['tests/test_configs.py',
                 'tests/test_reliability.py::test_train_tool_resume_errors_'
