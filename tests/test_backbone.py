@@ -148,7 +148,7 @@ def test_windowed_shma_on_padded_map_equals_per_window_valid_tokens():
     windows, state = stage._partition(x)
     assert state.key_valid is not None
     out = window_reverse(shma(windows, state.key_valid), ws,
-                         state.padded_height, state.padded_width)
+                         state.padded_height, state.padded_width, 1)
     for top in range(0, h, ws):
         for left in range(0, w, ws):
             crop = x[:, :, top:top + ws, left:left + ws]
@@ -375,3 +375,17 @@ def test_pretrained_init_cfg_loads_the_backbone(tmp_path):
     assert net.is_init
     for k, v in src.state_dict().items():
         assert torch.equal(net.state_dict()[k], v), k
+
+
+def test_a_stage_built_alone_has_the_networks_defaults():
+    """IFormerStage's defaults are IFormer's: 16 x 16 windows, unchunked,
+    masked padding, explicit attention (a stage built directly, e.g. for a
+    custom network, behaves like the stage of a default IFormer)."""
+    net = IFormer('t', attention='window')
+    alone = ifm.IFormerStage(256, 256, 9, 1, 2, 2, 2, [0.] * 9, 0.,
+                             attention='window', downsample=False)
+    for stage in (net.stages[2], alone):
+        assert (stage.window_size, stage.window_chunks) == (16, 1)
+        assert stage.window_padding == 'mask'
+        shmas = [m for m in stage.modules() if isinstance(m, SHMA)]
+        assert shmas and not any(m.fused_attn for m in shmas)

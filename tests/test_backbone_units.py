@@ -428,7 +428,7 @@ def test_channel_chunking_splits_every_rearrangement():
         y = ifm.window_reverse(w, ws, 6, 9, chunks)
     assert len(rec_r.channels) == chunks  # [nh, nw, C, ws, ws] each
     assert torch.equal(y, x)
-    assert torch.equal(w, ifm.window_partition(x, ws))
+    assert torch.equal(w, ifm.window_partition(x, ws, 1))
 
 
 def test_checkpointed_stage_after_frozen_stem_still_gets_gradients():

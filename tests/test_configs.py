@@ -412,3 +412,18 @@ def test_make_resumable_reads_mmengine_by_epoch_shorthand(by_epoch, loop):
     assert cfg.train_cfg.type == loop
     assert 'by_epoch' not in cfg.train_cfg
     assert cfg.train_cfg.max_iters == 6 and cfg.train_cfg.val_interval == 2
+
+
+def test_resume_flag_overrides_the_configs_resume_only_when_given(tmp_path):
+    """``--resume`` with nothing to resume starts from scratch even if the
+    config says ``resume = True`` (mmengine would otherwise look for a
+    checkpoint itself, unchecked); without the flag the config's own
+    setting stands."""
+    from iformer_mm.engine.runner import load_config
+    base = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
+    path = tmp_path / 'resuming.py'
+    path.write_text(f"_base_ = [{base!r}]\nresume = True\n")
+    work = str(tmp_path / 'empty_work')
+    assert load_config(str(path), work_dir=work, resume='auto').resume is \
+        False
+    assert load_config(str(path), work_dir=work).resume is True

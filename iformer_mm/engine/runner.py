@@ -142,12 +142,11 @@ def adapt_to_machine(cfg: Config,
         if wrapper is None or wrapper.get(
                 'type', 'MMDistributedDataParallel') in (
                     'MMDistributedDataParallel', 'DeviceAwareDDP'):
-            new = ConfigDict(type='DeviceAwareDDP', broadcast_buffers=False,
+            new = ConfigDict(broadcast_buffers=False,
                              find_unused_parameters=cfg.get(
                                  'find_unused_parameters', False))
-            if wrapper is not None:
-                new.update({k: v for k, v in wrapper.items()
-                            if k != 'type'})
+            new.update(wrapper or {})  # the user's settings win
+            new.type = 'DeviceAwareDDP'
             cfg.model_wrapper_cfg = new
             notes.append('DDP without device_ids, gloo backend (no CUDA)')
     optim_wrapper = cfg.get('optim_wrapper', None)

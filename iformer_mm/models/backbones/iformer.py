@@ -316,7 +316,7 @@ class SHMABlock(nn.Module):
 # Window partitioning with channel chunking (paper Appendix F).
 # --------------------------------------------------------------------------
 def window_partition(x: torch.Tensor, window_size: int,
-                     chunks: int = 1) -> torch.Tensor:
+                     chunks: int) -> torch.Tensor:
     """``[B, C, H, W]`` -> ``[B * H/ws * W/ws, C, ws, ws]``.
 
     Windows are ordered batch first, then row-major over the map. No tensor
@@ -332,7 +332,7 @@ def window_partition(x: torch.Tensor, window_size: int,
     changes.
     """
     if chunks > 1:
-        return torch.cat([window_partition(part, window_size)
+        return torch.cat([window_partition(part, window_size, 1)
                           for part in x.chunk(chunks, dim=1)], dim=1)
     b, c, h, w = x.shape
     ws = window_size
@@ -350,11 +350,11 @@ def window_partition(x: torch.Tensor, window_size: int,
 
 
 def window_reverse(windows: torch.Tensor, window_size: int, height: int,
-                   width: int, chunks: int = 1) -> torch.Tensor:
+                   width: int, chunks: int) -> torch.Tensor:
     """Inverse of :func:`window_partition` for a padded ``height x width``
     map (no tensor of rank above 5 either)."""
     if chunks > 1:
-        return torch.cat([window_reverse(part, window_size, height, width)
+        return torch.cat([window_reverse(part, window_size, height, width, 1)
                           for part in windows.chunk(chunks, dim=1)], dim=1)
     ws = window_size
     nh, nw = height // ws, width // ws
@@ -589,7 +589,7 @@ class IFormerStage(nn.Module):
                 valid = x.new_zeros((b, 1, hp, wp))
                 valid[:, :, :h, :w] = 1
                 if not state.single:
-                    valid = window_partition(valid, ws)
+                    valid = window_partition(valid, ws, 1)
                 state.valid = valid
                 state.key_valid = valid.flatten(2).bool()
         if not state.single:
