@@ -108,16 +108,21 @@ def test_ade_labels_show_the_drawn_classes(tmp_path):
                                      label[:, -2:].ravel()])
             assert 1 not in set(border.tolist())
             assert (border == 0).mean() > 0.5
+            # ... and exactly 2 pixels wide: no 'other' inside it
+            assert 0 not in set(label[2:-2, 2:-2].ravel().tolist())
+            assert img.shape[1] in (96, 120)  # 1 or 1.25 times the height
             for cls in values - {0, 1}:
                 region = cv2.erode((label == cls).astype(np.uint8),
                                    np.ones((5, 5), np.uint8)).astype(bool)
                 # Each shape (a connected component: two shapes of a class
                 # may differ in colour) is one flat colour in the image.
                 n, comp = cv2.connectedComponents(region.astype(np.uint8))
-                for k in range(1, n):
-                    part = comp == k
-                    if part.sum() >= 20:
-                        assert img[part].astype(float).std(0).max() < 12
+                parts = [comp == k for k in range(1, n)]
+                # slivers too small to judge are left out, never all
+                judged = [p for p in parts if p.sum() >= 20]
+                assert judged, (name, cls)
+                for part in judged:
+                    assert img[part].astype(float).std(0).max() < 12
 
 
 def _metric(ann_file):
@@ -433,3 +438,22 @@ def test_coco_ids_are_unique_small_positive_integers(toy_coco):
     for ids in (image_ids, ann_ids):
         assert len(set(ids)) == len(ids)
         assert all(isinstance(i, int) and 0 < i < 2**31 for i in ids)
+
+
+def test_coco_images_and_triangles_have_the_documented_geometry(toy_coco):
+    """Images are 128 high and 128 or 160 wide; a triangle is equilateral
+    (its three sides equal up to the rounding of its vertices)."""
+    widths, sides = set(), []
+    for split in ('train', 'val'):
+        coco = _load(toy_coco, split)
+        widths |= {(im['height'], im['width']) for im in coco['images']}
+        names = {c['id']: c['name'] for c in coco['categories']}
+        for ann in coco['annotations']:
+            if names[ann['category_id']] != 'triangle':
+                continue
+            pts = np.asarray(ann['segmentation'][0], float).reshape(-1, 2)
+            d = [np.hypot(*(pts[i] - pts[(i + 1) % 3])) for i in range(3)]
+            sides.append(d)
+            assert max(d) - min(d) <= 2.5, d
+    assert widths == {(128, 128), (128, 160)}
+    assert sides
