@@ -171,3 +171,47 @@ def test_census_needs_the_main_function_of_an_ml_program():
     with pytest.raises(ValueError, match=r"no \"main\" function; "
                        r"functions: \['other'\]"):
         census_from_spec(prog)
+
+
+def test_dtype_widths_follow_coremltools_type_names():
+    """Every numeric MIL data type of coremltools' proto is counted with
+    the width its name states (FLOAT8E4M3FN: 8 bits, UINT6: 6, ...); BOOL
+    as a byte; the names the census reports are the common spellings."""
+    import re
+
+    from coremltools.proto import MIL_pb2
+
+    from iformer_mm.deploy.census import _DTYPE_BITS, _DTYPE_NAMES
+    numeric = {name: value for name, value in MIL_pb2.DataType.items()
+               if re.match(r'^(B?FLOAT|U?INT)\d+', name)}
+    assert len(numeric) == 20
+    for name, value in numeric.items():
+        bits = int(re.match(r'^[A-Z]+?(\d+)', name).group(1))
+        assert _DTYPE_BITS[value] == bits, name
+    assert _DTYPE_BITS[MIL_pb2.DataType.Value('BOOL')] == 8
+    for value, short in _DTYPE_NAMES.items():
+        name = MIL_pb2.DataType.Name(value)
+        long = name.lower().replace('float', 'fp').replace('bfp', 'bf')
+        assert short == long, (name, short)
+
+
+def test_tensors_of_unknown_size_count_no_bytes():
+    from coremltools.proto import MIL_pb2
+
+    from iformer_mm.deploy.census import _tensor_bytes
+    known = MIL_pb2.ValueType()
+    known.tensorType.dataType = MIL_pb2.DataType.Value('FLOAT16')
+    for size in (2, 3, 5):
+        known.tensorType.dimensions.add().constant.size = size
+    assert _tensor_bytes(known) == 2 * 3 * 5 * 2
+    flexible = MIL_pb2.ValueType()
+    flexible.CopyFrom(known)
+    flexible.tensorType.dimensions.add().unknown.variadic = False
+    assert _tensor_bytes(flexible) == 0
+    scalar_list = MIL_pb2.ValueType()
+    scalar_list.listType.SetInParent()
+    assert _tensor_bytes(scalar_list) == 0
+    packed = MIL_pb2.ValueType()
+    packed.tensorType.dataType = MIL_pb2.DataType.Value('UINT4')
+    packed.tensorType.dimensions.add().constant.size = 3
+    assert _tensor_bytes(packed) == 2  # 12 bits round up to 2 bytes

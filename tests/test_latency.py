@@ -713,3 +713,31 @@ def test_efficientformer_biases_are_resized_to_the_token_grid():
         out = model(torch.zeros(1, 3, 512, 512))
     assert out[-1].shape == (1, 448, 16, 16)
     assert resize_attention_biases(model, (512, 512)) == ''  # already 16
+
+
+def test_every_peer_preset_gives_dense_feature_maps():
+    """A dense-prediction backbone returns 4-D maps, the last at stride 32
+    (a preset that pooled its last map, e.g. ConvNeXt with
+    gap_before_final_norm, would feed a neck vectors)."""
+    from iformer_mm.deploy.backbones import PEERS, resolve_backbone
+    size = 128
+    for key in sorted(PEERS):
+        spec = resolve_backbone(key)
+        model = spec.build()
+        model.eval()
+        if spec.adapt is not None:
+            spec.adapt(model, (size, size))
+        with torch.no_grad():
+            outs = model(torch.zeros(1, 3, size, size))
+        outs = outs if isinstance(outs, (tuple, list)) else (outs, )
+        assert all(o.dim() == 4 for o in outs), (key, [o.shape for o in outs])
+        assert outs[-1].shape[-2:] == (size // 32, size // 32), key
+
+
+def test_size_divisor_of_a_custom_backbone_is_enforced():
+    from iformer_mm.deploy.backbones import BackboneError, spec_from_module
+    spec = spec_from_module(nn.Identity(), 'mine', size_divisor=2)
+    spec.check_size(64, 66)
+    with pytest.raises(BackboneError, match='multiple of 2, got 64x63'):
+        spec.check_size(64, 63)
+    spec_from_module(nn.Identity(), 'any').check_size(64, 63)  # divisor 1

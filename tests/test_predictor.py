@@ -477,6 +477,11 @@ def test_features_of_transposed_conv_and_rank5_tensors():
     assert s['largest_rank5_bytes'] == max(r['out_bytes'] for r in rank5)
     ranks = [len(r['out_shape']) for r in recs if r['out_shape'] is not None]
     assert 4 in ranks  # rank-4 tensors do not count as rank 5
+    # data movement: the reshapes' outputs, nothing of the compute ops
+    moved = sum(r['bytes_out'] for r in recs
+                if r['type'] in ('reshape', 'transpose', 'concat', 'split'))
+    assert s['rearrange_bytes'] == moved
+    assert 0 < moved < s['bytes_out']
 
 
 class _GramMatrix(nn.Module):
