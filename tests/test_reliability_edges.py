@@ -312,3 +312,38 @@ def test_atomic_backend_writes_text_in_its_encoding(tmp_path, monkeypatch):
         C.atomic_write(b'new content', str(path))
     assert path.read_bytes() == b'\x00\x01'  # the old file, whole
     assert os.listdir(path.parent) == ['note.txt']  # no temporary left
+
+
+def test_the_load_from_hook_is_strict_unless_told(tmp_path):
+    """install_checkpoint_loading / StrictLoadFromHook refuse a checkpoint
+    that does not fit by default: partial loading is an explicit choice."""
+    import torch.nn as nn
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    from iformer_mm.engine.loading import (StrictLoadFromHook,
+                                           install_checkpoint_loading)
+    from iformer_mm.errors import CheckpointMismatchError
+
+    class Model(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, *args, mode='tensor', **kwargs):
+            return []
+    path = tmp_path / 'other.pth'
+    torch.save({'state_dict': {'linear.weight': torch.zeros(1, 2),
+                               'extra.weight': torch.zeros(1)}}, str(path))
+    assert StrictLoadFromHook().strict is True
+    runner = Runner(model=Model(), work_dir=str(tmp_path / 'w'),
+                    load_from=str(path), default_scope='mmengine')
+    hook = install_checkpoint_loading(runner)
+    assert hook.strict is True
+    with pytest.raises(CheckpointMismatchError, match='extra.weight'):
+        runner.load_or_resume()
+    partial = Runner(model=Model(), work_dir=str(tmp_path / 'w2'),
+                     load_from=str(path), default_scope='mmengine')
+    install_checkpoint_loading(partial, strict=False)
+    partial.load_or_resume()
+    assert torch.equal(partial.model.linear.weight, torch.zeros(1, 2))
