@@ -347,3 +347,33 @@ def test_the_load_from_hook_is_strict_unless_told(tmp_path):
     install_checkpoint_loading(partial, strict=False)
     partial.load_or_resume()
     assert torch.equal(partial.model.linear.weight, torch.zeros(1, 2))
+
+
+def test_cuda_generator_state_is_saved_and_restored_where_it_fits(
+        monkeypatch):
+    """On a GPU machine the CUDA generators' states go into the checkpoint
+    and come back on resume, but only onto as many devices as were saved
+    (torch's CUDA calls are stood in for: this machine has no GPU)."""
+    from iformer_mm.engine import checkpointing as C
+    calls = []
+    fake = [torch.tensor([1], dtype=torch.uint8),
+            torch.tensor([2], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'is_initialized', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'get_rng_state_all', lambda: fake)
+    monkeypatch.setattr(torch.cuda, 'set_rng_state_all', calls.append)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    state = C.get_rng_state()
+    assert state['cuda'] is fake
+    C.set_rng_state(state)
+    assert calls == [fake]
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    C.set_rng_state(state)  # saved on 2 GPUs, resumed on 1: left alone
+    assert calls == [fake]
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 3)
+    C.set_rng_state(state)  # saved on 2, resumed on 3: left alone too
+    assert calls == [fake]
+    del state['cuda']
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    C.set_rng_state(state)  # saved without a GPU
+    assert calls == [fake]
