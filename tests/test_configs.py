@@ -427,3 +427,25 @@ def test_resume_flag_overrides_the_configs_resume_only_when_given(tmp_path):
     assert load_config(str(path), work_dir=work, resume='auto').resume is \
         False
     assert load_config(str(path), work_dir=work).resume is True
+
+
+def test_build_runner_logs_what_it_changed(tmp_path):
+    """What adapt_to_machine / make_resumable changed is said in the run's
+    log, one line each, so a user sees why the config differs."""
+    from mmengine.logging import MMLogger
+
+    from iformer_mm.engine.runner import build_runner, load_config
+    path = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
+    cfg = load_config(path, work_dir=str(tmp_path / 'w'),
+                      cfg_options={'default_hooks.checkpoint.type':
+                                   'CheckpointHook',
+                                   'train_dataloader.dataset.data_root':
+                                   str(tmp_path / 'data'),
+                                   'val_dataloader.dataset.data_root':
+                                   str(tmp_path / 'data')})
+    build_runner(cfg)
+    log = MMLogger.get_current_instance().log_file
+    with open(log) as f:
+        text = f.read()
+    assert '[iformer_mm] CheckpointHook -> SafeCheckpointHook (atomic ' \
+        'saves)' in text

@@ -211,6 +211,8 @@ def test_default_sizes_are_the_documented_ones(tmp_path):
     ade = make_toy_ade(str(tmp_path / 'ade'))
     assert [len(glob.glob(osp.join(ade, 'images', s, '*.jpg')))
             for s in ('training', 'validation')] == [24, 6]
+    assert {cv2.imread(p).shape[0] for p in glob.glob(
+        osp.join(ade, 'images', 'validation', '*.jpg'))} == {128}
     imnet = make_toy_imagenet(str(tmp_path / 'imnet'))
     for split, n in (('train', 12), ('val', 4)):
         for kind in TOY_CLS_CLASSES:
@@ -457,3 +459,25 @@ def test_coco_images_and_triangles_have_the_documented_geometry(toy_coco):
             assert max(d) - min(d) <= 2.5, d
     assert widths == {(128, 128), (128, 160)}
     assert sides
+
+
+def test_coco_shapes_never_overlap_and_stay_inside(toy_coco):
+    """Shapes are placed so that their bounding squares do not overlap and
+    keep a pixel of margin: every object is whole and alone."""
+    for split in ('train', 'val'):
+        coco = _load(toy_coco, split)
+        images = {im['id']: im for im in coco['images']}
+        by_image = {}
+        for ann in coco['annotations']:
+            by_image.setdefault(ann['image_id'], []).append(ann['bbox'])
+        for image_id, boxes in by_image.items():
+            im = images[image_id]
+            for x, y, w, h in boxes:
+                assert x >= 1 and y >= 1, (x, y)
+                assert x + w <= im['width'] - 1 and \
+                    y + h <= im['height'] - 1, (x, y, w, h, im)
+            for i, (x1, y1, w1, h1) in enumerate(boxes):
+                for x2, y2, w2, h2 in boxes[i + 1:]:
+                    apart = x1 + w1 <= x2 or x2 + w2 <= x1 or \
+                        y1 + h1 <= y2 or y2 + h2 <= y1
+                    assert apart, (image_id, boxes)
