@@ -741,3 +741,21 @@ def test_size_divisor_of_a_custom_backbone_is_enforced():
     with pytest.raises(BackboneError, match='multiple of 2, got 64x63'):
         spec.check_size(64, 63)
     spec_from_module(nn.Identity(), 'any').check_size(64, 63)  # divisor 1
+
+
+def test_peers_build_in_their_own_scope_whatever_the_current_one():
+    """A process that already ran an mmseg config has mmseg as mmengine's
+    default scope; an mmpretrain or mmdet preset must still be built from
+    its own registry (found by the full suite: test order mattered)."""
+    from mmengine.registry import DefaultScope
+
+    from iformer_mm.deploy.backbones import resolve_backbone
+    for current in ('mmseg', 'mmdet', 'mmpretrain'):
+        with DefaultScope.overwrite_default_scope(current):
+            for key, kind in (('convnext-t', 'ConvNeXt'),
+                              ('resnet18', 'ResNet'),
+                              ('iformer-t', 'IFormer')):
+                assert type(resolve_backbone(key).build()).__name__ == kind
+            spec = resolve_backbone('mmpretrain.MobileOne{"arch": "s0"}')
+            assert type(spec.build()).__name__ == 'MobileOne'
+            assert DefaultScope.get_current_instance().scope_name == current

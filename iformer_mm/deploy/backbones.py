@@ -416,10 +416,17 @@ def registry_for(scope: Optional[str]):
 
 
 def _registry_build(scope: Optional[str], cfg: dict) -> nn.Module:
+    from mmengine.registry import DefaultScope
     cfg = copy.deepcopy(cfg)
     cfg.pop('init_cfg', None)
     cfg.pop('pretrained', None)
-    return registry_for(scope).build(cfg)
+    registry = registry_for(scope)
+    # mmengine builds in the *current* default scope when one is set (a
+    # config or tool run earlier in this process may have set mmseg's):
+    # build in the backbone's own scope instead.
+    with DefaultScope.overwrite_default_scope(
+            scope if scope in SCOPES else None):
+        return registry.build(cfg)
 
 
 def _registry_spec(scope: str, cfg: dict, key: str, label: str,
