@@ -283,6 +283,7 @@ def test_best_checkpoints_per_metric_by_iteration(tmp_path):
     best = torch.load(str(tmp_path / 'best_acc_iter_4.pth'),
                       weights_only=False)
     assert best['meta']['iter'] == 4 and 'optimizer' not in best
+    assert 'param_schedulers' not in best  # weights only, as mmengine's
 
 
 def test_auto_best_follows_the_first_metric(tmp_path):
@@ -303,6 +304,10 @@ def test_atomic_backend_writes_text_in_its_encoding(tmp_path, monkeypatch):
     assert path.read_bytes() == b'h\xe9'
     C.AtomicLocalBackend().put(b'\x00\x01', str(path))
     assert path.read_bytes() == b'\x00\x01'
+    big = bytes(range(256)) * (3 * 4096 + 7)  # over 3 MiB: several chunks
+    C.atomic_write(big, str(path))
+    assert path.read_bytes() == big
+    C.AtomicLocalBackend().put(b'\x00\x01', str(path))
 
     def fail(f, data):
         f.write(data[:1])
