@@ -153,7 +153,8 @@ def fresh_clone(work_dir: str) -> str:
 
 
 def load_equivalents(path: str = EQUIVALENTS):
-    """``module | operator | source line (stripped) | reason`` per line."""
+    """``module | operator | source line (stripped) | reason`` per line
+    (the reason may not contain `` | ``; the source line may)."""
     entries = []
     if not osp.isfile(path):
         return entries
@@ -163,11 +164,13 @@ def load_equivalents(path: str = EQUIVALENTS):
             if not line or line.startswith('#'):
                 continue
             parts = [p.strip() for p in line.split(' | ')]
-            if len(parts) != 4:
+            if len(parts) < 4:
                 raise SystemExit(f'error: {path}: expected "module | '
                                  f'operator | line | reason": {line!r}')
+            # the source line may itself hold " | " (a bitwise or)
             entries.append(dict(module=parts[0], operator=parts[1],
-                                line=parts[2], reason=parts[3]))
+                                line=' | '.join(parts[2:-1]),
+                                reason=parts[-1]))
     return entries
 
 
