@@ -21,8 +21,9 @@ cannot change behaviour) are listed in ``benchmarks/mutation_equivalents.txt``
 with the reason, excluded from the score and printed.
 
 Prints the score per group and per module (killed / (killed +
-survived)) and every survivor with its diff; writes ``<work-dir>/report.json`` and
-``<work-dir>/report.md``. Not part of CI: it takes long on 2 cores.
+survived)) and every survivor with its diff; writes
+``<work-dir>/report.json`` and ``<work-dir>/report.md``. Not part of CI: it
+takes long on 2 cores.
 """
 from __future__ import annotations
 
