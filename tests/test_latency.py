@@ -715,23 +715,93 @@ def test_efficientformer_biases_are_resized_to_the_token_grid():
     assert resize_attention_biases(model, (512, 512)) == ''  # already 16
 
 
-def test_every_peer_preset_gives_dense_feature_maps():
-    """A dense-prediction backbone returns 4-D maps, the last at stride 32
-    (a preset that pooled its last map, e.g. ConvNeXt with
-    gap_before_final_norm, would feed a neck vectors)."""
-    from iformer_mm.deploy.backbones import PEERS, resolve_backbone
+# The peers as their papers publish them: ImageNet parameters (millions, as
+# printed), the classifier those include (in -> 1000 classes; EfficientFormer
+# trains two, a head and a distillation head), and the widths of the four
+# dense maps (strides 4, 8, 16, 32).
+PEER_ARCHITECTURES = {
+    # ResNet (He et al. 2016), Table 3 / torchvision: 11.7M, 25.6M
+    'resnet18': (11.7, 512, 1, (64, 128, 256, 512)),
+    'resnet50': (25.6, 2048, 1, (256, 512, 1024, 2048)),
+    # Swin Transformer (Liu et al. 2021), Table 1: Swin-T 28M (28.3M)
+    'swin-t': (28.3, 768, 1, (96, 192, 384, 768)),
+    # PVTv2 (Wang et al. 2022), Table 2: B1 14.0M
+    'pvtv2-b1': (14.0, 512, 1, (64, 128, 320, 512)),
+    # PoolFormer / MetaFormer (Yu et al. 2022), Table 1: S12 12M, S24 21M
+    'poolformer-s12': (11.9, 512, 1, (64, 128, 320, 512)),
+    'poolformer-s24': (21.4, 512, 1, (64, 128, 320, 512)),
+    # EfficientFormer (Li et al. 2022), Table 1: L1 12.3M, L3 31.3M
+    'efficientformer-l1': (12.3, 448, 2, (48, 96, 224, 448)),
+    'efficientformer-l3': (31.3, 512, 2, (64, 128, 320, 512)),
+    # ConvNeXt (Liu et al. 2022), Table 1: ConvNeXt-T 29M (28.6M)
+    'convnext-t': (28.6, 768, 1, (96, 192, 384, 768)),
+    # EfficientNet (Tan & Le 2019), Table 1: B0 5.3M; the last map is the
+    # 1x1 head conv's 1280 channels
+    'efficientnet-b0': (5.3, 1280, 1, (24, 40, 112, 1280)),
+}
+
+
+def test_every_peer_preset_is_the_published_network_with_dense_maps():
+    """Each peer preset is its paper's network: its parameters plus the
+    classifier(s) it drops are the published ImageNet count (within 1%,
+    printed to 0.1M), and it returns four 4-D maps at strides 4, 8, 16 and
+    32 with the paper's widths (a preset that pooled its last map, e.g.
+    ConvNeXt with gap_before_final_norm, would feed a neck vectors; a wrong
+    ``out_indices`` a map of the wrong stride)."""
+    from iformer_mm.deploy.backbones import (BackboneError, PEERS,
+                                             resolve_backbone)
+    assert set(PEER_ARCHITECTURES) == set(PEERS)
     size = 128
     for key in sorted(PEERS):
+        published, head_in, heads, widths = PEER_ARCHITECTURES[key]
         spec = resolve_backbone(key)
         model = spec.build()
         model.eval()
         if spec.adapt is not None:
             spec.adapt(model, (size, size))
+        count = sum(p.numel() for p in model.parameters())
+        count += heads * (head_in * 1000 + 1000)
+        assert abs(count / 1e6 - published) <= 0.01 * published, \
+            (key, count)
         with torch.no_grad():
             outs = model(torch.zeros(1, 3, size, size))
         outs = outs if isinstance(outs, (tuple, list)) else (outs, )
-        assert all(o.dim() == 4 for o in outs), (key, [o.shape for o in outs])
-        assert outs[-1].shape[-2:] == (size // 32, size // 32), key
+        assert [tuple(o.shape) for o in outs] == [
+            (1, c, size // s, size // s)
+            for c, s in zip(widths, (4, 8, 16, 32))], key
+        # dense inputs must be multiples of the network's total stride
+        assert spec.size_divisor == 32, key
+        with pytest.raises(BackboneError, match='multiple of 32'):
+            spec.check_size(size, size + 16)
+
+
+def test_attention_peers_have_their_published_heads_and_windows():
+    """Heads and windows change no parameter count, but do change latency:
+    PVTv2-B1 has 1, 2, 5, 8 heads over 2, 2, 2, 2 blocks (PVTv2, Table 2)
+    and Swin-T 3, 6, 12, 24 heads over 2, 2, 6, 2 blocks with 7x7 windows
+    (Swin, Sec. 3.3)."""
+    from iformer_mm.deploy.backbones import resolve_backbone
+
+    def heads_per_stage(model, kind, stage_of):
+        out = {}
+        for name, module in model.named_modules():
+            if type(module).__name__ == kind:
+                out.setdefault(stage_of(name), []).append(module)
+        return out
+
+    pvt = heads_per_stage(resolve_backbone('pvtv2-b1').build(),
+                          'SpatialReductionAttention',
+                          lambda n: int(n.split('.')[1]))
+    assert [len(pvt[i]) for i in range(4)] == [2, 2, 2, 2]
+    assert [{m.num_heads for m in pvt[i]} for i in range(4)] == \
+        [{1}, {2}, {5}, {8}]
+    swin = heads_per_stage(resolve_backbone('swin-t').build(), 'WindowMSA',
+                           lambda n: int(n.split('.')[1]))
+    assert [len(swin[i]) for i in range(4)] == [2, 2, 6, 2]
+    assert [{m.num_heads for m in swin[i]} for i in range(4)] == \
+        [{3}, {6}, {12}, {24}]
+    assert {tuple(m.window_size) for ms in swin.values() for m in ms} == \
+        {(7, 7)}
 
 
 def test_size_divisor_of_a_custom_backbone_is_enforced():

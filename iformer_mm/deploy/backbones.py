@@ -318,7 +318,7 @@ class BackboneSpec:
     label: str                    # what tables show
     family: str                   # 'iformer' or 'peer'
     build: Callable[[], nn.Module] = field(repr=False)
-    size_divisor: int = 32
+    size_divisor: int             # inputs must be multiples of it
     source: str = ''              # where it came from (registry, config)
     paper: Optional[Dict[str, Any]] = None
     # ``adapt(model, (height, width)) -> note``: what a peer needs to run at
