@@ -5,6 +5,7 @@ import json
 import os
 import os.path as osp
 import subprocess
+import sys
 import zipfile
 
 import pytest
@@ -110,6 +111,97 @@ def test_a_lock_file_replaced_under_us_is_not_trusted(tmp_path,
     with lock.WorkDirLock(str(work)) as held:
         assert len(calls) == 2
         assert os.stat(path).st_ino == os.fstat(held._fd).st_ino
+
+
+def test_holder_vanishing_after_our_flock_is_a_retry(tmp_path, monkeypatch):
+    """The holder may release (delete the file) right after our flock
+    succeeded on its old inode: the stat then finds no file, and the lock is
+    taken again on a fresh one instead of failing."""
+    from iformer_mm.engine import lock
+    work = tmp_path / 'work'
+    work.mkdir()
+    path = str(work / lock.LOCK_NAME)
+    real_flock = lock.fcntl.flock
+    calls = []
+
+    def flock(fd, op):
+        calls.append(fd)
+        result = real_flock(fd, op)
+        if len(calls) == 1:
+            os.unlink(path)  # the holder's release
+        return result
+    monkeypatch.setattr(lock.fcntl, 'flock', flock)
+    with lock.WorkDirLock(str(work)) as held:
+        assert len(calls) == 2
+        assert os.stat(path).st_ino == os.fstat(held._fd).st_ino
+        assert json.loads(open(path).read())['pid'] == os.getpid()
+
+
+def test_stale_file_vanishing_before_our_unlink_is_a_retry(tmp_path,
+                                                           no_flock,
+                                                           monkeypatch):
+    """Without flock, another process may remove a stale lock file between
+    our read and our unlink: the lock is still taken, with no error."""
+    work = tmp_path / 'work'
+    work.mkdir()
+    path = work / no_flock.LOCK_NAME
+    path.write_text(json.dumps(dict(pid=_dead_pid())))
+    real_read = no_flock._read_holder
+    reads = []
+
+    def read_and_vanish(p):
+        holder = real_read(p)
+        reads.append(holder)
+        if len(reads) == 2 and osp.exists(p):  # 1st read: acquire()'s own
+            os.unlink(p)
+        return holder
+    monkeypatch.setattr(no_flock, '_read_holder', read_and_vanish)
+    with no_flock.WorkDirLock(str(work)) as held:
+        assert held.held and len(reads) == 2
+        assert json.loads(path.read_text())['pid'] == os.getpid()
+
+
+@pytest.mark.parametrize('with_flock', [True, False])
+def test_lock_file_is_readable_by_all_writable_by_its_owner(
+        tmp_path, monkeypatch, with_flock):
+    """Another user's training must be able to read who holds the dir (for
+    its message); nobody else may write it, and it is no program."""
+    from iformer_mm.engine import lock
+    if not with_flock:
+        monkeypatch.setattr(lock, 'fcntl', None)
+    old = os.umask(0)
+    try:
+        with lock.WorkDirLock(str(tmp_path / 'work')) as held:
+            mode = os.stat(held.path).st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert oct(mode) == oct(0o644)
+
+
+def test_lock_module_imports_where_fcntl_does_not_exist(tmp_path):
+    """On Windows ``import fcntl`` fails: the module must still import and
+    fall back to the O_EXCL lock (simulated here in a fresh interpreter
+    where fcntl cannot be imported)."""
+    code = (
+        'import sys, os, json\n'
+        'sys.modules["fcntl"] = None  # import fcntl -> ImportError\n'
+        'from iformer_mm.engine import lock\n'
+        'assert lock.fcntl is None\n'
+        f'work = {str(tmp_path / "work")!r}\n'
+        'first = lock.WorkDirLock(work).acquire()\n'
+        'try:\n'
+        '    lock.WorkDirLock(work).acquire()\n'
+        'except lock.WorkDirBusyError:\n'
+        '    print("busy")\n'
+        'first.release()\n'
+        'print(os.path.exists(first.path))\n')
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep +
+               os.environ.get('PYTHONPATH', ''))
+    proc = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                          text=True, env=env, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ['busy', 'False']
 
 
 # --------------------------------------------------------------------------
@@ -254,6 +346,8 @@ def _iter_runner(work_dir, scores, **hook):
         val_cfg=dict(),
         train_cfg=dict(by_epoch=False, max_iters=6, val_interval=2),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        param_scheduler=dict(type='MultiStepLR', milestones=[4],
+                             by_epoch=False),
         default_hooks=dict(checkpoint=dict(
             type='SafeCheckpointHook', interval=2, by_epoch=False, **hook)),
         randomness=dict(seed=0), default_scope='mmengine')
@@ -284,6 +378,8 @@ def test_best_checkpoints_per_metric_by_iteration(tmp_path):
                       weights_only=False)
     assert best['meta']['iter'] == 4 and 'optimizer' not in best
     assert 'param_schedulers' not in best  # weights only, as mmengine's
+    last = torch.load(str(tmp_path / 'iter_6.pth'), weights_only=False)
+    assert 'optimizer' in last and len(last['param_schedulers']) == 1
 
 
 def test_auto_best_follows_the_first_metric(tmp_path):
