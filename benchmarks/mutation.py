@@ -33,6 +33,7 @@ import json
 import os
 import os.path as osp
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -222,6 +223,17 @@ def _is_equivalent(item, text, equivalents):
     return None
 
 
+def group_timeout(requested, baseline_s):
+    """Seconds a mutant's tests may run. A survivor runs every test, so a
+    time-out near the baseline would count it as killed by the time-out
+    alone: at least twice the baseline. Unasked, three times the baseline
+    and at least a minute (a mutant that loops forever, e.g. a ``while``
+    whose exit is mutated, then costs minutes, not the 10 it once did)."""
+    if requested is None:
+        return float(max(60, int(3 * baseline_s) + 1))
+    return float(max(requested, int(2 * baseline_s) + 1))
+
+
 def run_group(name, venv, work_dir, args, equivalents):
     tree = osp.join(work_dir, 'tree')
     modules = _expand(GROUPS[name][0], tree)
@@ -241,7 +253,7 @@ def run_group(name, venv, work_dir, args, equivalents):
     with open(cfg, 'w') as f:
         f.write('[cosmic-ray]\n')
         f.write(f'module-path = {json.dumps(modules)}\n')
-        f.write(f'timeout = {float(args.timeout)}\n')
+        f.write('timeout = 600.0\n')  # set after the baseline
         f.write('excluded-modules = []\n')
         f.write(f'test-command = {json.dumps(test_cmd)}\n')
         f.write('[cosmic-ray.distributor]\nname = "local"\n')
@@ -276,18 +288,14 @@ def run_group(name, venv, work_dir, args, equivalents):
             f'no score. Last output:\n{base.stdout[-2000:]}')
         return dict(group=name, baseline_failed=True)
     base_s = time.time() - t0
-    timeout = float(args.timeout)
-    if timeout < 2 * base_s:
-        # A survivor runs every test: with a time-out near the baseline it
-        # would be counted as killed by the time-out alone.
-        timeout = float(int(2 * base_s) + 1)
-        with open(cfg) as f:
-            text = f.read().replace(f'timeout = {float(args.timeout)}\n',
-                                    f'timeout = {timeout}\n')
-        with open(cfg, 'w') as f:
-            f.write(text)
+    timeout = group_timeout(args.timeout, base_s)
+    if args.timeout is not None and timeout > args.timeout:
         log(f'[{name}] --timeout {args.timeout:.0f} s is under twice the '
             f'baseline; raised to {timeout:.0f} s')
+    with open(cfg) as f:
+        text = f.read()
+    with open(cfg, 'w') as f:
+        f.write(re.sub(r'(?m)^timeout = .*$', f'timeout = {timeout}', text))
     log(f'[{name}] baseline passed in {base_s:.0f} s; running '
         f'mutants (each up to {timeout:.0f} s)')
     subprocess.run([cr, 'exec', cfg, session], cwd=tree, check=True)
@@ -378,9 +386,10 @@ def main(argv=None):
     parser.add_argument('--sample', type=int, default=25,
                         help='mutants per group, drawn at random; 0 = all')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--timeout', type=float, default=600,
+    parser.add_argument('--timeout', type=float, default=None,
                         help='seconds per mutant test run (a time-out '
-                        'counts as killed)')
+                        'counts as killed); default: 3x the group\'s '
+                        'baseline, at least 60; never under 2x')
     parser.add_argument('--work-dir', default=osp.join(REPO, 'work_dirs',
                                                        'mutation'))
     parser.add_argument('--list', action='store_true',

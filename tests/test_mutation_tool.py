@@ -114,3 +114,14 @@ def test_report_scores_groups_modules_and_the_total(mutation, tmp_path,
     assert 'commit abc1234' in md and 'g3' not in md
     report = json.loads((tmp_path / 'report.json').read_text())
     assert report['commit'] == 'abc1234' and report['seed'] == 3
+
+
+def test_mutant_time_out_leaves_a_survivor_time_to_run(mutation):
+    """A survivor runs every test: its time-out must exceed the baseline
+    with margin (else it would be scored as killed by the time-out alone),
+    and by default stays near it (a mutant looping forever costs little)."""
+    assert mutation.group_timeout(None, 10) == 60.0
+    assert mutation.group_timeout(None, 100) == 301.0
+    assert mutation.group_timeout(30, 10) == 30.0
+    assert mutation.group_timeout(30, 20) == 41.0
+    assert mutation.group_timeout(600, 100) == 600.0
