@@ -481,3 +481,62 @@ def test_coco_shapes_never_overlap_and_stay_inside(toy_coco):
                     apart = x1 + w1 <= x2 or x2 + w2 <= x1 or \
                         y1 + h1 <= y2 or y2 + h2 <= y1
                     assert apart, (image_id, boxes)
+
+
+# The content of each toy dataset at its default arguments, per
+# TOY_FORMAT_VERSION: sha256 over every image array as drawn (before JPEG or
+# PNG encoding, so that the codec's version does not matter), its file name
+# and shape, and the annotation files' bytes.
+TOY_CONTENT = {
+    1: dict(
+        coco='5c2ae76a8dfd2231e8bb7c89fe11cdd03a022ebe52e149743af3beba2'
+             '6b28522',
+        ade='b433fe1b54a1227bda190cdc6c072d226e745f2986b74b2bfa76e016a6d'
+            '22215',
+        imagenet='2fd153742805644f28b7c1d863071ce496512d3e030657060d6e0bc46'
+                 '790b0a3'),
+}
+
+
+def _content_digest(generate, root, monkeypatch):
+    import hashlib
+    digest = hashlib.sha256()
+    real = cv2.imwrite
+
+    def record(path, img, *args):
+        digest.update(osp.basename(path).encode())
+        digest.update(str(img.shape).encode())
+        digest.update(img.tobytes())
+        return real(path, img, *args)
+    with monkeypatch.context() as m:
+        m.setattr(cv2, 'imwrite', record)
+        root = generate(root)
+    for folder, dirs, files in sorted(os.walk(root)):
+        dirs.sort()
+        for name in sorted(files):
+            if name.endswith('.json') and not name.startswith('.'):
+                digest.update(name.encode())
+                with open(osp.join(folder, name), 'rb') as f:
+                    digest.update(f.read())
+    return digest.hexdigest()
+
+
+@pytest.mark.parametrize('kind', ['coco', 'ade', 'imagenet'])
+def test_content_changes_only_with_the_format_version(tmp_path, monkeypatch,
+                                                      kind):
+    """A copy on disk is reused while its stamp's TOY_FORMAT_VERSION matches:
+    a change to what the generator draws (a colour range, a rotation, a
+    margin, a stroke) without a version bump would leave users training on
+    old data while the README's toy results describe the new. So the content
+    at the default arguments is pinned per version. If this fails after an
+    intended change: bump TOY_FORMAT_VERSION, pin the new digests here, and
+    re-measure the documented toy results."""
+    from iformer_mm.datasets.toy import TOY_FORMAT_VERSION, TOY_GENERATORS
+    pinned = TOY_CONTENT.get(TOY_FORMAT_VERSION)
+    assert pinned is not None, \
+        f'no content pinned for TOY_FORMAT_VERSION {TOY_FORMAT_VERSION}'
+    got = _content_digest(TOY_GENERATORS[kind], str(tmp_path / kind),
+                          monkeypatch)
+    assert got == pinned[kind], (
+        f'toy {kind} content changed without a TOY_FORMAT_VERSION bump '
+        f'(digest {got})')
