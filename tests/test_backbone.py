@@ -354,6 +354,17 @@ def test_layout_and_arch_mistakes_each_say_what_is_wrong():
     with pytest.raises(ValueError, match='Custom arch dims must have 4 '
                        'entries'):
         IFormer(dict(custom, dims=(16, 32, 64)))
+    # R is read only where a stage has SHMA: there it must be usable
+    for bad in (0, None, 2.0, 129):
+        with pytest.raises(ValueError, match=r'stage 3 has 1 SHMA groups, '
+                           r'so qk_reduction\[3\] must be an integer from 1 '
+                           r'to dims\[3\] = 128, got ' + repr(bad)):
+            IFormer(dict(custom, depths=(1, 1, 3, 3),
+                         qk_reduction=(None, None, 2, bad)))
+    # ... and is not read where there is none (the named archs say None)
+    IFormer(dict(custom, depths=(1, 1, 3, 3), qk_reduction=(7, 0, 2, 128)))
+    assert [ARCH_ZOO[a]['qk_reduction'][:2] for a in ARCH_ZOO] == \
+        [(None, None)] * len(ARCH_ZOO)
     with pytest.raises(TypeError, match="arch must be a str or dict, got "
                        "<class 'int'>"):
         IFormer(3)

@@ -29,26 +29,26 @@ from torch.nn.modules.batchnorm import _BatchNorm
 # --------------------------------------------------------------------------
 # Variants as data (paper Table 15 and the authors' release).
 # ``attn_groups``: CPE + SHMA + FFN groups per stage; ``qk_reduction``: R,
-# the query/key width is C / R.
+# the query/key width is C / R (None for a stage without SHMA).
 # --------------------------------------------------------------------------
 ARCH_ZOO: Dict[str, dict] = {
     't': dict(dims=(32, 64, 128, 256), depths=(2, 2, 16, 6),
-              attn_groups=(0, 0, 3, 2), qk_reduction=(0, 0, 2, 4),
+              attn_groups=(0, 0, 3, 2), qk_reduction=(None, None, 2, 4),
               conv_ratio=3, ffn_ratio=2, layer_scale_init_value=0.),
     's': dict(dims=(32, 64, 176, 320), depths=(2, 2, 19, 6),
-              attn_groups=(0, 0, 3, 2), qk_reduction=(0, 0, 2, 4),
+              attn_groups=(0, 0, 3, 2), qk_reduction=(None, None, 2, 4),
               conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
     'm': dict(dims=(48, 96, 192, 384), depths=(2, 2, 22, 6),
-              attn_groups=(0, 0, 4, 2), qk_reduction=(0, 0, 2, 4),
+              attn_groups=(0, 0, 4, 2), qk_reduction=(None, None, 2, 4),
               conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
     'l': dict(dims=(48, 96, 256, 384), depths=(2, 2, 33, 6),
-              attn_groups=(0, 0, 8, 2), qk_reduction=(0, 0, 2, 4),
+              attn_groups=(0, 0, 8, 2), qk_reduction=(None, None, 2, 4),
               conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
     'l2': dict(dims=(64, 128, 256, 512), depths=(3, 3, 46, 9),
-               attn_groups=(0, 0, 11, 3), qk_reduction=(0, 0, 2, 4),
+               attn_groups=(0, 0, 11, 3), qk_reduction=(None, None, 2, 4),
                conv_ratio=4, ffn_ratio=3, layer_scale_init_value=0.),
     'h': dict(dims=(96, 192, 384, 768), depths=(5, 5, 60, 18),
-              attn_groups=(0, 0, 15, 6), qk_reduction=(0, 0, 1, 1),
+              attn_groups=(0, 0, 15, 6), qk_reduction=(None, None, 1, 1),
               conv_ratio=4, ffn_ratio=4, layer_scale_init_value=1e-6),
 }
 
@@ -529,8 +529,8 @@ class IFormerStage(nn.Module):
     """
 
     def __init__(self, in_dim: int, dim: int, depth: int, num_groups: int,
-                 qk_reduction: int, conv_ratio: int, ffn_ratio: int,
-                 drop_path_rates: Sequence[float],
+                 qk_reduction: Optional[int], conv_ratio: int,
+                 ffn_ratio: int, drop_path_rates: Sequence[float],
                  layer_scale_init_value: float, attention='global',
                  window_size: int = 16, window_chunks: int = 1,
                  with_cp: bool = False, window_padding: str = 'mask',
@@ -777,6 +777,13 @@ class IFormer(BaseModule):
             for key in ('dims', 'depths', 'attn_groups', 'qk_reduction'):
                 if len(arch[key]) != cls.num_stages:
                     raise ValueError(f'Custom arch {key} must have 4 entries.')
+            for i, (groups, r, dim) in enumerate(zip(
+                    arch['attn_groups'], arch['qk_reduction'], arch['dims'])):
+                if groups and not (isinstance(r, int) and 0 < r <= dim):
+                    raise ValueError(
+                        f'Custom arch: stage {i} has {groups} SHMA groups, '
+                        f'so qk_reduction[{i}] must be an integer from 1 to '
+                        f'dims[{i}] = {dim}, got {r!r}.')
             return None, copy.deepcopy(dict(arch))
         raise TypeError(f'arch must be a str or dict, got {type(arch)}.')
 
