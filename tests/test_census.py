@@ -193,6 +193,10 @@ def test_dtype_widths_follow_coremltools_type_names():
         name = MIL_pb2.DataType.Name(value)
         long = name.lower().replace('float', 'fp').replace('bfp', 'bf')
         assert short == long, (name, short)
+    # weights of these types are reported by name (others by number)
+    assert sorted(MIL_pb2.DataType.Name(v) for v in _DTYPE_NAMES) == sorted(
+        ['BOOL', 'FLOAT16', 'FLOAT32', 'FLOAT64', 'BFLOAT16'] +
+        [f'{u}INT{b}' for u in ('', 'U') for b in (4, 8, 16, 32, 64)])
 
 
 def test_tensors_of_unknown_size_count_no_bytes():
