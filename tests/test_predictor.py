@@ -446,6 +446,15 @@ def test_tool_prediction_uses_the_stored_fit():
         params['validation']['heldout']['median_abs_pct']
     assert predict_for_tool(object())['status'] == 'unavailable'
 
+    class Broken:
+        def get_spec(self):
+            raise RuntimeError('x' * 500)
+    failed = predict_for_tool(Broken())
+    # the error goes into a JSON report and a table cell: kept short
+    assert failed == dict(status='unavailable',
+                          error='RuntimeError: ' + 'x' * 186)
+    assert len(failed['error']) == 200
+
 
 class _UpAndRank5(nn.Module):
     """A transposed conv (decoder-style upsampling) and a rank-5 view."""
@@ -726,3 +735,40 @@ def test_every_term_reads_its_feature_in_its_unit():
     # a prediction is not "Failed" unless the rule says so
     assert M.Prediction(2.0).failed is False
     assert M.Prediction(2.0, failed=1).failed is True
+
+
+def test_deploy_folds_a_reparameterisable_network_without_changing_it():
+    """GhostNetV3 has 48 modules with switch_to_deploy: deploy() switches the
+    first and timm's reparameterize_model folds the rest; the deployed
+    network computes what the trained one does (BN statistics away from
+    1/0, so that a fold that forgot them would show), has fewer
+    parameters, and is described as recorded in the shipped feature file."""
+    import copy
+
+    import timm
+
+    from iformer_mm.deploy.predictor.references import deploy
+    torch.manual_seed(0)
+    model = timm.create_model('ghostnetv3_100', pretrained=False).eval()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2.0)
+            m.running_mean.uniform_(-0.5, 0.5)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x)
+    deployed = copy.deepcopy(model)
+    note = deploy(deployed)
+    with torch.no_grad():
+        got = deployed(x)
+    assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
+    assert not deployed.training
+    # as recorded when the shipped features were extracted
+    from iformer_mm.deploy.predictor.extract import FEATURES_PATH
+    with open(FEATURES_PATH) as f:
+        recorded = json.load(f)['rows']['ghostnetv3-1-0x@224']['reference']
+    assert note == recorded['deploy'] == \
+        'switch_to_deploy, timm reparameterize_model'
+    assert sum(p.numel() for p in model.parameters()) == recorded['params']
+    assert sum(p.numel() for p in deployed.parameters()) == \
+        recorded['params_deployed'] < recorded['params']
