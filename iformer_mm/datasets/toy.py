@@ -33,7 +33,7 @@ import os
 import os.path as osp
 import shutil
 import tempfile
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -94,7 +94,8 @@ def _class_colour(rng: np.random.RandomState,
     return tuple(int(c) for c in colour)
 
 
-def _place(rng, h, w, boxes, r_range) -> Tuple[float, float, float] | None:
+def _place(rng, h, w, boxes,
+           r_range) -> Optional[Tuple[float, float, float]]:
     """A centre and radius whose bounding square overlaps no earlier one."""
     for _ in range(50):
         r = rng.uniform(*r_range)
