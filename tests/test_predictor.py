@@ -772,3 +772,120 @@ def test_deploy_folds_a_reparameterisable_network_without_changing_it():
     assert sum(p.numel() for p in model.parameters()) == recorded['params']
     assert sum(p.numel() for p in deployed.parameters()) == \
         recorded['params_deployed'] < recorded['params']
+
+
+def _rec(kind, cls, out_shape, out_bytes, macs=0, bytes_in=0, const=0):
+    return dict(type=kind, cls=cls, out_shape=out_shape, out_bytes=out_bytes,
+                macs=macs, bytes_in=bytes_in, bytes_out=out_bytes,
+                bytes_const=const)
+
+
+def test_summary_of_hand_made_records():
+    """summarize() against sums done by hand: per type and class from zero,
+    transposes by output size strictly over 64 KiB / 256 KiB / 1 MiB (the
+    buckets the fitted coefficients were learned on), the extremes."""
+    kib = 1024
+    recs = [
+        _rec('transpose', 'transpose', [1, 64, 32, 16], 64 * kib, 0, 64 * kib),
+        _rec('transpose', 'transpose', [1, 2, 3, 4], 64 * kib + 2, 0, 10),
+        _rec('transpose', 'transpose', [1, 2, 3, 4], 256 * kib + 2, 0, 20),
+        _rec('transpose', 'transpose', [1, 2, 3, 4], 1024 * kib + 2, 0, 30),
+        _rec('matmul', 'matmul', [1, 8, 8], 5000, macs=700, bytes_in=40),
+        _rec('reshape', 'rearrange', [1, 2, 3, 4, 5], 7000, bytes_in=7000),
+        _rec('conv', 'conv', [1, 8, 4, 4], 300, macs=11, bytes_in=3,
+             const=99),
+        _rec('conv', 'conv_dw', [1, 8, 4, 4], 300, macs=2, bytes_in=300,
+             const=7),
+        _rec('const', 'other', None, 0),
+    ]
+    s = summarize(recs)
+    assert s['transpose_bytes_over'] == {
+        str(64 * kib): (64 * kib + 2 + 10) + (256 * kib + 2 + 20) +
+        (1024 * kib + 2 + 30),
+        str(256 * kib): (256 * kib + 2 + 20) + (1024 * kib + 2 + 30),
+        str(1024 * kib): 1024 * kib + 2 + 30}
+    assert s['by_type']['transpose'] == dict(
+        count=4, macs=0, bytes_in=64 * kib + 60,
+        bytes_out=64 * kib * 2 + 256 * kib + 1024 * kib + 6, bytes_const=0)
+    assert s['by_type']['conv'] == dict(count=2, macs=13, bytes_in=303,
+                                        bytes_out=600, bytes_const=106)
+    assert s['by_class']['conv_dw'] == dict(count=1, macs=2, bytes_in=300,
+                                            bytes_out=300, bytes_const=7)
+    assert sorted(s['by_type']) == ['const', 'conv', 'matmul', 'reshape',
+                                    'transpose']
+    assert all(v == dict(count=0, macs=0, bytes_in=0, bytes_out=0,
+                         bytes_const=0)
+               for c, v in s['by_class'].items()
+               if c not in ('transpose', 'matmul', 'rearrange', 'conv',
+                            'conv_dw', 'other'))
+    assert s['total_ops'] == 9 and s['macs'] == 713
+    assert s['bytes_const'] == 106
+    assert s['largest_tensor_bytes'] == 1024 * kib + 2
+    assert s['largest_matmul_out_bytes'] == 5000
+    assert s['largest_rank5_bytes'] == s['rank5_bytes'] == 7000
+    assert s['max_rank'] == 5
+    # reshape and transpose move bytes; matmul and conv do not
+    assert s['rearrange_bytes'] == 7000 + 64 * kib * 2 + 256 * kib + \
+        1024 * kib + 6
+
+
+def test_rank_correlation_needs_three_rows():
+    rows = [dict(network=f'n{i}', latency_ms=float(i + 1), failed=False)
+            for i in range(3)]
+    assert M.errors(zip(rows[:2], [1.0, 2.0]))['spearman'] is None
+    three = M.errors(zip(rows, [1.0, 3.0, 2.0]))
+    assert three['spearman'] == pytest.approx(0.5)
+    assert three['n'] == 3 and three['worst'] == 'n1'
+
+
+def test_a_fit_needs_as_many_timed_rows_as_terms():
+    rows, feats, _ = _fixture(n=8)
+    terms = ('gmacs_conv', 'gmacs_conv_dw', 'mb_transpose', 'ops', 'const')
+    for r in rows[5:]:
+        r['failed'] = True  # 5 timed rows: just enough
+    M.fit(rows, feats, terms, check_leak=False)
+    rows[4]['failed'] = True
+    with pytest.raises(ValueError, match='4 timed rows cannot fit 5 terms'):
+        M.fit(rows, feats, terms, check_leak=False)
+
+
+def test_iformer_references_have_the_layouts_of_table_16():
+    """Table 16's rows at 512: global SHMA, hybrid SHMA without channel
+    chunking, and channel-chunked hybrid SHMA (16 chunks); other iFormer rows
+    at dense sizes (above 256) get the chunked hybrid layout, and at 256 and
+    below the classification network's global attention."""
+    from iformer_mm.deploy.predictor.references import build_reference
+
+    def stage3(key, resolution):
+        model, info = build_reference(key, resolution)
+        return None, model.backbone.stages[2].window_chunks, info['kwargs']
+    _, chunks, kwargs = stage3('iformer-m-hybrid-shma', 512)
+    assert (chunks, kwargs) == (1, dict(attention='hybrid', window_chunks=1))
+    _, chunks, kwargs = stage3('iformer-m-cc-hybrid-shma', 512)
+    assert (chunks, kwargs) == (16, dict(attention='hybrid',
+                                         window_chunks=16))
+    assert stage3('iformer-m-global-shma', 512)[2] == dict(attention='global')
+    assert stage3('iformer-t', 512)[2] == dict(attention='hybrid',
+                                               window_chunks=16)
+    assert stage3('iformer-t', 256)[2] == {}
+    assert stage3('iformer-t', 257)[2] == dict(attention='hybrid',
+                                               window_chunks=16)
+
+
+def test_shipped_coefficients_are_the_fit_of_the_shipped_data(rows):
+    """Every predicted latency the tools print comes from the stored
+    coefficients: refitting the stored fit rows (their shipped features and
+    published latencies) with the stored terms gives them back."""
+    from iformer_mm.deploy.predictor.extract import FEATURES_PATH, row_id
+    params = M.load_params()
+    with open(FEATURES_PATH) as f:
+        features = json.load(f)['rows']
+    by_id = {row_id(r['key'], r['resolution']): r for r in rows}
+    ids = params['fit_rows']
+    refit = M.fit([by_id[i] for i in ids],
+                  [features[i]['features'] for i in ids], params['terms'],
+                  device=params['device'])
+    assert refit['fit_rows'] == ids
+    assert refit['floors'] == pytest.approx(params['floors'], rel=1e-12)
+    assert refit['coef'] == pytest.approx(params['coef'], rel=1e-9,
+                                          abs=1e-12)
