@@ -889,3 +889,36 @@ def test_shipped_coefficients_are_the_fit_of_the_shipped_data(rows):
     assert refit['floors'] == pytest.approx(params['floors'], rel=1e-12)
     assert refit['coef'] == pytest.approx(params['coef'], rel=1e-9,
                                           abs=1e-12)
+
+
+def test_stored_validation_is_what_the_shipped_data_gives(rows):
+    """The README and the latency tools quote the stored validation (term
+    set chosen by leave-one-family-out, its errors, the held-out Table 5
+    errors): recomputed here from the shipped features and measurements."""
+    from iformer_mm.deploy.predictor.extract import FEATURES_PATH, row_id
+    params = M.load_params()
+    stored = params['validation']
+    with open(FEATURES_PATH) as f:
+        features = json.load(f)['rows']
+    by_id = {row_id(r['key'], r['resolution']): r for r in rows}
+    fit_rows = [by_id[i] for i in params['fit_rows']]
+    fit_feats = [features[i]['features'] for i in params['fit_rows']]
+    best, scores = M.select_terms(fit_rows, fit_feats,
+                                  device=params['device'])
+    assert best == params['term_set']
+    assert M.TERM_SETS[best] == tuple(params['terms'])
+    assert set(scores) == set(stored['term_set_scores'])
+    for name, score in scores.items():
+        assert score == pytest.approx(stored['term_set_scores'][name],
+                                      rel=1e-9), name
+    lofo = M.leave_one_family_out(fit_rows, fit_feats, M.TERM_SETS[best],
+                                  params['device'])
+    assert M.errors(lofo) == pytest.approx(stored['lofo'], rel=1e-9)
+    held = [r for r in rows if r['role'] == 'heldout' and
+            features.get(row_id(r['key'], r['resolution']), {}).get(
+                'status') == 'ok']
+    pairs = [(r, M.predict(params, features[row_id(
+        r['key'], r['resolution'])]['features'])) for r in held]
+    assert M.errors(pairs) == pytest.approx(stored['heldout'], rel=1e-9)
+    assert {r['network']: float(p) for r, p in pairs} == pytest.approx(
+        {k: v['ms'] for k, v in stored['heldout_rows'].items()}, rel=1e-9)
