@@ -922,3 +922,18 @@ def test_stored_validation_is_what_the_shipped_data_gives(rows):
     assert M.errors(pairs) == pytest.approx(stored['heldout'], rel=1e-9)
     assert {r['network']: float(p) for r, p in pairs} == pytest.approx(
         {k: v['ms'] for k, v in stored['heldout_rows'].items()}, rel=1e-9)
+
+
+def test_term_choice_prefers_lower_error_then_fewer_terms():
+    rows, feats, truth = _fixture()
+    terms = tuple(truth)
+    # gmacs_matmul is zero in every fixture row: the same fit, one term more
+    more = terms + ('gmacs_matmul', )
+    poor = ('gmacs_conv', 'const')
+    for candidates in (dict(more=more, exact=terms, poor=poor),
+                       dict(exact=terms, more=more, poor=poor)):
+        best, scores = M.select_terms(rows, feats, candidates)
+        assert scores['more']['median_abs_pct'] == \
+            scores['exact']['median_abs_pct']
+        assert scores['poor']['median_abs_pct'] > 1.0
+        assert best == 'exact'
