@@ -35,6 +35,23 @@ def test_holder_descriptions_and_liveness():
     assert not _pid_alive(_dead_pid())
 
 
+def test_liveness_check_sends_no_signal(monkeypatch):
+    """Asking whether the holder lives must not disturb it: signal 0 only
+    (a real signal, e.g. SIGHUP, would end a training run from a terminal)."""
+    import signal
+
+    from iformer_mm.engine.lock import _pid_alive
+    received = []
+    previous = {sig: signal.signal(sig, lambda n, f: received.append(n))
+                for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGTERM)}
+    try:
+        assert _pid_alive(os.getpid())
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    assert received == []
+
+
 def test_unreadable_lock_files_name_no_holder(tmp_path):
     from iformer_mm.engine.lock import _read_holder
     path = tmp_path / 'lock'
@@ -222,6 +239,9 @@ def test_checkpoint_problems_are_told_apart(tmp_path):
     text = tmp_path / 'text.pth'
     text.write_text('<html>')
     assert 'not a torch zip archive' in checkpoint_problem(str(text))
+    for head in (b'\xff\xfe<\x00', b'\x81\x02', b'\x7f\x02'):  # near 0x80
+        text.write_bytes(head + b'\x00' * 8)
+        assert 'not a torch zip archive' in checkpoint_problem(str(text))
     legacy = tmp_path / 'legacy.pth'
     torch.save({'w': 1}, str(legacy), _use_new_zipfile_serialization=False)
     assert checkpoint_problem(str(legacy)) is None
@@ -380,6 +400,53 @@ def test_best_checkpoints_per_metric_by_iteration(tmp_path):
     assert 'param_schedulers' not in best  # weights only, as mmengine's
     last = torch.load(str(tmp_path / 'iter_6.pth'), weights_only=False)
     assert 'optimizer' in last and len(last['param_schedulers']) == 1
+
+
+def test_max_keep_ckpts_zero_keeps_every_checkpoint(tmp_path):
+    """As mmengine: only a positive max_keep_ckpts retires checkpoints."""
+    import iformer_mm.engine  # noqa: F401
+    scores = [dict(acc=0.1)] * 3
+    _iter_runner(tmp_path, scores, max_keep_ckpts=0).train()
+    assert _files(tmp_path) == ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']
+
+
+def test_load_hooks_tell_resuming_from_loading_weights(monkeypatch):
+    """The resume-state hook restores only when resuming and only into a
+    loop that can take it (mmengine's own loops cannot); the strict
+    load_from hook stands aside when resuming, and loads when the runner
+    says nothing about resuming."""
+    from types import SimpleNamespace
+
+    from iformer_mm.engine.checkpointing import SafeCheckpointHook
+    from iformer_mm.engine.loading import StrictLoadFromHook
+    restored = []
+    ours = SimpleNamespace(restore_resume_state=restored.append)
+    hook = SafeCheckpointHook(interval=1)
+    ckpt = dict(meta=dict(epoch=3), state_dict={})
+    hook.after_load_checkpoint(SimpleNamespace(_resume=True,
+                                               _train_loop=object()), ckpt)
+    hook.after_load_checkpoint(SimpleNamespace(_resume=False,
+                                               _train_loop=ours), ckpt)
+    hook.after_load_checkpoint(SimpleNamespace(_train_loop=ours), ckpt)
+    assert restored == []
+    hook.after_load_checkpoint(SimpleNamespace(_resume=True,
+                                               _train_loop=ours), ckpt)
+    assert restored == [dict(epoch=3)]
+
+    loads = []
+    strict = StrictLoadFromHook()
+    import iformer_mm.engine.loading as L
+    monkeypatch.setattr(L, 'load_state_into_model',
+                        lambda *a, **k: loads.append(a) or SimpleNamespace(
+                            summary=lambda: 'ok', complete=True))
+    logger = SimpleNamespace(log=lambda *a: None)
+    model = torch.nn.Linear(1, 1)
+    strict.after_load_checkpoint(
+        SimpleNamespace(_resume=True, model=model, logger=logger), ckpt)
+    assert loads == [] and ckpt['state_dict'] == {}
+    strict.after_load_checkpoint(SimpleNamespace(model=model, logger=logger),
+                                 ckpt)
+    assert len(loads) == 1 and set(ckpt['state_dict']) == {'weight', 'bias'}
 
 
 def test_auto_best_follows_the_first_metric(tmp_path):

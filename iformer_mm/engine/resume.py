@@ -40,7 +40,7 @@ def checkpoint_problem(path: str) -> Optional[str]:
         return 'it is empty (0 bytes)'
     with open(path, 'rb') as f:
         head = f.read(4)
-    if head[:2] == b'\x80\x02' or head[:1] == b'\x80':
+    if head[:1] == b'\x80':  # a pickle's PROTO opcode
         return None  # legacy torch.save format, no directory to check
     if head != b'PK\x03\x04':
         return 'it is not a checkpoint (not a torch zip archive)'
