@@ -200,6 +200,17 @@ def test_weights_are_found_in_every_wrapper_and_missing_ones_named():
     with pytest.raises(CheckpointError,
                        match=r"no 'ema' entry; it has \['model'\]"):
         unwrap_state_dict({'model': w}, key='ema')
+    # a long checkpoint: its first 8 keys (sorted), enough to recognise it
+    many = {f'k{i:02d}': i for i in range(12)}
+    with pytest.raises(CheckpointError) as err:
+        unwrap_state_dict(many, key='ema')
+    assert str(err.value).endswith(
+        "it has ['k00', 'k01', 'k02', 'k03', 'k04', 'k05', 'k06', 'k07'].")
+    with pytest.raises(CheckpointError) as err:
+        unwrap_state_dict(many)
+    assert str(err.value).endswith(
+        "its top-level keys are ['k00', 'k01', 'k02', 'k03', 'k04', 'k05', "
+        "'k06', 'k07'].")
     with pytest.raises(CheckpointError, match="'model' entry holds no "
                        'tensors'):
         unwrap_state_dict({'model': {'step': 1}})
