@@ -811,6 +811,7 @@ def test_size_divisor_of_a_custom_backbone_is_enforced():
     with pytest.raises(BackboneError, match='multiple of 2, got 64x63'):
         spec.check_size(64, 63)
     spec_from_module(nn.Identity(), 'any').check_size(64, 63)  # divisor 1
+    spec_from_module(nn.Identity(), 'any', size_divisor=0).check_size(64, 63)
 
 
 def test_peers_build_in_their_own_scope_whatever_the_current_one():
