@@ -607,12 +607,16 @@ def test_toy_generator_leaves_foreign_data_untouched(tmp_path, kind):
         stamp['params']['version'] = -1
         (root / '.toy_complete').write_text(json.dumps(stamp))
         (root / 'train' / 'my_extra.png').write_bytes(b'mine')
+        (root / 'train' / 'zz_notes.txt').write_text('mine too')
     before = _snapshot(tmp_path)
     with pytest.raises(UserError) as info:
         _small_imagenet(root)
     message = str(info.value)
     assert str(root) in message and '\n' not in message
     assert 'untouched' in message and 'data_root' in message
+    if kind == 'extra_file_in_toy_dir':  # the first user file, by name
+        assert "holds 2 file(s) the generator did not write (e.g. " \
+            "'train/my_extra.png')" in message
     assert _snapshot(tmp_path) == before  # nothing changed, no temp left
     assert sorted(os.listdir(tmp_path)) == sorted(
         {'data', 'real'} & set(os.listdir(tmp_path)))
