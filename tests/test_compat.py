@@ -332,8 +332,12 @@ def test_release_globals_only_in_scope(tmp_path):
     assert ckpt['args'].model == 'iformer_t'
     assert float(ckpt['max_accuracy']) == pytest.approx(74.1)
     assert argparse.Namespace not in torch.serialization.get_safe_globals()
-    with pytest.raises(ValueError):
-        safe_load(path, weights_only=False)
+    for other in (False, None, 0, 'yes'):
+        with pytest.raises(ValueError, match='always loads with '
+                           'weights_only=True'):
+            safe_load(path, weights_only=other)
+    assert safe_load(path, weights_only=True,
+                     extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)
 
 
 # --------------------------------------------------------------------------
@@ -817,7 +821,9 @@ def test_http_download_in_a_distributed_run(tmp_path, monkeypatch, rank):
 
     def download(url, dst, progress=True):
         events.append('download')
+        shown.append(progress)
         shutil.copy(src, dst)
+    shown = []
     monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
     monkeypatch.setattr(mmengine.dist, 'get_dist_info', lambda: (rank, 2))
     monkeypatch.setattr(torch.distributed, 'barrier',
@@ -831,6 +837,12 @@ def test_http_download_in_a_distributed_run(tmp_path, monkeypatch, rank):
     load_from_http('https://example.com/w.pth',
                    model_dir=str(tmp_path / 'cache'))
     assert events == ['barrier']
+    # a progress bar only where someone watches (stdin a terminal), unless
+    # asked for either way
+    assert shown == [os.isatty(0)] and isinstance(shown[0], bool)
+    load_from_http('https://example.com/x.pth', progress=True,
+                   model_dir=str(tmp_path / 'cache2'))
+    assert shown[1] is True
 
 
 def test_in_memory_files_report_their_size():

@@ -288,6 +288,9 @@ def test_every_distributed_launcher_gets_the_cpu_ddp_wrapper(launcher):
     cfg = Config(dict(model=dict(type='X'), launcher=launcher))
     notes = adapt_to_machine(cfg, cuda=False)
     assert cfg.model_wrapper_cfg.type == 'DeviceAwareDDP'
+    # mmengine's own defaults for the DDP wrapper it would have built
+    assert cfg.model_wrapper_cfg.broadcast_buffers is False
+    assert cfg.model_wrapper_cfg.find_unused_parameters is False
     assert any('DDP' in n for n in notes)
     single = Config(dict(model=dict(type='X'), launcher='none'))
     adapt_to_machine(single, cuda=False)
