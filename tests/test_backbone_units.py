@@ -443,3 +443,23 @@ def test_checkpointed_stage_after_frozen_stem_still_gets_gradients():
                            b.stages[0].parameters()):
         assert pb.grad is not None, n
         torch.testing.assert_close(pb.grad, pa.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_fuse_works_where_autograd_is_on():
+    """fuse() is called on trained modules, often outside torch.no_grad()
+    (a deploy script, mmengine's model.eval()): it must not record or trip
+    autograd (an in-place write on a parameter would raise), and the fused
+    layer has plain trainable leaves."""
+    torch.manual_seed(0)
+    layers = [(ifm.ConvNorm(4, 6, 3, 1, 1), torch.randn(2, 4, 5, 5)),
+              (ifm.NormLinear(6, 3), torch.randn(2, 6)),
+              (ifm.RepCPE(5, 3), torch.randn(2, 5, 7, 6))]
+    assert torch.is_grad_enabled()
+    for layer, x in layers:
+        layer.eval()
+        fused = layer.fuse()
+        for p in fused.parameters():
+            assert p.is_leaf and p.grad_fn is None and p.requires_grad
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), layer(x), atol=1e-5,
+                                       rtol=1e-5)

@@ -525,6 +525,11 @@ def test_efficientformer_reference_gets_the_attention_grid_of_its_size():
         assert m.attention_bias_idxs.shape == (256, 256)
         assert m.attention_bias_idxs.dtype == torch.long
         assert int(m.attention_bias_idxs.max()) == 15 * 16 + 15
+        # timm's layout: the bias of tokens (y, x) and (y', x') sits at
+        # |y - y'| * grid + |x - x'|
+        idxs = m.attention_bias_idxs
+        assert (int(idxs[0, 1]), int(idxs[0, 16]), int(idxs[17, 0])) == \
+            (1, 16, 17)
     with torch.no_grad():
         out = model(torch.zeros(1, 3, 512, 512))
     assert out.shape == (1, 1000)
@@ -937,3 +942,22 @@ def test_term_choice_prefers_lower_error_then_fewer_terms():
             scores['exact']['median_abs_pct']
         assert scores['poor']['median_abs_pct'] > 1.0
         assert best == 'exact'
+
+
+@needs_ct
+def test_immediate_values_of_every_length():
+    """A MIL immediate tensor: one value reads as a scalar, others (none
+    included, e.g. an empty axes list) as a list."""
+    from coremltools.proto import MIL_pb2
+
+    from iformer_mm.deploy.predictor.features import _immediate
+
+    def value(ints):
+        v = MIL_pb2.Value()
+        v.immediateValue.tensor.ints.SetInParent()
+        v.immediateValue.tensor.ints.values.extend(ints)
+        return v
+    assert _immediate(value([3])) == 3
+    assert _immediate(value([1, 2])) == [1, 2]
+    assert _immediate(value([])) == []
+    assert _immediate(None) is None and _immediate(MIL_pb2.Value()) is None
