@@ -443,6 +443,10 @@ def test_unpickler_reason_is_the_line_that_names_the_global():
         'Unsupported operand 149'
     assert _unpickler_reason(RuntimeError('only line\nsecond')) == \
         'only line'
+    # a wording without the colon: the line as it is
+    bare = 'header\nWeightsUnpickler error Unsupported global os.system'
+    assert _unpickler_reason(RuntimeError(bare)) == \
+        'WeightsUnpickler error Unsupported global os.system'
     # torch 2.13's words for a global of a blocked module
     blocked = ('Weights only load failed. In PyTorch 2.6, we changed ...\n\n'
                '\nTrying to load unsupported GLOBAL posix.system whose module '
@@ -468,6 +472,19 @@ def test_text_is_told_from_binary():
     assert not _looks_like_text(b'a' * 90 + b'\x01' * 10)
     assert not _looks_like_text(b'')
     assert not _looks_like_text(bytes(range(256)))
+
+
+def test_a_file_is_judged_by_its_first_512_bytes(tmp_path):
+    """The diagnosis reads a 512-byte sample: 487 printable of 512 is
+    text (95.1%), whatever follows (here a 513th byte that would bring it
+    under 95%, then binary)."""
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+    path = tmp_path / 'notes.pth'
+    path.write_bytes(b'n' * 487 + b'\x01' * 25 + b'\x01' + bytes(4096))
+    assert diagnose_checkpoint_file(str(path)).startswith(
+        'not a checkpoint: a text file (4609 bytes')
+    path.write_bytes(b'n' * 486 + b'\x01' * 26 + bytes(4096))
+    assert 'neither the zip archive' in diagnose_checkpoint_file(str(path))
 
 
 def test_diagnosis_tells_pickles_from_other_bytes(tmp_path):
