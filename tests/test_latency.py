@@ -662,6 +662,15 @@ def test_config_backbones_follow_their_scope(tmp_path):
     assert spec.family == 'peer' and spec.paper is None
     assert '[mmpretrain.MobileOne]' in spec.source
     assert type(spec.build()).__name__ == 'MobileOne'
+    # as mmengine: the scope ends at the first dot
+    dotted = tmp_path / 'dotted.py'
+    dotted.write_text("model = dict(backbone=dict("
+                      "type='mmpretrain.x.MobileOne', arch='s0'))\n")
+    spec = resolve_backbone(str(dotted))
+    assert spec.source.endswith('[mmpretrain.x.MobileOne]')
+    with pytest.raises(KeyError, match='x.MobileOne is not in the '
+                       'mmpretrain::model registry'):
+        spec.build()
     empty = tmp_path / 'empty.py'
     empty.write_text("model = dict(type='X')\n")
     with pytest.raises(BackboneError, match='has no model.backbone'):

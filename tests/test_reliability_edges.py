@@ -2,6 +2,7 @@
 lock without flock (Windows), who holds it, resume's choice among damaged
 and equally new checkpoints, leftovers of interrupted writes."""
 import json
+import logging
 import os
 import os.path as osp
 import subprocess
@@ -436,17 +437,27 @@ def test_load_hooks_tell_resuming_from_loading_weights(monkeypatch):
     loads = []
     strict = StrictLoadFromHook()
     import iformer_mm.engine.loading as L
+    complete = [True]
     monkeypatch.setattr(L, 'load_state_into_model',
                         lambda *a, **k: loads.append(a) or SimpleNamespace(
-                            summary=lambda: 'ok', complete=True))
-    logger = SimpleNamespace(log=lambda *a: None)
+                            summary=lambda: 'summary', complete=complete[0],
+                            details=lambda limit: f'details({limit})'))
+    logged = []
+    logger = SimpleNamespace(log=lambda level, line: logged.append(
+        (level, line)))
     model = torch.nn.Linear(1, 1)
     strict.after_load_checkpoint(
         SimpleNamespace(_resume=True, model=model, logger=logger), ckpt)
-    assert loads == [] and ckpt['state_dict'] == {}
+    assert loads == [] and ckpt['state_dict'] == {} and logged == []
     strict.after_load_checkpoint(SimpleNamespace(model=model, logger=logger),
                                  ckpt)
     assert len(loads) == 1 and set(ckpt['state_dict']) == {'weight', 'bias'}
+    # a complete load is news, an incomplete one (--allow-partial) a warning
+    complete[0] = False
+    strict.after_load_checkpoint(SimpleNamespace(model=model, logger=logger),
+                                 ckpt)
+    assert logged == [(logging.INFO, 'load_from summary'),
+                      (logging.WARNING, 'load_from summary; details(4)')]
 
 
 def test_auto_best_follows_the_first_metric(tmp_path):
