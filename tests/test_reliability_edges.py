@@ -320,9 +320,10 @@ def test_only_interrupted_atomic_writes_are_removed(tmp_path):
 # --------------------------------------------------------------------------
 # SafeCheckpointHook's best checkpoints, by iteration and several metrics
 # --------------------------------------------------------------------------
-def _iter_runner(work_dir, scores, **hook):
-    """A tiny iteration-based run validated at iterations 2, 4 and 6; its
-    metric returns ``scores[i]`` (a dict) at the i-th validation."""
+def _iter_runner(work_dir, scores, iters=6, every=2, **hook):
+    """A tiny iteration-based run of ``iters`` iterations, validated and
+    saved every ``every`` (2, 4 and 6 by default); its metric returns
+    ``scores[i]`` (a dict) at the i-th validation."""
     import torch.nn as nn
     from mmengine.evaluator import BaseMetric
     from mmengine.model import BaseModel
@@ -365,12 +366,13 @@ def _iter_runner(work_dir, scores, **hook):
         model=Model(), work_dir=str(work_dir), train_dataloader=loader,
         val_dataloader=val_loader, val_evaluator=[Scripted()],
         val_cfg=dict(),
-        train_cfg=dict(by_epoch=False, max_iters=6, val_interval=2),
+        train_cfg=dict(by_epoch=False, max_iters=iters, val_interval=every),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
         param_scheduler=dict(type='MultiStepLR', milestones=[4],
                              by_epoch=False),
         default_hooks=dict(checkpoint=dict(
-            type='SafeCheckpointHook', interval=2, by_epoch=False, **hook)),
+            type='SafeCheckpointHook', interval=every, by_epoch=False,
+            **hook)),
         randomness=dict(seed=0), default_scope='mmengine')
 
 
@@ -458,6 +460,22 @@ def test_load_hooks_tell_resuming_from_loading_weights(monkeypatch):
                                  ckpt)
     assert logged == [(logging.INFO, 'load_from summary'),
                       (logging.WARNING, 'load_from summary; details(4)')]
+
+
+def test_a_new_best_at_a_late_step_keeps_the_last_checkpoint(tmp_path):
+    """A new best saves the step's checkpoint again (so that it records
+    the best): that second save of the same step must not count as another
+    checkpoint, or max_keep_ckpts=2 would keep [300, 300] and retire --
+    delete -- iter_300 at the next save. Steps above 256 matter: Python
+    caches small ints, so an identity test would pass below them."""
+    import iformer_mm.engine  # noqa: F401
+    scores = [dict(acc=0.1), dict(acc=0.2)]
+    runner = _iter_runner(tmp_path, scores, iters=600, every=300,
+                          save_best='acc', max_keep_ckpts=2)
+    runner.train()
+    assert _files(tmp_path) == ['best_acc_iter_600.pth', 'iter_300.pth',
+                                'iter_600.pth']
+    assert list(runner.message_hub.get_info('keep_ckpt_ids')) == [300, 600]
 
 
 def test_auto_best_follows_the_first_metric(tmp_path):
