@@ -81,6 +81,15 @@ def test_depthwise_conv_norm_and_rep_cpe_fuse():
         fused = cpe.fuse()
         torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
     assert fused.groups == 5
+    # other odd kernels keep the map's size ("same" padding) and fuse
+    for k in (5, 7):
+        cpe = ifm.RepCPE(5, k).eval()
+        set_bn_stats(cpe.cpe.module.bn, 2)
+        with torch.no_grad():
+            out = cpe(x)
+            assert out.shape == x.shape
+            torch.testing.assert_close(cpe.fuse()(x), out, atol=1e-5,
+                                       rtol=1e-5)
 
 
 def test_norm_linear_fuse_equals_bn_then_linear_written_out():

@@ -53,6 +53,40 @@ def test_liveness_check_sends_no_signal(monkeypatch):
     assert received == []
 
 
+def test_liveness_of_pids_we_may_not_signal(monkeypatch):
+    """Signal 0 to another user's process fails with EPERM: it exists, so
+    the lock is busy; any other error (e.g. EINVAL) is no live holder."""
+    import errno
+
+    from iformer_mm.engine import lock
+
+    def kill_raising(error):
+        def kill(pid, sig):
+            raise error
+        return kill
+    for error, alive in ((PermissionError(errno.EPERM, 'no'), True),
+                         (ProcessLookupError(errno.ESRCH, 'gone'), False),
+                         (OSError(errno.EINVAL, 'bad'), False)):
+        monkeypatch.setattr(lock.os, 'kill', kill_raising(error))
+        assert lock._pid_alive(4242) is alive, error
+
+
+def test_a_lock_file_of_our_own_pid_is_no_takeover(tmp_path):
+    """A lock file this very process left (a long-lived process whose
+    earlier run was interrupted) is taken without reporting a takeover."""
+    from iformer_mm.engine.lock import LOCK_NAME, WorkDirLock
+    work = tmp_path / 'work'
+    work.mkdir()
+    (work / LOCK_NAME).write_text(json.dumps(dict(pid=os.getpid(),
+                                                  host='here')))
+    with WorkDirLock(str(work)) as held:
+        assert held.took_over is None
+    (work / LOCK_NAME).write_text(json.dumps(dict(pid=os.getpid() + 1,
+                                                  host='here')))
+    with WorkDirLock(str(work)) as held:
+        assert held.took_over == dict(pid=os.getpid() + 1, host='here')
+
+
 def test_unreadable_lock_files_name_no_holder(tmp_path):
     from iformer_mm.engine.lock import _read_holder
     path = tmp_path / 'lock'
@@ -403,6 +437,26 @@ def test_best_checkpoints_per_metric_by_iteration(tmp_path):
     assert 'param_schedulers' not in best  # weights only, as mmengine's
     last = torch.load(str(tmp_path / 'iter_6.pth'), weights_only=False)
     assert 'optimizer' in last and len(last['param_schedulers']) == 1
+
+
+def test_only_retired_checkpoints_are_removed(tmp_path, monkeypatch):
+    """Without a limit the hook removes nothing (it must not even look for
+    a file); with max_keep_ckpts=1 exactly the superseded ones."""
+    import iformer_mm.engine  # noqa: F401
+    from iformer_mm.engine.checkpointing import SafeCheckpointHook
+    removed = []
+    real = SafeCheckpointHook._remove
+
+    def record(self, path):
+        removed.append(osp.basename(path))
+        return real(self, path)
+    monkeypatch.setattr(SafeCheckpointHook, '_remove', record)
+    _iter_runner(tmp_path / 'all', [dict(acc=0.1)] * 3).train()
+    assert removed == []
+    _iter_runner(tmp_path / 'one', [dict(acc=0.1)] * 3,
+                 max_keep_ckpts=1).train()
+    assert removed == ['iter_2.pth', 'iter_4.pth']
+    assert _files(tmp_path / 'one') == ['iter_6.pth']
 
 
 def test_max_keep_ckpts_zero_keeps_every_checkpoint(tmp_path):
