@@ -118,6 +118,9 @@ def test_census_of_a_small_program_matches_hand_counts():
     c = census_of_module(_Small().eval(), 16)
     # FP32 input and output cast around conv, relu, conv, reshape, transpose
     assert c['op_counts']['cast'] == 2 and c['total_ops'] == 7
+    # listed most frequent first, ties by name
+    assert list(c['op_counts']) == ['const', 'cast', 'conv', 'relu',
+                                    'reshape', 'transpose']
     assert (c['reshape'], c['transpose'], c['concat'], c['split']) == \
         (1, 1, 0, 0)
     assert c['rearrange_ops'] == 2

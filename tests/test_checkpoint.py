@@ -326,3 +326,35 @@ def test_report_groups_keys_by_module_and_names_the_target():
     one = LoadReport(source='f.pth', layout='x', target='T',
                      missing=['stem.a', 'stem.b'])
     assert one.details() == 'missing 2: stem.a, stem.b'  # one module
+
+
+def test_layout_says_where_the_weights_were_and_loads_are_logged(capsys):
+    """The load report names the entry the weights came from (none for a
+    bare state dict); a complete load is logged once when verbose, and
+    nothing when not."""
+    from iformer_mm.models.checkpoint import (load_state_into_model,
+                                              split_checkpoint)
+    net = IFormer('t', out_indices=(3, ))
+    weights = net.state_dict()
+    assert split_checkpoint(dict(weights)).layout == \
+        'backbone, timm/iformer_mm names'
+    assert split_checkpoint(dict(state_dict=weights)).layout == \
+        "backbone, timm/iformer_mm names, in 'state_dict'"
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_instance('iformer_mm_layout_test',
+                                   log_level='INFO')
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger.addHandler(handler)
+    try:
+        load_state_into_model(net, dict(state_dict=weights), source='f.pth',
+                              logger=logger, verbose=False)
+        assert lines == []
+        load_state_into_model(net, dict(state_dict=weights), source='f.pth',
+                              logger=logger)
+        assert len(lines) == 1 and lines[0].startswith('Loaded ')
+    finally:
+        logger.removeHandler(handler)

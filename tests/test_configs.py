@@ -430,6 +430,18 @@ def test_resume_flag_overrides_the_configs_resume_only_when_given(tmp_path):
     assert load_config(str(path), work_dir=work, resume='auto').resume is \
         False
     assert load_config(str(path), work_dir=work).resume is True
+    # with a checkpoint to resume from, a config that says resume = False
+    # resumes (mmengine then restores optimizer, schedulers and step; with
+    # resume False it would load the weights only)
+    import torch
+    plain = tmp_path / 'plain.py'
+    plain.write_text(f"_base_ = [{base!r}]\nresume = False\n")
+    ckpt = tmp_path / 'work' / 'epoch_1.pth'
+    ckpt.parent.mkdir()
+    torch.save(dict(meta=dict(epoch=1), state_dict={}), str(ckpt))
+    for how in ('auto', str(ckpt)):
+        cfg = load_config(str(plain), work_dir=str(ckpt.parent), resume=how)
+        assert cfg.resume is True and cfg.load_from == str(ckpt)
 
 
 def test_build_runner_logs_what_it_changed(tmp_path):

@@ -821,6 +821,9 @@ def test_size_divisor_of_a_custom_backbone_is_enforced():
         spec.check_size(64, 63)
     spec_from_module(nn.Identity(), 'any').check_size(64, 63)  # divisor 1
     spec_from_module(nn.Identity(), 'any', size_divisor=0).check_size(64, 63)
+    assert spec.label == 'mine'  # the key, unless a label is given
+    assert spec_from_module(nn.Identity(), 'mine', label='My net').label == \
+        'My net'
 
 
 def test_peers_build_in_their_own_scope_whatever_the_current_one():
