@@ -449,6 +449,8 @@ def test_tool_prediction_uses_the_stored_fit():
     class Broken:
         def get_spec(self):
             raise RuntimeError('x' * 500)
+    from iformer_mm.deploy.predictor.tool import predicted_cell
+    assert predicted_cell(dict(error='no spec')) == 'no prediction (no spec)'
     failed = predict_for_tool(Broken())
     # the error goes into a JSON report and a table cell: kept short
     assert failed == dict(status='unavailable',
@@ -629,6 +631,11 @@ def test_extract_all_keeps_exclusions_and_reuses_converted_programs(
     assert sorted(converted) == [8, 16, 16]  # tiny twice, broken once
     stored = json.loads(out.read_text())
     assert stored['rows'] == json.loads(json.dumps(result))
+    # written with sorted keys: a re-extraction diffs only where it changed
+    orders = []
+    json.loads(out.read_text(), object_pairs_hook=lambda pairs: orders.append(
+        [k for k, _ in pairs]) or dict(pairs))
+    assert len(orders) > 10 and all(o == sorted(o) for o in orders)
     assert stored['feature_version'] == E.F.FEATURE_VERSION
     assert sorted(os.listdir(cache)) == ['tiny@16.pb', 'tiny@8.pb']
     # again, for one row: its cached program is read, the others are kept
@@ -961,3 +968,25 @@ def test_immediate_values_of_every_length():
     assert _immediate(value([1, 2])) == [1, 2]
     assert _immediate(value([])) == []
     assert _immediate(None) is None and _immediate(MIL_pb2.Value()) is None
+
+
+class _Aliased(nn.Module):
+    def forward(self, x):
+        return torch.ops.aten.alias(x) * 2
+
+
+@needs_ct
+def test_aten_alias_converts_as_an_identity():
+    """coremltools 9.0 has no converter for aten.alias (timm's GhostNetV3
+    emits it): the one registered here makes such networks convert, and
+    registering it twice is harmless."""
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import \
+        _TORCH_OPS_REGISTRY
+
+    from iformer_mm.deploy.predictor import extract as E
+    from iformer_mm.deploy.predictor.features import op_records
+    E._register_alias_op()
+    E._register_alias_op()
+    assert _TORCH_OPS_REGISTRY.get_func('alias') is not None
+    types = [r['type'] for r in op_records(E.convert_spec(_Aliased(), 8))]
+    assert 'mul' in types and 'identity' not in types

@@ -485,16 +485,17 @@ def test_coco_shapes_never_overlap_and_stay_inside(toy_coco):
 
 # The content of each toy dataset at its default arguments, per
 # TOY_FORMAT_VERSION: sha256 over every image array as drawn (before JPEG or
-# PNG encoding, so that the codec's version does not matter), its file name
-# and shape, and the annotation files' bytes.
+# PNG encoding, so that the codec's version does not matter), its file name,
+# shape and encoding parameters (JPEG quality), and the annotation files'
+# bytes.
 TOY_CONTENT = {
     1: dict(
-        coco='5c2ae76a8dfd2231e8bb7c89fe11cdd03a022ebe52e149743af3beba2'
-             '6b28522',
-        ade='b433fe1b54a1227bda190cdc6c072d226e745f2986b74b2bfa76e016a6d'
-            '22215',
-        imagenet='2fd153742805644f28b7c1d863071ce496512d3e030657060d6e0bc46'
-                 '790b0a3'),
+        coco='4ec46ecb96650dc9e33ad93ecd289b6cbdd86e402d82f58757d8c9a39'
+             '2408c33',
+        ade='35250de69ad956d596bae836761e0afc1346d3dcc9748b4c0f6304c486c6'
+            '7dda',
+        imagenet='52eda559107ce623c16fd29f99bb47d1f775d4d1fc79f91dbf0c3576bf'
+                 '43a581'),
 }
 
 
@@ -507,6 +508,7 @@ def _content_digest(generate, root, monkeypatch):
         digest.update(osp.basename(path).encode())
         digest.update(str(img.shape).encode())
         digest.update(img.tobytes())
+        digest.update(repr([list(a) for a in args]).encode())  # e.g. quality
         return real(path, img, *args)
     with monkeypatch.context() as m:
         m.setattr(cv2, 'imwrite', record)

@@ -130,11 +130,15 @@ def extract_all(spec_cache: str, out_path: str = FEATURES_PATH,
         log(f'[{i}/{len(order)}] {rid}: {entry["status"]} '
             f'({entry["seconds"]} s)' +
             (f' {entry.get("reason", "")}' if entry['status'] != 'ok' else ''))
-        with open(out_path, 'w') as f:  # keep progress
-            json.dump(_payload(result), f, indent=1, sort_keys=True)
+        _write(out_path, result)  # keep progress
+    _write(out_path, result)
+    return result
+
+
+def _write(out_path: str, result: Dict[str, Any]) -> None:
+    """Sorted keys: a re-extraction's diff shows only what changed."""
     with open(out_path, 'w') as f:
         json.dump(_payload(result), f, indent=1, sort_keys=True)
-    return result
 
 
 def _payload(rows: Dict[str, Any]) -> Dict[str, Any]:
