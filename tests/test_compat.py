@@ -797,8 +797,10 @@ def test_cast_patch_folds_length_one_arrays_to_python_scalars():
     ctx = _Context(_Var((), value))
     fe._cast(ctx, _Node, np.float32, 'fp32')
     assert ctx.added['n'].val is value  # already that type: passed through
-    with pytest.raises(ValueError, match='scalar or a length 1 tensor'):
-        fe._cast(_Context(_Var((2, ), np.zeros(2))), _Node, int, 'int32')
+    for shape in ((2, ), (0, ), (1, 0)):  # empty is no length-1 tensor
+        with pytest.raises(ValueError, match='scalar or a length 1 tensor'):
+            fe._cast(_Context(_Var(shape, np.zeros(shape))), _Node, int,
+                     'int32')
 
 
 def test_cast_patch_squeezes_runtime_values_of_length_one():

@@ -244,12 +244,10 @@ def _unpickler_reason(err: BaseException) -> str:
     return lines[0] if lines else repr(err)
 
 
-def _refusal(source: Any, name: str, err: BaseException,
-             extra: Sequence[SafeGlobal],
-             unsafe: Sequence[str] = ()) -> UnsafeCheckpointError:
-    if not unsafe:
-        with allow_globals(extra):
-            unsafe = _unsafe_globals(source)
+def _refusal(name: str, err: BaseException,
+             unsafe: Sequence[str]) -> UnsafeCheckpointError:
+    """``unsafe``: the globals torch's scan of the file found (may be
+    empty: then the unpickler's own reason is quoted)."""
     if unsafe:
         what = 'it references ' + ', '.join(unsafe)
     else:
@@ -452,11 +450,11 @@ def safe_load(f: Any, map_location: Any = 'cpu',
             unsafe = _unsafe_globals(f)
         if unsafe or re.search(r'(?i)unsupported global|getattr\(',
                                str(err)):
-            raise _refusal(f, name, err, extra, unsafe) from err
+            raise _refusal(name, err, unsafe) from err
         corrupt = _not_a_checkpoint(f, name, err)
         if corrupt is not None:
             raise corrupt from err
-        raise _refusal(f, name, err, extra) from err
+        raise _refusal(name, err, unsafe) from err
     except (EOFError, OSError, RuntimeError, KeyError, IndexError,
             ValueError, TypeError, AttributeError) as err:
         corrupt = _not_a_checkpoint(f, name, err)
