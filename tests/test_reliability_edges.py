@@ -140,11 +140,15 @@ def test_lock_without_flock_takes_over_a_stale_file(tmp_path, no_flock,
     assert not path.exists()
 
 
-def test_a_lock_file_replaced_under_us_is_not_trusted(tmp_path,
-                                                      monkeypatch):
+@pytest.mark.parametrize('race', ['replaced_before_flock',
+                                  'removed_after_flock'])
+def test_a_lock_file_changed_under_us_is_taken_again(tmp_path, monkeypatch,
+                                                     race):
     """Between our open and our flock the holder may delete the file (it
     releases) and a third process create a new one: a lock on the deleted
-    inode protects nothing, so the lock is taken again on the new file."""
+    inode protects nothing. Or the holder releases right after our flock
+    succeeded on its old inode: the stat then finds no file. Either way the
+    lock is taken again, on the file that everyone sees."""
     from iformer_mm.engine import lock
     work = tmp_path / 'work'
     work.mkdir()
@@ -154,33 +158,13 @@ def test_a_lock_file_replaced_under_us_is_not_trusted(tmp_path,
 
     def flock(fd, op):
         calls.append(fd)
-        if len(calls) == 1:  # the holder swaps the file right now
+        if len(calls) == 1 and race == 'replaced_before_flock':
             os.unlink(path)
             with open(path, 'w') as f:
                 f.write('{}')
-        return real_flock(fd, op)
-    monkeypatch.setattr(lock.fcntl, 'flock', flock)
-    with lock.WorkDirLock(str(work)) as held:
-        assert len(calls) == 2
-        assert os.stat(path).st_ino == os.fstat(held._fd).st_ino
-
-
-def test_holder_vanishing_after_our_flock_is_a_retry(tmp_path, monkeypatch):
-    """The holder may release (delete the file) right after our flock
-    succeeded on its old inode: the stat then finds no file, and the lock is
-    taken again on a fresh one instead of failing."""
-    from iformer_mm.engine import lock
-    work = tmp_path / 'work'
-    work.mkdir()
-    path = str(work / lock.LOCK_NAME)
-    real_flock = lock.fcntl.flock
-    calls = []
-
-    def flock(fd, op):
-        calls.append(fd)
         result = real_flock(fd, op)
-        if len(calls) == 1:
-            os.unlink(path)  # the holder's release
+        if len(calls) == 1 and race == 'removed_after_flock':
+            os.unlink(path)
         return result
     monkeypatch.setattr(lock.fcntl, 'flock', flock)
     with lock.WorkDirLock(str(work)) as held:
