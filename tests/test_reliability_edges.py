@@ -7,6 +7,7 @@ import os
 import os.path as osp
 import subprocess
 import sys
+import uuid
 import zipfile
 
 import pytest
@@ -391,7 +392,10 @@ def _iter_runner(work_dir, scores, iters=6, every=2, **hook):
         default_hooks=dict(checkpoint=dict(
             type='SafeCheckpointHook', interval=every, by_epoch=False,
             **hook)),
-        randomness=dict(seed=0), default_scope='mmengine')
+        randomness=dict(seed=0), default_scope='mmengine',
+        # mmengine names runners by the second they start in and shares a
+        # MessageHub (with keep_ckpt_ids) between runners of the same name
+        experiment_name=f'edges_{uuid.uuid4().hex}')
 
 
 def _files(work_dir):
