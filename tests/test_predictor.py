@@ -71,6 +71,14 @@ def rows():
     return D.load_measurements()
 
 
+@pytest.fixture(scope='module')
+def shipped_features():
+    """The shipped feature file's rows, by row id (``key@resolution``)."""
+    from iformer_mm.deploy.predictor.extract import FEATURES_PATH
+    with open(FEATURES_PATH) as f:
+        return json.load(f)['rows']
+
+
 def test_csv_schema_roles_and_sources(rows):
     with open(D.MEASUREMENTS_PATH, newline='') as f:
         header = next(csv.reader(f))
@@ -749,7 +757,8 @@ def test_every_term_reads_its_feature_in_its_unit():
     assert M.Prediction(2.0, failed=1).failed is True
 
 
-def test_deploy_folds_a_reparameterisable_network_without_changing_it():
+def test_deploy_folds_a_reparameterisable_network_without_changing_it(
+        shipped_features):
     """GhostNetV3 has 48 modules with switch_to_deploy: deploy() switches the
     first and timm's reparameterize_model folds the rest; the deployed
     network computes what the trained one does (BN statistics away from
@@ -776,9 +785,7 @@ def test_deploy_folds_a_reparameterisable_network_without_changing_it():
     assert torch.allclose(got, expected, atol=1e-5, rtol=1e-4)
     assert not deployed.training
     # as recorded when the shipped features were extracted
-    from iformer_mm.deploy.predictor.extract import FEATURES_PATH
-    with open(FEATURES_PATH) as f:
-        recorded = json.load(f)['rows']['ghostnetv3-1-0x@224']['reference']
+    recorded = shipped_features['ghostnetv3-1-0x@224']['reference']
     assert note == recorded['deploy'] == \
         'switch_to_deploy, timm reparameterize_model'
     assert sum(p.numel() for p in model.parameters()) == recorded['params']
@@ -884,14 +891,14 @@ def test_iformer_references_have_the_layouts_of_table_16():
                                                window_chunks=16)
 
 
-def test_shipped_coefficients_are_the_fit_of_the_shipped_data(rows):
+def test_shipped_coefficients_are_the_fit_of_the_shipped_data(
+        rows, shipped_features):
     """Every predicted latency the tools print comes from the stored
     coefficients: refitting the stored fit rows (their shipped features and
     published latencies) with the stored terms gives them back."""
-    from iformer_mm.deploy.predictor.extract import FEATURES_PATH, row_id
+    from iformer_mm.deploy.predictor.extract import row_id
     params = M.load_params()
-    with open(FEATURES_PATH) as f:
-        features = json.load(f)['rows']
+    features = shipped_features
     by_id = {row_id(r['key'], r['resolution']): r for r in rows}
     ids = params['fit_rows']
     refit = M.fit([by_id[i] for i in ids],
@@ -903,15 +910,15 @@ def test_shipped_coefficients_are_the_fit_of_the_shipped_data(rows):
                                           abs=1e-12)
 
 
-def test_stored_validation_is_what_the_shipped_data_gives(rows):
+def test_stored_validation_is_what_the_shipped_data_gives(
+        rows, shipped_features):
     """The README and the latency tools quote the stored validation (term
     set chosen by leave-one-family-out, its errors, the held-out Table 5
     errors): recomputed here from the shipped features and measurements."""
-    from iformer_mm.deploy.predictor.extract import FEATURES_PATH, row_id
+    from iformer_mm.deploy.predictor.extract import row_id
     params = M.load_params()
     stored = params['validation']
-    with open(FEATURES_PATH) as f:
-        features = json.load(f)['rows']
+    features = shipped_features
     by_id = {row_id(r['key'], r['resolution']): r for r in rows}
     fit_rows = [by_id[i] for i in params['fit_rows']]
     fit_feats = [features[i]['features'] for i in params['fit_rows']]
