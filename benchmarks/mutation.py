@@ -33,7 +33,6 @@ import json
 import os
 import os.path as osp
 import random
-import re
 import shutil
 import subprocess
 import sys
@@ -234,6 +233,16 @@ def group_timeout(requested, baseline_s):
     return float(max(requested, int(2 * baseline_s) + 1))
 
 
+def _write_config(path, modules, test_cmd, timeout):
+    with open(path, 'w') as f:
+        f.write('[cosmic-ray]\n')
+        f.write(f'module-path = {json.dumps(modules)}\n')
+        f.write(f'timeout = {float(timeout)}\n')
+        f.write('excluded-modules = []\n')
+        f.write(f'test-command = {json.dumps(test_cmd)}\n')
+        f.write('[cosmic-ray.distributor]\nname = "local"\n')
+
+
 def run_group(name, venv, work_dir, args, equivalents):
     tree = osp.join(work_dir, 'tree')
     modules = _expand(GROUPS[name][0], tree)
@@ -250,13 +259,8 @@ def run_group(name, venv, work_dir, args, equivalents):
     test_cmd = (f'{sys.executable} -m pytest -x -q -p no:cacheprovider '
                 f'-o addopts="" ' + ' '.join(tests))
     cfg = osp.join(gdir, 'config.toml')
-    with open(cfg, 'w') as f:
-        f.write('[cosmic-ray]\n')
-        f.write(f'module-path = {json.dumps(modules)}\n')
-        f.write('timeout = 600.0\n')  # set after the baseline
-        f.write('excluded-modules = []\n')
-        f.write(f'test-command = {json.dumps(test_cmd)}\n')
-        f.write('[cosmic-ray.distributor]\nname = "local"\n')
+    # init ignores the time-out; the real one is known after the baseline
+    _write_config(cfg, modules, test_cmd, timeout=600.0)
     cr = osp.join(venv, 'bin', 'cosmic-ray')
     subprocess.run([cr, 'init', cfg, session], cwd=tree, check=True)
     items = json.loads(_venv_python(venv, _LIST, session, cwd=tree))
@@ -292,10 +296,7 @@ def run_group(name, venv, work_dir, args, equivalents):
     if args.timeout is not None and timeout > args.timeout:
         log(f'[{name}] --timeout {args.timeout:.0f} s is under twice the '
             f'baseline; raised to {timeout:.0f} s')
-    with open(cfg) as f:
-        text = f.read()
-    with open(cfg, 'w') as f:
-        f.write(re.sub(r'(?m)^timeout = .*$', f'timeout = {timeout}', text))
+    _write_config(cfg, modules, test_cmd, timeout)
     log(f'[{name}] baseline passed in {base_s:.0f} s; running '
         f'mutants (each up to {timeout:.0f} s)')
     subprocess.run([cr, 'exec', cfg, session], cwd=tree, check=True)
