@@ -910,6 +910,19 @@ def test_shipped_coefficients_are_the_fit_of_the_shipped_data(
                                           abs=1e-12)
 
 
+def assert_same_summary(got, want, where='summary'):
+    """``got`` equals the stored ``want``: floats within 1e-9 (relative),
+    everything else (names, counts, None, keys) exactly."""
+    if isinstance(want, dict):
+        assert isinstance(got, dict) and set(got) == set(want), where
+        for key in want:
+            assert_same_summary(got[key], want[key], f'{where}.{key}')
+    elif isinstance(want, float) and not isinstance(got, bool):
+        assert got == pytest.approx(want, rel=1e-9), where
+    else:
+        assert got == want and type(got) is type(want), where
+
+
 def test_stored_validation_is_what_the_shipped_data_gives(
         rows, shipped_features):
     """The README and the latency tools quote the stored validation (term
@@ -927,18 +940,17 @@ def test_stored_validation_is_what_the_shipped_data_gives(
     assert best == params['term_set']
     assert M.TERM_SETS[best] == tuple(params['terms'])
     assert set(scores) == set(stored['term_set_scores'])
-    for name, score in scores.items():
-        assert score == pytest.approx(stored['term_set_scores'][name],
-                                      rel=1e-9), name
+    assert_same_summary(scores, stored['term_set_scores'],
+                        'term_set_scores')
     lofo = M.leave_one_family_out(fit_rows, fit_feats, M.TERM_SETS[best],
                                   params['device'])
-    assert M.errors(lofo) == pytest.approx(stored['lofo'], rel=1e-9)
+    assert_same_summary(M.errors(lofo), stored['lofo'], 'lofo')
     held = [r for r in rows if r['role'] == 'heldout' and
             features.get(row_id(r['key'], r['resolution']), {}).get(
                 'status') == 'ok']
     pairs = [(r, M.predict(params, features[row_id(
         r['key'], r['resolution'])]['features'])) for r in held]
-    assert M.errors(pairs) == pytest.approx(stored['heldout'], rel=1e-9)
+    assert_same_summary(M.errors(pairs), stored['heldout'], 'heldout')
     assert {r['network']: float(p) for r, p in pairs} == pytest.approx(
         {k: v['ms'] for k, v in stored['heldout_rows'].items()}, rel=1e-9)
 
