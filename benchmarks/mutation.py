@@ -72,14 +72,17 @@ GROUPS = {
                 'tests/test_published_latency.py']),
     'engine': (['iformer_mm/engine/checkpointing.py',
                 'iformer_mm/engine/resume.py',
-                'iformer_mm/engine/loading.py',
+                'iformer_mm/engine/hooks.py',
+                'iformer_mm/engine/loops.py',
                 'iformer_mm/engine/lock.py'],
                # quick tests first: with pytest -x a mutant they catch is
-               # done before the 2-minute resume and kill -9 tests
-               ['tests/test_reliability_edges.py', 'tests/test_loading*.py',
+               # done before the resume and kill -9 tests
+               ['tests/test_engine.py', 'tests/test_loading*.py',
                 'tests/test_reliability.py']),
-    'runner': (['iformer_mm/engine/runner.py'],
-               ['tests/test_configs.py',
+    'runner': (['iformer_mm/engine/runner.py', 'iformer_mm/engine/cli.py'],
+               ['tests/test_configs.py', 'tests/test_cli_upstream.py',
+                'tests/test_engine.py::test_mmdets_own_train_script_runs_'
+                'our_config_as_ours',
                 'tests/test_reliability.py::test_train_tool_resume_errors_'
                 'and_lock',
                 'tests/test_reliability.py::test_train_tool_with_data_root_'

@@ -3,8 +3,11 @@
 Every tool under ``tools/`` turns a :class:`UserError` into one line on
 stderr and exit code 2 (``--debug`` shows the traceback). Raise one with a
 message that says what was wrong and what to do; keep it to one line.
-This module imports nothing, so that any part of the package can use it.
+This module imports only the standard library, so that any part of the
+package can use it.
 """
+import difflib
+from typing import Iterable, List
 
 
 class UserError(Exception):
@@ -39,5 +42,22 @@ class CheckpointMismatchError(CheckpointError):
         self.mismatched = list(mismatched)
 
 
-__all__ = ['UserError', 'ConfigError', 'InputError', 'CheckpointError',
+def closest(word: str, candidates: Iterable[str], n: int = 1,
+            cutoff: float = 0.6) -> List[str]:
+    """The ``n`` candidates closest to ``word`` (``difflib``), best first;
+    case differences count as close."""
+    candidates = sorted({str(c) for c in candidates})
+    lowered = {c.lower(): c for c in candidates}
+    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n,
+                                     cutoff=cutoff)
+    return [lowered[h] for h in hits]
+
+
+def did_you_mean(word: str, candidates: Iterable[str]) -> str:
+    """``"; did you mean 'x'?"`` or ``''`` when nothing is close."""
+    hit = closest(word, candidates)
+    return f"; did you mean {hit[0]!r}?" if hit else ''
+
+
+__all__ = ['closest', 'did_you_mean', 'UserError', 'ConfigError', 'InputError', 'CheckpointError',
            'CheckpointMismatchError']

@@ -134,10 +134,72 @@ def tiny_cfg(work_dir: str, by_epoch: bool = True, *, epochs: int = 3,
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1, momentum=0.9)),
         param_scheduler=schedulers,
         default_hooks=dict(checkpoint=checkpoint,
+                           strict_load=dict(type='StrictLoadFromHook'),
                            logger=dict(type='LoggerHook', interval=1)),
         custom_hooks=hooks + list(custom_hooks),
         randomness=dict(seed=0, deterministic=True),
         env_cfg=dict(cudnn_benchmark=False,
                      dist_cfg=dict(backend='gloo')),
         default_scope='mmengine',
+        runner_type='IFormerRunner',
     )
+
+
+def scripted_runner(work_dir, scores, iters: int = 6, every: int = 2,
+                    **checkpoint):
+    """A tiny iteration-based run of ``iters`` iterations, validated and
+    saved every ``every`` (2, 4 and 6 by default), whose metric returns
+    ``scores[i]`` (a dict) at the i-th validation; ``checkpoint``: more
+    arguments of its ``SafeCheckpointHook``."""
+    import uuid
+
+    from iformer_mm.engine import IFormerRunner
+
+    class Model(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(2, 1)
+
+        def forward(self, x, mode='tensor'):
+            out = self.linear(torch.stack(x))
+            if mode == 'loss':
+                return dict(loss=(out ** 2).mean())
+            return list(out)
+
+    class Data(Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return dict(x=torch.tensor([i / 4., 1.]))
+
+    class Scripted(BaseMetric):
+        calls = 0
+
+        def process(self, data_batch, data_samples):
+            self.results.append(0)
+
+        def compute_metrics(self, results):
+            Scripted.calls += 1
+            return dict(scores[Scripted.calls - 1])
+
+    loader = dict(dataset=Data(), batch_size=2, num_workers=0,
+                  sampler=dict(type='InfiniteSampler', shuffle=False))
+    val_loader = dict(loader, sampler=dict(type='DefaultSampler',
+                                           shuffle=False))
+    return IFormerRunner(
+        model=Model(), work_dir=str(work_dir), train_dataloader=loader,
+        val_dataloader=val_loader, val_evaluator=[Scripted()],
+        val_cfg=dict(),
+        train_cfg=dict(type='ResumableIterBasedTrainLoop', max_iters=iters,
+                       val_interval=every),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        param_scheduler=dict(type='MultiStepLR', milestones=[4],
+                             by_epoch=False),
+        default_hooks=dict(checkpoint=dict(
+            type='SafeCheckpointHook', interval=every, by_epoch=False,
+            **checkpoint)),
+        randomness=dict(seed=0), default_scope='mmengine',
+        # mmengine names runners by the second they start in and shares a
+        # MessageHub (with keep_ckpt_ids) between runners of the same name
+        experiment_name=f'scripted_{uuid.uuid4().hex}')

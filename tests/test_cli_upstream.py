@@ -1,5 +1,7 @@
-"""tools/train.py and tools/test.py take every option of the upstream
-tools/train.py and tools/test.py of mmdet, mmseg and mmpretrain.
+"""tools/train.py and tools/test.py run the upstream tools/train.py and
+tools/test.py of the config's codebase (mmdet, mmseg, mmpretrain), take
+every option of all three, and each option reaches the runner's config
+the same way whichever codebase the config belongs to.
 
 The upstream parsers are read from the scripts those packages install
 (``<package>/.mim/tools/{train,test}.py``), not from a copy: when an
@@ -10,10 +12,22 @@ import importlib.util
 import os.path as osp
 
 import pytest
+import torch
 
+from iformer_mm.config import SCOPES
 from iformer_mm.engine import cli
+from iformer_mm.errors import ConfigError
 
-PACKAGES = ('mmdet', 'mmseg', 'mmpretrain')
+from ._tools import ROOT, config_the_runner_gets
+
+TOY = {
+    'mmdet': osp.join(ROOT, 'configs', 'toy', 'maskrcnn_iformer_t_toy.py'),
+    'mmseg': osp.join(ROOT, 'configs', 'toy', 'fpn_iformer_t_toy.py'),
+    'mmpretrain': osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py'),
+}
+LOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+COMMON = {'-h', '--help', '--work-dir', '--cfg-options', '--launcher',
+          '--local_rank', '--local-rank'}
 
 
 class _Parser(Exception):
@@ -36,12 +50,10 @@ def _capture(call):
     raise AssertionError(f'{call} parsed no arguments')
 
 
-def upstream_parser(package, tool):
-    mod = pytest.importorskip(package)
-    path = osp.join(osp.dirname(mod.__file__), '.mim', 'tools', f'{tool}.py')
-    assert osp.isfile(path), f'{package} installs no {path}'
+def upstream_parser(scope, tool):
+    path = cli.upstream_tool(scope, tool)
     spec = importlib.util.spec_from_file_location(
-        f'_upstream_{package}_{tool}', path)
+        f'_upstream_{scope}_{tool}', path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return _capture(module.parse_args)
@@ -56,39 +68,91 @@ def _shape(action):
     return (action.nargs, action.const, choices, type(action).__name__)
 
 
-OURS = {'train': lambda: _capture(lambda: cli.parse_train_args(['x.py'])),
-        'test': lambda: _capture(
-            lambda: cli.parse_test_args(['x.py', 'y.pth']))}
-
-
-@pytest.mark.parametrize('package', PACKAGES)
+@pytest.mark.parametrize('scope', SCOPES)
 @pytest.mark.parametrize('tool', ['train', 'test'])
-def test_every_upstream_option_is_taken_alike(package, tool):
-    ours = _options(OURS[tool]())
-    for flag, theirs in _options(upstream_parser(package, tool)).items():
-        assert flag in ours, f'{package} tools/{tool}.py has {flag}'
-        if (package, tool, flag) == ('mmseg', 'train', '--resume'):
+def test_every_upstream_option_is_taken_alike(scope, tool):
+    ours = _options(cli.parser(tool))
+    theirs = _options(upstream_parser(scope, tool))
+    for flag, action in theirs.items():
+        assert flag in ours, f'{scope} tools/{tool}.py has {flag}'
+        if (scope, tool, flag) == ('mmseg', 'train', '--resume'):
             # mmseg: a bare flag (latest checkpoint); ours also takes a
             # path, as mmdet and mmpretrain do
-            assert cli.parse_train_args(['x.py', '--resume']).resume == \
-                'auto'
             continue
-        assert _shape(ours[flag]) == _shape(theirs), (package, tool, flag)
+        assert _shape(ours[flag]) == _shape(action), (scope, tool, flag)
+    # what we hand to the upstream tool as its own option, it has
+    assert cli.NATIVE[(scope, tool)] <= set(theirs) - COMMON
 
 
-def test_no_pin_memory_and_no_persistent_workers_reach_every_loader(
-        tmp_path):
-    cfg_path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))),
-                        'configs', 'iformer_t_in1k.py')
-    args = cli.parse_train_args([cfg_path, '--work-dir', str(tmp_path),
-                                 '--no-pin-memory',
-                                 '--no-persistent-workers'])
-    cfg = cli.train_cfg_from_args(args)
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        assert cfg[name]['pin_memory'] is False, name
-        assert cfg[name]['persistent_workers'] is False, name
-    plain = cli.train_cfg_from_args(cli.parse_train_args(
-        [cfg_path, '--work-dir', str(tmp_path)]))
-    for name in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        assert plain[name]['pin_memory'] is True, name
-        assert plain[name]['persistent_workers'] is True, name
+@pytest.fixture
+def ckpt(tmp_path):
+    path = tmp_path / 'model.pth'
+    torch.save(dict(state_dict={}, meta={}), str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_train_options_reach_the_runner_alike(scope, tmp_path):
+    work = str(tmp_path / 'w')
+
+    def cfg(*args):
+        return config_the_runner_gets(
+            'train', [TOY[scope], '--work-dir', work, *args])
+    plain = cfg()
+    assert plain.work_dir == work and plain.get('resume', False) is False
+    assert plain.optim_wrapper.type == 'OptimWrapper'
+    assert plain.val_cfg is not None
+    flags = cfg('--amp', '--auto-scale-lr', '--no-validate', '--no-pin-memory',
+                '--no-persistent-workers', '--launcher', 'pytorch',
+                '--cfg-options', 'train_cfg.val_interval=3')
+    assert flags.optim_wrapper.type == 'AmpOptimWrapper'
+    assert flags.optim_wrapper.loss_scale == 'dynamic'
+    assert flags.auto_scale_lr.enable is True
+    assert flags.val_cfg is None and flags.val_dataloader is None
+    assert flags.launcher == 'pytorch' and flags.train_cfg.val_interval == 3
+    for loader in LOADERS:
+        if flags.get(loader):
+            assert flags[loader].pin_memory is False, loader
+            assert flags[loader].persistent_workers is False, loader
+    auto = cfg('--resume')
+    assert auto.resume is True and auto.load_from is None
+    given = cfg('--resume', str(tmp_path / 'epoch_1.pth'))
+    assert given.resume is True and given.load_from == str(
+        tmp_path / 'epoch_1.pth')
+
+
+@pytest.mark.parametrize('scope', SCOPES)
+def test_test_options_reach_the_runner_alike(scope, tmp_path,
+                                             ckpt):
+    def cfg(*args):
+        return config_the_runner_gets(
+            'test', [TOY[scope], ckpt, '--work-dir', str(tmp_path / 'w'),
+                     *args])
+    plain = cfg()
+    assert plain.load_from == ckpt
+    assert plain.default_hooks.strict_load.strict is True
+    flags = cfg('--allow-partial', '--no-pin-memory', '--amp', '--show-dir',
+                'vis', '--interval', '3', '--out', str(tmp_path / 'm.json'),
+                '--out-item', 'metrics')
+    assert flags.default_hooks.strict_load.strict is False
+    assert flags.test_dataloader.pin_memory is False
+    assert flags.test_cfg.fp16 is True
+    vis = flags.default_hooks.visualization
+    assert vis.interval == 3 and vis.get('draw', vis.get('enable')) is True
+    assert flags.default_hooks.dump_metrics.out_file == str(
+        tmp_path / 'm.json')
+    # the configs' hooks paint one image in 50: --show-dir paints them all
+    assert cfg('--show-dir', 'vis').default_hooks.visualization.interval == 1
+
+
+def test_a_path_the_options_cannot_carry_is_refused(tmp_path, ckpt):
+    """Paths that go to the upstream tool through --cfg-options (mmseg's
+    --resume PATH, --out-item metrics) cannot hold a comma or a space."""
+    with pytest.raises(ConfigError, match='--resume'):
+        cli.train_argv(cli.parser('train').parse_args(
+            [TOY['mmseg'], '--resume', 'a,b.pth']), None, 'mmseg')
+    args = cli.parser('test').parse_args([TOY['mmseg'], ckpt, '--out',
+                                          str(tmp_path / 'my m.json'),
+                                          '--out-item', 'metrics'])
+    with pytest.raises(ConfigError, match='--out'):
+        cli.test_argv(args, None, 'mmseg')

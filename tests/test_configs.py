@@ -10,7 +10,8 @@ import torch
 from mmengine.config import Config
 
 import iformer_mm  # noqa: F401  (registers IFormer, toy datasets, wrapper)
-from iformer_mm.engine import adapt_to_machine, config_scope
+from iformer_mm.config import scope_of
+from iformer_mm.engine import adapt_to_machine
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 ARCHS = ('t', 's', 'm', 'l', 'l2')
@@ -109,7 +110,7 @@ def test_every_variant_has_its_configs():
 @pytest.mark.parametrize('path', CONFIGS, ids=_name)
 def test_config_builds_model_and_pipelines(path):
     cfg = Config.fromfile(path)
-    scope = config_scope(cfg)
+    scope = scope_of(cfg)
     models, transforms = _scope_modules(scope)
     model_cfg = cfg.model.copy()
     if cfg.get('data_preprocessor') and 'data_preprocessor' not in model_cfg:
@@ -250,23 +251,8 @@ def test_missing_dataset_is_a_clear_error(name, anchor, tmp_path, capsys,
     assert not os.path.exists(tmp_path / 'work' / 'epoch_1.pth')
 
 
-def test_load_config_defaults_change_nothing_but_the_work_dir():
-    """No option given: the work dir is ./work_dirs/<config stem>, the
-    optimizer wrapper and the lr are the config's."""
-    from iformer_mm.engine.runner import load_config
-    path = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
-    raw = Config.fromfile(path)
-    cfg = load_config(path)
-    assert cfg.work_dir == osp.join('./work_dirs', 'iformer_t_toy_cls')
-    assert cfg.optim_wrapper == raw.optim_wrapper
-    assert cfg.get('resume', False) == raw.get('resume', False)
-    assert cfg.auto_scale_lr == raw.auto_scale_lr
-    amp = load_config(path, amp=True)
-    assert amp.optim_wrapper.type == 'AmpOptimWrapper'
-
-
 def test_cpu_ddp_wrapper_keeps_the_users_settings():
-    from iformer_mm.engine.runner import adapt_to_machine
+    from iformer_mm.engine import adapt_to_machine
     cfg = Config(dict(
         model=dict(type='X'), launcher='pytorch',
         model_wrapper_cfg=dict(type='MMDistributedDataParallel',
@@ -284,7 +270,7 @@ def test_cpu_ddp_wrapper_keeps_the_users_settings():
 def test_every_distributed_launcher_gets_the_cpu_ddp_wrapper(launcher):
     """mmengine's launchers are 'none', 'pytorch', 'slurm' and 'mpi': each
     distributed one needs DDP without device ids on a CPU machine."""
-    from iformer_mm.engine.runner import adapt_to_machine
+    from iformer_mm.engine import adapt_to_machine
     cfg = Config(dict(model=dict(type='X'), launcher=launcher))
     notes = adapt_to_machine(cfg, cuda=False)
     assert cfg.model_wrapper_cfg.type == 'DeviceAwareDDP'
@@ -301,7 +287,7 @@ def test_make_resumable_understands_registry_scoped_names():
     """``mmengine.EpochBasedTrainLoop`` and ``mmengine.CheckpointHook`` are
     the same classes as the plain names: they get the atomic hook and the
     exactly-resuming loop too; other types are left alone."""
-    from iformer_mm.engine.runner import make_resumable
+    from iformer_mm.engine import make_resumable
     cfg = Config(dict(
         train_cfg=dict(type='mmengine.EpochBasedTrainLoop', max_epochs=2),
         default_hooks=dict(
@@ -325,7 +311,7 @@ def test_cpu_adaptation_counts_syncbn_and_keeps_a_chosen_backend():
     """The note counts the SyncBN layers it replaced (nested dicts and
     lists, both spellings); a backend the user chose is theirs, only the
     nccl default (no CPU support) becomes gloo."""
-    from iformer_mm.engine.runner import adapt_to_machine
+    from iformer_mm.engine import adapt_to_machine
     cfg = Config(dict(
         model=dict(type='X', backbone=dict(norm_cfg=dict(type='SyncBN')),
                    heads=[dict(norm_cfg=dict(type='MMSyncBN')),
@@ -345,49 +331,18 @@ def test_cpu_adaptation_counts_syncbn_and_keeps_a_chosen_backend():
     assert nccl.env_cfg.dist_cfg.backend == 'gloo'
 
 
-def test_config_scope_names_the_codebases_it_runs():
-    from iformer_mm.engine.runner import config_scope
-    assert config_scope(Config(dict(default_scope='mmseg'))) == 'mmseg'
+def test_scope_of_names_the_codebases_it_runs():
+    from iformer_mm.errors import ConfigError
+    assert scope_of(Config(dict(default_scope='mmseg'))) == 'mmseg'
     for scope in (None, 'mmocr'):
-        with pytest.raises(ValueError) as err:
-            config_scope(Config(dict(default_scope=scope)))
+        with pytest.raises(ConfigError) as err:
+            scope_of(Config(dict(default_scope=scope)))
         assert repr(scope) in str(err.value)
-        assert "'mmdet'" in str(err.value)
-
-
-def test_load_config_applies_the_command_line(tmp_path):
-    from iformer_mm.engine.runner import load_config
-    path = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
-    cfg = load_config(path, work_dir=str(tmp_path / 'w'), amp=True,
-                      auto_scale_lr=True, launcher='slurm',
-                      cfg_options={'train_cfg.max_epochs': 3})
-    assert cfg.work_dir == str(tmp_path / 'w')
-    assert cfg.launcher == 'slurm' and cfg.train_cfg.max_epochs == 3
-    assert cfg.optim_wrapper.type == 'AmpOptimWrapper'
-    assert cfg.optim_wrapper.loss_scale == 'dynamic'
-    assert cfg.auto_scale_lr.enable is True
-    # a work_dir written in the config is kept when none is given
-    own = tmp_path / 'own.py'
-    own.write_text(f"_base_ = [{path!r}]\nwork_dir = 'runs/mine'\n")
-    assert load_config(str(own)).work_dir == 'runs/mine'
-    bad_wrapper = tmp_path / 'bad_wrapper.py'
-    bad_wrapper.write_text(
-        f"_base_ = [{path!r}]\n"
-        "optim_wrapper = dict(type='ApexOptimWrapper', _delete_=True, "
-        "optimizer=dict(type='SGD', lr=0.1))\n")
-    with pytest.raises(ValueError, match='ApexOptimWrapper'):
-        load_config(str(bad_wrapper), amp=True)
-    assert load_config(str(bad_wrapper)).optim_wrapper.type == \
-        'ApexOptimWrapper'
-    no_base = tmp_path / 'no_base.py'
-    no_base.write_text(f"_base_ = [{path!r}]\n"
-                       "auto_scale_lr = dict(_delete_=True, enable=False)\n")
-    with pytest.raises(RuntimeError, match='base_batch_size'):
-        load_config(str(no_base), auto_scale_lr=True)
+        assert 'mmdet, mmseg, mmpretrain' in str(err.value)
 
 
 def test_amp_falls_back_to_fp32_without_cuda():
-    from iformer_mm.engine.runner import adapt_to_machine
+    from iformer_mm.engine import adapt_to_machine
     cfg = Config(dict(model=dict(type='X'), optim_wrapper=dict(
         type='AmpOptimWrapper', loss_scale='dynamic', dtype='float16',
         optimizer=dict(type='SGD', lr=0.1), clip_grad=dict(max_norm=1.0))))
@@ -408,7 +363,7 @@ def test_amp_falls_back_to_fp32_without_cuda():
 def test_make_resumable_reads_mmengine_by_epoch_shorthand(by_epoch, loop):
     """``train_cfg=dict(by_epoch=..., max_...)`` without a type is
     mmengine's shorthand for its epoch / iteration loop."""
-    from iformer_mm.engine.runner import make_resumable
+    from iformer_mm.engine import make_resumable
     cfg = Config(dict(train_cfg=dict(by_epoch=by_epoch, max_iters=6,
                                      val_interval=2)))
     make_resumable(cfg)
@@ -417,50 +372,18 @@ def test_make_resumable_reads_mmengine_by_epoch_shorthand(by_epoch, loop):
     assert cfg.train_cfg.max_iters == 6 and cfg.train_cfg.val_interval == 2
 
 
-def test_resume_flag_overrides_the_configs_resume_only_when_given(tmp_path):
-    """``--resume`` with nothing to resume starts from scratch even if the
-    config says ``resume = True`` (mmengine would otherwise look for a
-    checkpoint itself, unchecked); without the flag the config's own
-    setting stands."""
-    from iformer_mm.engine.runner import load_config
-    base = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
-    path = tmp_path / 'resuming.py'
-    path.write_text(f"_base_ = [{base!r}]\nresume = True\n")
-    work = str(tmp_path / 'empty_work')
-    assert load_config(str(path), work_dir=work, resume='auto').resume is \
-        False
-    assert load_config(str(path), work_dir=work).resume is True
-    # with a checkpoint to resume from, a config that says resume = False
-    # resumes (mmengine then restores optimizer, schedulers and step; with
-    # resume False it would load the weights only)
-    import torch
-    plain = tmp_path / 'plain.py'
-    plain.write_text(f"_base_ = [{base!r}]\nresume = False\n")
-    ckpt = tmp_path / 'work' / 'epoch_1.pth'
-    ckpt.parent.mkdir()
-    torch.save(dict(meta=dict(epoch=1), state_dict={}), str(ckpt))
-    for how in ('auto', str(ckpt)):
-        cfg = load_config(str(plain), work_dir=str(ckpt.parent), resume=how)
-        assert cfg.resume is True and cfg.load_from == str(ckpt)
-
-
-def test_build_runner_logs_what_it_changed(tmp_path):
-    """What adapt_to_machine / make_resumable changed is said in the run's
-    log, one line each, so a user sees why the config differs."""
-    from mmengine.logging import MMLogger
-
-    from iformer_mm.engine.runner import build_runner, load_config
+def test_the_runner_logs_what_it_changed(tmp_path):
+    """What the runner changed in the config (adapt_to_machine,
+    make_resumable) is said in the run's log, one line each, so a user sees
+    why the run differs from the config."""
+    from mmengine.registry import RUNNERS
     path = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
-    cfg = load_config(path, work_dir=str(tmp_path / 'w'),
-                      cfg_options={'default_hooks.checkpoint.type':
-                                   'CheckpointHook',
-                                   'train_dataloader.dataset.data_root':
-                                   str(tmp_path / 'data'),
-                                   'val_dataloader.dataset.data_root':
-                                   str(tmp_path / 'data')})
-    build_runner(cfg)
-    log = MMLogger.get_current_instance().log_file
-    with open(log) as f:
+    cfg = Config.fromfile(path)
+    cfg.merge_from_dict({'default_hooks.checkpoint.type': 'CheckpointHook',
+                         'work_dir': str(tmp_path / 'w')})
+    runner = RUNNERS.build(cfg)
+    assert type(runner).__name__ == 'IFormerRunner'
+    with open(runner.logger.log_file) as f:
         text = f.read()
     assert '[iformer_mm] CheckpointHook -> SafeCheckpointHook (atomic ' \
         'saves)' in text

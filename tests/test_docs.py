@@ -268,8 +268,8 @@ def check_path(token, where, tmp_root):
 # --------------------------------------------------------------------------
 def _scope_registry(cfg):
     from mmengine.registry import init_default_scope
-    from iformer_mm.engine import config_scope
-    scope = config_scope(cfg)
+    from iformer_mm.config import scope_of
+    scope = scope_of(cfg)
     init_default_scope(scope)
     if scope == 'mmdet':
         from mmdet.registry import MODELS

@@ -26,6 +26,7 @@ import iformer_mm  # noqa: F401
 from iformer_mm.errors import CheckpointMismatchError
 
 from ._layouts import randomize, to_release
+from ._tools import runner_of
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, 'configs/toy/maskrcnn_iformer_t_toy.py')
@@ -122,13 +123,7 @@ def test_init_cfg_prefix_from_a_config(tmp_path):
 # --------------------------------------------------------------------------
 def _test_runner(argv):
     """What tools/test.py builds, up to loading the checkpoint."""
-    from iformer_mm.engine.cli import (_route_checkpoint_loading,
-                                       parse_test_args, test_cfg_from_args)
-    from iformer_mm.engine.runner import build_runner
-    args = parse_test_args(argv)
-    runner = build_runner(test_cfg_from_args(args), splits=('test', ))
-    _route_checkpoint_loading(runner, strict=not args.allow_partial)
-    return runner
+    return runner_of('test', argv)
 
 
 def _run_test_main(argv, capsys):
@@ -190,14 +185,10 @@ def test_train_load_from_prints_one_summary_line(tmp_path, capsys):
     src = dict(_model(SEG, seed=1).state_dict())
     path = _save({k: v for k, v in src.items() if k.startswith('backbone.')},
                  str(tmp_path / 'bb.pth'))
-    from iformer_mm.engine.cli import (_route_checkpoint_loading,
-                                       parse_train_args, train_cfg_from_args)
-    from iformer_mm.engine.runner import build_runner
-    args = parse_train_args([SEG, '--work-dir', 'w', '--cfg-options',
-                             f'load_from={path}'])
-    runner = build_runner(train_cfg_from_args(args), splits=('train', ))
-    _route_checkpoint_loading(runner, strict=False)
-    runner.load_or_resume()
+    runner = runner_of('train', [SEG, '--work-dir', 'w', '--cfg-options',
+                                 f'load_from={path}'])
+    runner._train_loop = runner.build_train_loop(runner._train_loop)
+    runner.load_or_resume()  # where train() loads it
     got = runner.model.state_dict()
     assert all(torch.equal(got[k], v) for k, v in src.items()
                if k.startswith('backbone.'))

@@ -1,4 +1,4 @@
-"""Faults and bad input: nothing lost, nothing silently wrong (issue 11).
+"""Faults and bad input: nothing lost, nothing silently wrong.
 
 * resume: a run interrupted at any point (mid-epoch, at an epoch boundary,
   during validation) and resumed ends with bitwise the weights of an
@@ -27,17 +27,18 @@ import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.runner import Runner
+from mmengine.registry import RUNNERS
 
-import iformer_mm  # noqa: F401  (registers the hook and the loops)
+import iformer_mm  # noqa: F401  (registers the runner, hooks and loops)
 from iformer_mm.compat import safe_load
 from iformer_mm.engine import checkpointing
-from iformer_mm.engine.resume import (checkpoint_problem,
-                                      find_resume_checkpoint, resolve_resume)
+from iformer_mm.engine.resume import (check_resume_checkpoint,
+                                      checkpoint_problem,
+                                      find_resume_checkpoint)
 from iformer_mm.errors import CheckpointError, UserError
 
 from ._tiny import tiny_cfg
-from ._tools import ROOT
+from ._tools import ROOT, held_elsewhere
 
 
 class Interrupted(Exception):
@@ -80,12 +81,15 @@ class CountIters(Hook):
         self.iters.append(runner.iter)
 
 
-def build(cfg: dict, hooks=(), resume_from=None) -> Runner:
+def build(cfg: dict, hooks=(), resume_from=None, resume=False):
+    """The config's runner (``runner_type='IFormerRunner'``), as every tool
+    builds it; ``resume``: continue from the work dir's newest intact
+    checkpoint, ``resume_from``: from that one."""
     cfg = Config(dict(cfg))
     cfg.experiment_name = f'reliability_{uuid.uuid4().hex[:8]}'
-    if resume_from is not None:
+    if resume or resume_from is not None:
         cfg.resume, cfg.load_from = True, resume_from
-    runner = Runner.from_cfg(cfg)
+    runner = RUNNERS.build(cfg)
     for hook in hooks:
         runner.register_hook(hook)
     return runner
@@ -158,10 +162,10 @@ def _interrupt_and_resume(tmp_path, uninterrupted, by_epoch, point,
     cfg = tiny_cfg(str(work), by_epoch, **kw)
     with pytest.raises(Interrupted):
         build(cfg, [InterruptHook(**point)]).train()
-    resume_from = resolve_resume(str(work), 'auto')
-    assert osp.basename(resume_from) == expected_ckpt
+    newest, skipped = find_resume_checkpoint(str(work))
+    assert osp.basename(newest) == expected_ckpt and not skipped
     counter = CountIters()
-    runner = build(cfg, [counter], resume_from=resume_from)
+    runner = build(cfg, [counter], resume=True)
     runner.train()
     reference, reference_iters = uninterrupted(by_epoch, **kw)
     # exactly the iterations that were left, no batch trained twice
@@ -243,7 +247,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, failing_writes,
     assert safe_load(work / 'epoch_1.pth')['meta']['epoch'] == 1
     # the retired checkpoint goes only once the next one is complete
     failing_writes(0, 0)
-    runner = build(cfg, resume_from=resolve_resume(str(work), 'auto'))
+    runner = build(cfg, resume=True)
     runner.train()
     assert sorted(n for n in os.listdir(work) if n.endswith('.pth')) == \
         ['epoch_3.pth']
@@ -266,19 +270,6 @@ def test_failed_best_save_keeps_previous_best(tmp_path, failing_writes):
     assert best == ['best_evaluations_epoch_1.pth']
     assert checkpoint_problem(str(work / best[0])) is None
     assert checkpoint_problem(str(work / 'epoch_2.pth')) is None
-
-
-def test_failed_publish_leaves_no_partial_file(tmp_path, failing_writes):
-    """published_keys: the published copy is written atomically too."""
-    work = tmp_path / 'work'
-    cfg = tiny_cfg(str(work), True, iter_ckpt_interval=None)
-    hook = cfg['default_hooks']['checkpoint']
-    hook['published_keys'] = ['meta', 'state_dict']
-    failing_writes(4, 100)  # epoch_1..3, then the published copy
-    with pytest.raises(WriteFailure, match=r'epoch_3-[0-9a-f]{8}\.pth'):
-        build(cfg).train()
-    assert _pth(work) == ['epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth']
-    assert not [n for n in os.listdir(work) if n.endswith('.tmp')]
 
 
 # --------------------------------------------------------------------------
@@ -317,32 +308,33 @@ def test_resume_skips_truncated_and_damaged_checkpoints(tmp_path,
     mid[pos] ^= 0xFF
     (work / 'epoch_2.pth').write_bytes(bytes(mid))
     os.utime(work / 'epoch_2.pth', (1e9 + 1, 1e9 + 1))
-    assert resolve_resume(str(work), 'auto') == str(work / 'epoch_1.pth')
-    out = capsys.readouterr().out
-    assert 'skipping checkpoint' in out and 'epoch_3.pth' in out and \
-        'epoch_2.pth' in out
-    # resuming from the fallback really continues from epoch 1
+    path, skipped = find_resume_checkpoint(str(work))
+    assert path == str(work / 'epoch_1.pth')
+    assert [s.split(':')[0] for s in skipped] == [
+        f'skipping checkpoint {work / n}' for n in ('epoch_3.pth',
+                                                    'epoch_2.pth')]
+    assert 'damaged' in skipped[1]
+    # the runner resumes from the fallback: it continues from epoch 1
     counter = CountIters()
     build(tiny_cfg(str(work), True, iter_ckpt_interval=None), [counter],
-          resume_from=str(work / 'epoch_1.pth')).train()
+          resume=True).train()
     assert counter.iters == list(range(5, 15))
 
 
 def test_resume_with_nothing_intact_or_nothing_at_all(tmp_path,
-                                                      three_checkpoints,
-                                                      capsys):
+                                                      three_checkpoints):
     work = _copy_work(three_checkpoints, tmp_path / 'work')
     for name in ('epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'):
         (work / name).write_bytes(b'')
+    cfg = tiny_cfg(str(work), True, iter_ckpt_interval=None)
     with pytest.raises(CheckpointError, match='no intact checkpoint'):
-        resolve_resume(str(work), 'auto')
+        build(cfg, resume=True).train()
+    assert all((work / n).read_bytes() == b'' for n in (
+        'epoch_1.pth', 'epoch_2.pth', 'epoch_3.pth'))  # nothing replaced
     empty = tmp_path / 'empty'
     empty.mkdir()
-    assert resolve_resume(str(empty), 'auto') is None
-    lines = [ln for ln in capsys.readouterr().out.splitlines()
-             if 'resume' in ln]
-    assert len(lines) == 1 and 'starting from scratch' in lines[0]
-    assert resolve_resume(str(tmp_path / 'missing'), 'auto') is None
+    assert find_resume_checkpoint(str(empty)) == (None, [])
+    assert find_resume_checkpoint(str(tmp_path / 'missing')) == (None, [])
 
 
 @pytest.mark.parametrize('content,why', [
@@ -357,21 +349,41 @@ def test_resume_path_that_cannot_be_resumed(tmp_path, three_checkpoints,
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(CheckpointError, match=why) as info:
-        resolve_resume(str(tmp_path), str(path))
+        check_resume_checkpoint(str(path))
     assert str(path) in str(info.value) and '\n' not in str(info.value)
 
 
 # --------------------------------------------------------------------------
 # The work-dir lock
 # --------------------------------------------------------------------------
+def _acquire_elsewhere(work):
+    """Try the lock from another process: (exit code, stderr)."""
+    code = ('import sys\n'
+            'from iformer_mm.engine.lock import WorkDirLock\n'
+            'from iformer_mm.errors import UserError\n'
+            'try:\n'
+            f'    WorkDirLock({work!r}).acquire()\n'
+            'except UserError as e:\n'
+            '    sys.exit(str(e))\n')
+    proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, proc.stderr
+
+
 def test_work_dir_lock_excludes_and_takes_over_stale(tmp_path):
     from iformer_mm.engine.lock import LOCK_NAME, WorkDirLock
     work = str(tmp_path / 'work')
     first = WorkDirLock(work).acquire()
-    with pytest.raises(UserError, match=f'PID {os.getpid()}'):
-        WorkDirLock(work).acquire()
+    rc, err = _acquire_elsewhere(work)
+    assert rc == 1 and f'PID {os.getpid()}' in err
+    # in this process it is re-entrant (tools/train.py, then the runner):
+    # the last holder frees it
+    again = WorkDirLock(work).acquire()
     first.release()
+    assert _acquire_elsewhere(work)[0] == 1
+    again.release()
     assert not osp.exists(osp.join(work, LOCK_NAME))
+    assert _acquire_elsewhere(work) == (0, '')
     # a lock file whose process is gone (kill -9 leaves it behind)
     dead = subprocess.Popen(['true'])
     dead.wait()
@@ -466,6 +478,10 @@ def tool_workspace(tmp_path_factory):
                    max_keep_ckpts=1)
     del cfg['work_dir']
     cfg['default_scope'] = 'mmpretrain'  # tools/train.py wants a codebase
+    cfg['runner_type'] = 'IFormerRunner'
+    for loader in ('train_dataloader', 'val_dataloader'):
+        # mmpretrain's train.py defaults persistent_workers to True
+        cfg[loader]['persistent_workers'] = False
     cfg['custom_imports'] = dict(
         imports=['iformer_mm', 'tests._tiny', 'stall_writer'],
         allow_failed_imports=False)
@@ -532,7 +548,6 @@ def test_train_tool_resume_errors_and_lock(tool_workspace, tmp_path,
     cost seconds of imports each; the kill test above runs the real tool)."""
     from iformer_mm.engine.cli import train_main
     from iformer_mm.engine.errors_cli import run_tool
-    from iformer_mm.engine.lock import WorkDirLock
     cfg = Config.fromfile(str(tool_workspace / 'tiny.py'),
                           import_custom_modules=False)
     cfg.custom_imports = dict(imports=['iformer_mm', 'tests._tiny'],
@@ -550,11 +565,10 @@ def test_train_tool_resume_errors_and_lock(tool_workspace, tmp_path,
     assert io.err.startswith('train.py: error: --resume nope.pth') and \
         'does not exist' in io.err
     # a second training into a work dir in use: exit 2, names the holder
-    with WorkDirLock(str(tmp_path / 'busy')):
+    with held_elsewhere(tmp_path / 'busy') as holder:
         rc, io = train('--work-dir', 'busy')
     assert rc == 2 and io.err.count('\n') == 1
-    assert f'PID {os.getpid()}' in io.err and 'busy' in io.err
-    assert os.listdir(tmp_path / 'busy') == []  # nothing written
+    assert f'PID {holder}' in io.err and 'busy' in io.err
     # --resume with nothing to resume: says so, then trains from scratch
     rc, io = train('--work-dir', 'fresh', '--resume', '--cfg-options',
                    'train_cfg.max_iters=3')

@@ -15,6 +15,8 @@ import sys
 import pytest
 import torch
 
+from ._tools import config_the_runner_gets
+
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOY = {
     'det': osp.join(ROOT, 'configs', 'toy', 'maskrcnn_iformer_t_toy.py'),
@@ -28,11 +30,18 @@ def _need(kind):
     pytest.importorskip(LIBS[kind], reason='needs the OpenMMLab stack')
 
 
-def _cfg(kind, *flags, ckpt='unused.pth'):
-    _need(kind)
-    from iformer_mm.engine import cli
-    args = cli.parse_test_args([TOY[kind], ckpt, *flags])
-    return cli.test_cfg_from_args(args)
+@pytest.fixture
+def _cfg(tmp_path):
+    """``_cfg(kind, *flags)``: the config the test runner is built from."""
+    ckpt = str(tmp_path / 'unused.pth')
+    torch.save(dict(state_dict={}), ckpt)
+
+    def cfg(kind, *flags):
+        _need(kind)
+        return config_the_runner_gets(
+            'test', [TOY[kind], ckpt, '--work-dir', str(tmp_path / 'w'),
+                     *flags])
+    return cfg
 
 
 def make_checkpoint(kind, path):
@@ -40,7 +49,7 @@ def make_checkpoint(kind, path):
     from mmengine.config import Config
     from mmengine.registry import MODELS
 
-    from iformer_mm.apis._common import init_scope
+    from iformer_mm.config import init_scope
     cfg = Config.fromfile(TOY[kind])
     cfg.model.backbone.init_cfg = None
     init_scope(cfg)
@@ -72,7 +81,7 @@ def images_in(folder):
 # What each flag does to the config (in process)
 # --------------------------------------------------------------------------
 @pytest.mark.parametrize('kind', ['det', 'seg', 'cls'])
-def test_show_dir_paints_every_image_by_default(kind):
+def test_show_dir_paints_every_image_by_default(kind, _cfg):
     vis = _cfg(kind, '--show-dir', 'v').default_hooks.visualization
     # The configs' hooks paint one image in 50 (mmdet/mmseg) or 5000
     # (mmpretrain); upstream's --interval defaults to 1.
@@ -83,23 +92,22 @@ def test_show_dir_paints_every_image_by_default(kind):
     assert vis.interval == 3
 
 
-def test_interval_without_show_changes_nothing():
+def test_interval_without_show_changes_nothing(_cfg):
     cfg = _cfg('seg', '--interval', '3')
     assert cfg.default_hooks.visualization.get('draw', False) is False
 
 
 @pytest.mark.parametrize('kind', ['det', 'seg', 'cls'])
-def test_amp_and_no_pin_memory(kind):
+def test_amp_and_no_pin_memory(kind, _cfg):
     cfg = _cfg(kind, '--cfg-options', 'test_dataloader.pin_memory=True')
     assert cfg.test_dataloader.pin_memory is True
     assert not cfg.get('test_cfg', {}).get('fp16', False)
-    cfg = _cfg(kind, '--amp', '--no-pin-memory', '--cfg-options',
-               'test_dataloader.pin_memory=True')
+    cfg = _cfg(kind, '--amp', '--no-pin-memory')
     assert cfg.test_dataloader.pin_memory is False
     assert cfg.test_cfg.fp16 is True
 
 
-def test_cls_defaults_as_mmpretrain():
+def test_cls_defaults_as_mmpretrain(_cfg):
     cfg = _cfg('cls', '--cfg-options', 'test_dataloader.pin_memory=None')
     assert cfg.test_dataloader.pin_memory is None  # the user's value stays
     cfg = _cfg('cls')
@@ -107,7 +115,7 @@ def test_cls_defaults_as_mmpretrain():
                                                    'pseudo_collate')
 
 
-def test_cls_tta_is_mmpretrain_flip_average():
+def test_cls_tta_is_mmpretrain_flip_average(_cfg):
     cfg = _cfg('cls', '--tta')
     assert cfg.model.type == 'mmpretrain.AverageClsScoreTTA'
     assert cfg.model.module.type == 'ImageClassifier'
@@ -117,7 +125,7 @@ def test_cls_tta_is_mmpretrain_flip_average():
     assert tta.transforms[1][0]['type'] == 'PackInputs'
 
 
-def test_seg_tta_uses_the_config():
+def test_seg_tta_uses_the_config(_cfg):
     cfg = _cfg('seg', '--tta')
     assert cfg.model.type == 'SegTTAModel'
     assert cfg.test_dataloader.dataset.pipeline[-1].type == 'TestTimeAug'

@@ -89,22 +89,17 @@ def browse(cfg, output_dir=None, show=False, wait=2.0, number=None,
     files written."""
     import importlib
 
-    from mmengine.registry import init_default_scope
     from mmengine.utils import ProgressBar
 
-    import iformer_mm  # noqa: F401  (registers the toy datasets)
+    from iformer_mm.config import init_scope
     from iformer_mm.datasets.checks import check_datasets
-    from iformer_mm.engine.runner import config_scope
 
-    scope = config_scope(cfg)
+    scope = init_scope(cfg)
     loader = cfg.get(f'{phase}_dataloader', None)
     if not loader:
         raise ValueError(f'the config has no {phase}_dataloader; try '
                          '--phase train')
     check_datasets(cfg, splits=(phase,))
-    importlib.import_module(f'{scope}.utils').register_all_modules(
-        init_default_scope=False)
-    init_default_scope(scope)
     registry = importlib.import_module(f'{scope}.registry')
     dataset = registry.DATASETS.build(loader['dataset'])
     vis_cfg = dict(cfg.visualizer)

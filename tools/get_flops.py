@@ -50,7 +50,7 @@ def main(argv=None):
     args = parse_args(argv)
     import iformer_mm  # noqa: F401
     from iformer_mm.engine.config_check import ATTENTION_NAMES, check_config
-    from iformer_mm.engine.errors_cli import did_you_mean
+    from iformer_mm.errors import did_you_mean
     from iformer_mm.errors import ConfigError
     from iformer_mm.models.backbones.iformer import ARCH_ZOO
     from iformer_mm.utils.complexity import (backbone_complexity,

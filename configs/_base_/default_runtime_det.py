@@ -2,12 +2,19 @@
 # that registers the iFormer backbone and our datasets/wrappers.
 default_scope = 'mmdet'
 custom_imports = dict(imports=['iformer_mm'], allow_failed_imports=False)
+# mmengine's Runner with a work-dir lock, resume from the newest intact
+# checkpoint, config and dataset checks, and CPU-only distributed runs;
+# upstream tools (mmdet's, mmseg's, mmpretrain's train.py, mim) build it too.
+runner_type = 'IFormerRunner'
 
 default_hooks = dict(
     timer=dict(type='IterTimerHook'),
     logger=dict(type='LoggerHook', interval=50),
     param_scheduler=dict(type='ParamSchedulerHook'),
     checkpoint=dict(type='SafeCheckpointHook', interval=1),
+    # load_from through the project's strict loader (tools/test.py
+    # --allow-partial: strict=False)
+    strict_load=dict(type='StrictLoadFromHook'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='DetVisualizationHook'))
 

@@ -1,133 +1,20 @@
-"""Config helpers shared by the benchmark and demo tools.
+"""Model building shared by the benchmark and demo tools.
 
 Everything here is light: the task library (mmdet, mmseg or mmpretrain) is
 imported only when a config that needs it is loaded, so ``import
-iformer_mm.apis`` costs nothing.
+iformer_mm.apis`` costs nothing. Configs are read by :mod:`iformer_mm.config`.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
-import importlib
 import logging
-import os.path as osp
-from typing import Any, Dict, Optional, Tuple, Union
+from typing import Any, Dict, Optional
 
 from mmengine.config import Config
 
-from ..errors import ConfigError
-
-#: ``default_scope`` of a config -> (task name, the library's package).
-TASKS: Dict[str, Tuple[str, str]] = {
-    'mmdet': ('detection', 'mmdet'),
-    'mmseg': ('segmentation', 'mmseg'),
-    'mmpretrain': ('classification', 'mmpretrain'),
-}
-
-
-class ConfigNotFoundError(ConfigError, FileNotFoundError):
-    """The config file does not exist."""
-
-
-def load_config(config: Union[str, Config],
-                cfg_options: Optional[dict] = None) -> Config:
-    """Read a config file with the tools' one config reader
-    (:func:`iformer_mm.engine.runner.load_config`), or copy a Config, and
-    apply ``cfg_options``.
-
-    Raises:
-        ConfigNotFoundError: the config file does not exist.
-    """
-    if isinstance(config, Config):
-        cfg = copy.deepcopy(config)
-        if cfg_options:
-            cfg.merge_from_dict(cfg_options)
-        return cfg
-    config = str(config)
-    if not osp.isfile(config):
-        raise ConfigNotFoundError(
-            f'Config file not found: {config!r}; pass the path of a config '
-            '(.py), e.g. configs/toy/maskrcnn_iformer_t_toy.py.')
-    from ..engine.runner import load_config as read_config
-    return read_config(config, cfg_options=cfg_options)
-
-
-def scope_of(cfg: Config) -> str:
-    """The OpenMMLab library a config belongs to, from ``default_scope``."""
-    scope = cfg.get('default_scope', None)
-    if scope not in TASKS:
-        raise ValueError(
-            f'Config has default_scope={scope!r}; iformer_mm.apis supports '
-            f'{sorted(TASKS)} (detection, segmentation, classification).')
-    return scope
-
-
-def task_of(cfg: Config) -> str:
-    """``'detection'``, ``'segmentation'`` or ``'classification'``."""
-    return TASKS[scope_of(cfg)][0]
-
-
-def init_scope(cfg: Config) -> str:
-    """Import the config's library, register its modules, set the scope.
-
-    Also imports ``iformer_mm`` (registers IFormer and the stack fixes) and
-    the config's ``custom_imports``.
-    """
-    scope = scope_of(cfg)
-    import iformer_mm  # noqa: F401  (registers IFormer, applies compat)
-    try:
-        utils = importlib.import_module(f'{TASKS[scope][1]}.utils')
-    except ImportError as e:  # pragma: no cover - environment problem
-        raise ImportError(
-            f'The config needs {TASKS[scope][1]} ({scope}), which is not '
-            f'importable: {e}') from e
-    utils.register_all_modules(init_default_scope=False)
-    custom = cfg.get('custom_imports', None)
-    if custom:
-        from mmengine.utils import import_modules_from_strings
-        import_modules_from_strings(**custom)
-    from mmengine.registry import init_default_scope
-    init_default_scope(scope)
-    return scope
-
-
-def strip_pretrained(node: Any) -> int:
-    """Drop every ``init_cfg`` of type ``Pretrained`` in a model config.
-
-    The tools here run random-init weights or an explicit checkpoint, never
-    a download. Returns how many were dropped.
-    """
-    dropped = 0
-    if isinstance(node, dict):
-        init_cfg = node.get('init_cfg', None)
-        if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
-            node['init_cfg'] = None
-            dropped += 1
-        elif isinstance(init_cfg, (list, tuple)):
-            kept = [c for c in init_cfg
-                    if not (isinstance(c, dict)
-                            and c.get('type') == 'Pretrained')]
-            dropped += len(init_cfg) - len(kept)
-            node['init_cfg'] = kept or None
-        # mmdet/mmseg ``pretrained=`` shortcut
-        if isinstance(node.get('pretrained', None), str):
-            node['pretrained'] = None
-            dropped += 1
-        for key, value in node.items():
-            if key != 'init_cfg':
-                dropped += strip_pretrained(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            dropped += strip_pretrained(value)
-    return dropped
-
-
-def innermost_dataset(ds_cfg: dict) -> dict:
-    """Unwrap ``RepeatDataset``/``ClassBalancedDataset``-style wrappers."""
-    while isinstance(ds_cfg, dict) and isinstance(
-            ds_cfg.get('dataset', None), dict):
-        ds_cfg = ds_cfg['dataset']
-    return ds_cfg
+from ..config import (init_scope, innermost_dataset, load_config,  # noqa
+                      scope_of, strip_pretrained, task_of)
 
 
 def dataset_meta(cfg: Config) -> Dict[str, Any]:

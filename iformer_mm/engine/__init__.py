@@ -1,7 +1,9 @@
-"""Runner set-up for the tools: CPU-aware distributed runs, config
-adaptation to the machine, dataset checks, atomic checkpoints, exact resume
-and the work-dir lock."""
-from . import checkpointing, loops  # noqa: F401  (register hook, loops)
+"""Registered training components, named in the configs' ``_base_``
+runtimes and schedules, so that upstream tools build them too:
+:class:`~.runner.IFormerRunner`, :class:`~.checkpointing.SafeCheckpointHook`,
+:class:`~.hooks.StrictLoadFromHook`, the resumable loops of :mod:`.loops`
+and :class:`~.dist.DeviceAwareDDP`. :mod:`.cli` holds ``tools/train.py``
+and ``tools/test.py``."""
+from . import checkpointing, hooks, loops  # noqa: F401  (register them)
 from .dist import DeviceAwareDDP, init_dist_env  # noqa: F401
-from .runner import (adapt_to_machine, build_runner,  # noqa: F401
-                     config_scope, load_config, make_resumable)
+from .runner import IFormerRunner, adapt_to_machine, make_resumable  # noqa

@@ -27,11 +27,8 @@ import inspect
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from ..errors import ConfigError
-from .errors_cli import closest, did_you_mean
-
-#: Library package of each ``default_scope``.
-SCOPE_PACKAGES = {'mmdet': 'mmdet', 'mmseg': 'mmseg',
-                  'mmpretrain': 'mmpretrain'}
+from ..config import SCOPES, init_scope
+from ..errors import closest, did_you_mean
 
 #: Top-level keys that the tools or mmengine read besides the arguments of
 #: ``Runner.__init__``.
@@ -133,22 +130,6 @@ def accepted_keys(cls) -> Optional[Set[str]]:
 # --------------------------------------------------------------------------
 # Registries
 # --------------------------------------------------------------------------
-def import_scope(scope: str) -> None:
-    """Register the modules of ``scope``'s library and of iformer_mm."""
-    import iformer_mm  # noqa: F401
-    package = SCOPE_PACKAGES.get(scope)
-    if package is None:
-        return
-    try:
-        utils = importlib.import_module(f'{package}.utils')
-    except ImportError as e:
-        raise ConfigError(
-            f'the config has default_scope={scope!r} but {package} cannot '
-            f'be imported ({e}); install it (python tools/install.py).'
-        ) from e
-    utils.register_all_modules(init_default_scope=False)
-
-
 def _registry_names(reg) -> Set[str]:
     names: Set[str] = set()
     while reg is not None:
@@ -379,7 +360,9 @@ def check_config(cfg, scope: Optional[str] = None) -> List[str]:
             its backbone or neck; an IFormer backbone that does not fit.
     """
     scope = scope or cfg.get('default_scope', None)
-    import_scope(scope)
+    import iformer_mm  # noqa: F401  (registers ours)
+    if scope in SCOPES:
+        init_scope(scope, set_default=False)
     warnings = check_top_level(cfg)
     check_hooks(cfg, scope)
     check_loops(cfg, scope)

@@ -31,16 +31,15 @@ light (deploy) install can use it.
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 import os.path as osp
 import re
 import sys
 import traceback
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence
 
-from ..errors import UserError
+from ..errors import UserError, closest, did_you_mean  # noqa: F401
 
 DEBUG_FLAG = '--debug'
 DEBUG_ENV = 'IFORMER_MM_DEBUG'
@@ -59,23 +58,6 @@ def add_debug_argument(parser) -> None:
     """Document ``--debug`` in an ``argparse`` parser (:func:`run_tool`
     handles the flag itself, so the parser need not)."""
     parser.add_argument(DEBUG_FLAG, action='store_true', help=DEBUG_HELP)
-
-
-def closest(word: str, candidates: Iterable[str], n: int = 1,
-            cutoff: float = 0.6) -> List[str]:
-    """The ``n`` candidates closest to ``word`` (``difflib``), best first;
-    case differences count as close."""
-    candidates = sorted({str(c) for c in candidates})
-    lowered = {c.lower(): c for c in candidates}
-    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n,
-                                     cutoff=cutoff)
-    return [lowered[h] for h in hits]
-
-
-def did_you_mean(word: str, candidates: Iterable[str]) -> str:
-    """``"; did you mean 'x'?"`` or ``''`` when nothing is close."""
-    hit = closest(word, candidates)
-    return f"; did you mean {hit[0]!r}?" if hit else ''
 
 
 def _one_line(text: str) -> str:

@@ -8,6 +8,9 @@ dir. The lock is an ``flock`` on ``<work_dir>/.iformer_mm.lock``: the kernel
 releases it when its process ends in any way (also ``kill -9``), so a lock
 file left by a dead process is taken over; the file records the holder's
 PID, host and start time for the message, and is removed on release.
+Within one process the lock is re-entrant: ``tools/train.py`` takes it
+before the runner writes anything, and the runner's ``train`` (which
+upstream tools call) takes it again.
 """
 from __future__ import annotations
 
@@ -27,6 +30,9 @@ except ImportError:  # Windows
     fcntl = None
 
 LOCK_NAME = '.iformer_mm.lock'
+#: real path of a work dir -> [file descriptor, holders] of the locks this
+#: process holds
+_HELD: dict = {}
 
 
 class WorkDirBusyError(UserError):
@@ -122,6 +128,11 @@ class WorkDirLock:
         if self._fd is not None:
             return self
         os.makedirs(self.work_dir, exist_ok=True)
+        key = osp.realpath(self.work_dir)
+        if key in _HELD:  # this process holds it already
+            _HELD[key][1] += 1
+            self._fd = _HELD[key][0]
+            return self
         previous = _read_holder(self.path)
         fd = self._open_locked() if fcntl is not None else \
             self._open_exclusive()
@@ -134,18 +145,26 @@ class WorkDirLock:
         os.write(fd, json.dumps(info).encode())
         os.fsync(fd)
         self._fd = fd
+        _HELD[key] = [fd, 1]
         atexit.register(self.release)
         return self
 
     def release(self) -> None:
+        """Let go; the last holder in this process frees the lock."""
         if self._fd is None:
             return
-        fd, self._fd = self._fd, None
+        self._fd = None
+        key = osp.realpath(self.work_dir)
+        held = _HELD[key]
+        held[1] -= 1
+        if held[1] > 0:
+            return
+        del _HELD[key]
         try:
             os.unlink(self.path)  # still holding the lock
         except OSError:
             pass
-        os.close(fd)
+        os.close(held[0])
         try:
             atexit.unregister(self.release)
         except Exception:  # pragma: no cover
@@ -160,3 +179,23 @@ class WorkDirLock:
 
     def __exit__(self, *exc):
         self.release()
+
+
+def lock_work_dir(work_dir: str) -> Optional[WorkDirLock]:
+    """Take the lock of ``work_dir`` on the first process of a distributed
+    run (``None`` on the others) and clear what killed atomic writes left.
+    """
+    from mmengine.dist import get_rank
+
+    from .resume import remove_interrupted_writes
+    rank = os.environ.get('RANK', os.environ.get('SLURM_PROCID'))
+    if (rank if rank is not None else str(get_rank())) != '0':
+        return None
+    lock = WorkDirLock(osp.abspath(work_dir)).acquire()
+    if lock.took_over:
+        print(f'[iformer_mm] took over the lock of {work_dir} left by '
+              f"PID {lock.took_over.get('pid')}, which is gone", flush=True)
+    for path in remove_interrupted_writes(work_dir):
+        print(f'[iformer_mm] removed {path} (an interrupted checkpoint '
+              f'write)', flush=True)
+    return lock

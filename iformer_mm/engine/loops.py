@@ -3,30 +3,25 @@
 mmengine 0.10.7's ``EpochBasedTrainLoop`` restarts the interrupted epoch
 from its first batch when it resumes from a checkpoint saved mid-epoch
 (``CheckpointHook(by_epoch=False)``): the batches already trained are
-trained again, the epoch is longer than ``len(dataloader)`` and the ETA goes
-negative. Its ``IterBasedTrainLoop`` skips them by loading and discarding
-every one (reading and augmenting images for nothing). Neither restores the
-random number generators, so augmentations and dropout differ from an
-uninterrupted run.
+trained again. Its ``IterBasedTrainLoop`` skips them by loading and
+discarding every one. Neither restores the random number generators, so
+augmentations and dropout differ from an uninterrupted run.
 
-:class:`ResumableEpochBasedTrainLoop` and
-:class:`ResumableIterBasedTrainLoop` (registered in mmengine's ``LOOPS``;
-:func:`~iformer_mm.engine.runner.make_resumable` puts them in place of
-mmengine's) differ only on resume:
+:class:`ResumableEpochBasedTrainLoop` and :class:`ResumableIterBasedTrainLoop`
+(named in the ``train_cfg`` of ``configs/_base_/schedules``; the runner also
+upgrades mmengine's loops in other configs) differ only on resume:
 
-* the batches already trained are skipped in the *batch sampler*, i.e. only
+* the batches already trained are skipped in the *batch sampler*: only
   their indices are drawn, no image is read;
-* the random generators are restored (from the state that
-  :class:`~iformer_mm.engine.checkpointing.SafeCheckpointHook` saved) at the
-  point where the interrupted run stood when it saved, and validation runs
-  with the generators' state saved and restored around it, so that it does
-  not shift the random numbers training draws.
+* the random generators are restored, at the point where the interrupted
+  run stood when it saved, from the state that
+  :class:`~iformer_mm.engine.checkpointing.SafeCheckpointHook` saved (the hook also
+  keeps validation from shifting them).
 
 With ``num_workers=0`` and deterministic settings a run interrupted at any
 checkpoint and resumed ends with bitwise the same weights as an
-uninterrupted one (``tests/test_reliability.py``). With worker processes
-the data order is still exact; the workers' own augmentation random
-numbers restart with the resumed epoch.
+uninterrupted one. With worker processes the data order is still exact; the
+workers' own augmentation random numbers restart with the resumed epoch.
 """
 from __future__ import annotations
 
@@ -39,7 +34,7 @@ from mmengine.registry import LOOPS
 from mmengine.runner import EpochBasedTrainLoop, IterBasedTrainLoop
 from torch.utils.data import DataLoader
 
-from .checkpointing import get_rng_state, set_rng_state
+from .checkpointing import set_rng_state
 
 
 class _OneShotBatches:
@@ -85,13 +80,14 @@ def _set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
 
 
 class _ResumableMixin:
-    """Resume state and validation with the random generators kept."""
+    """What both loops keep between the checkpoint's load and the first
+    batch of the resumed run."""
 
     _pending_rng: Optional[dict] = None
-    _rng_before_val: Optional[dict] = None
 
     def restore_resume_state(self, meta: dict) -> None:
-        """Called by ``SafeCheckpointHook`` when resuming from ``meta``."""
+        """Called by ``SafeCheckpointHook`` when resuming from ``meta``
+        (before mmengine sets the loop's epoch and iteration)."""
         self._pending_rng = meta.get('rng_state')
         seed = meta.get('train_sampler_seed')
         sampler = getattr(self.dataloader, 'sampler', None)
@@ -102,43 +98,16 @@ class _ResumableMixin:
             if hasattr(sampler, '_indices_of_rank'):  # InfiniteSampler
                 sampler.indices = sampler._indices_of_rank()
 
-    def rng_snapshot(self) -> dict:
-        """The generators' state training continues from (during
-        validation: the state from before it)."""
-        if self._rng_before_val is not None:
-            return self._rng_before_val
-        return get_rng_state()
-
-    def _take_pending_rng(self) -> Optional[dict]:
+    def _restore_pending_rng(self) -> None:
         rng, self._pending_rng = self._pending_rng, None
-        return rng
-
-    def _validate(self) -> None:
-        self._rng_before_val = get_rng_state()
-        try:
-            self.runner.val_loop.run()
-        finally:
-            set_rng_state(self._rng_before_val)
-            self._rng_before_val = None
+        if rng is not None:
+            set_rng_state(rng)
 
 
 @LOOPS.register_module()
 class ResumableEpochBasedTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
     """``EpochBasedTrainLoop`` that resumes mid-epoch exactly; same
     arguments."""
-
-    def run(self):
-        self.runner.call_hook('before_train')
-        while self._epoch < self._max_epochs and not self.stop_training:
-            self.run_epoch()
-            self._decide_current_val_interval()
-            if (self.runner.val_loop is not None
-                    and self._epoch >= self.val_begin
-                    and (self._epoch % self.val_interval == 0
-                         or self._epoch == self._max_epochs)):
-                self._validate()
-        self.runner.call_hook('after_train')
-        return self.runner.model
 
     def _batches_done(self) -> int:
         """Batches of the current epoch trained before the resume."""
@@ -153,32 +122,35 @@ class ResumableEpochBasedTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
             logger='current', level=logging.WARNING)
         return 0
 
+    def _epoch_batches(self):
+        """``(index, batch)`` of this epoch, after the batches a resumed
+        run already trained."""
+        done = self._batches_done()
+        if not done:
+            # Saved at the end of an epoch: before the next one opened its
+            # iterator.
+            self._restore_pending_rng()
+            return enumerate(self.dataloader)
+        per_epoch = len(self.dataloader)
+        print_log(
+            f'Resuming epoch {self._epoch + 1} after its batch {done}: '
+            f'skipping the {done} batches already trained, '
+            f'{per_epoch - done} to go', logger='current')
+        batches = itertools.islice(iter(self.dataloader.batch_sampler), done,
+                                   None)
+        data = iter(_loader_over(self.dataloader, batches, per_epoch - done))
+        # The interrupted run saved after batch `done`, its iterator
+        # already open: restore what it drew from there on.
+        self._restore_pending_rng()
+        return enumerate(data, start=done)
+
     def run_epoch(self) -> None:
+        # mmengine 0.10.7's EpochBasedTrainLoop.run_epoch, iterating
+        # _epoch_batches() instead of enumerate(self.dataloader);
+        # tests/test_engine.py fails when the installed body changes.
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()
-        rng = self._take_pending_rng()
-        done = self._batches_done()
-        if done:
-            per_epoch = len(self.dataloader)
-            print_log(
-                f'Resuming epoch {self._epoch + 1} after its batch {done}: '
-                f'skipping the {done} batches already trained, '
-                f'{per_epoch - done} to go', logger='current')
-            batches = itertools.islice(iter(self.dataloader.batch_sampler),
-                                       done, None)
-            loader = _loader_over(self.dataloader, batches, per_epoch - done)
-            data = iter(loader)
-            # The interrupted run saved after batch `done`, its iterator
-            # already open: restore what it drew from there on.
-            if rng is not None:
-                set_rng_state(rng)
-        else:
-            # Saved at the end of an epoch: before the next one opened
-            # its iterator.
-            if rng is not None:
-                set_rng_state(rng)
-            data = iter(self.dataloader)
-        for idx, data_batch in enumerate(data, start=done):
+        for idx, data_batch in self._epoch_batches():
             self.run_iter(idx, data_batch)
         self.runner.call_hook('after_train_epoch')
         self._epoch += 1
@@ -221,37 +193,51 @@ class _ResumedInfiniteIterator:
             return next(self._iterator)
 
 
+class _SkipThenResume:
+    """The iterator a resumed ``IterBasedTrainLoop`` advances ``skip`` times
+    before it trains (mmengine's ``run``): those advances load nothing; the
+    first real batch opens a loader over the batches after them and
+    restores the random generators there, as the interrupted run had
+    them."""
+
+    def __init__(self, loop: 'ResumableIterBasedTrainLoop', skip: int):
+        self._loop = loop
+        self._skip = skip
+        self._skipped = 0
+        self._iterator = None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._iterator is None:
+            if self._skipped < self._skip:
+                self._skipped += 1
+                return None
+            loop = self._loop
+            if self._skipped:
+                print_log(
+                    f'Resuming after iteration {self._skipped}: the batches '
+                    f'already trained were skipped (their indices only)',
+                    logger='current')
+                self._iterator = _ResumedInfiniteIterator(loop.dataloader,
+                                                          self._skipped)
+            else:
+                self._iterator = loop._fresh_iterator
+            loop._restore_pending_rng()
+        return next(self._iterator)
+
+
 @LOOPS.register_module()
 class ResumableIterBasedTrainLoop(_ResumableMixin, IterBasedTrainLoop):
     """``IterBasedTrainLoop`` that resumes without loading the skipped
     batches and with the random generators restored; same arguments."""
 
-    def run(self):
-        self.runner.call_hook('before_train')
-        self.runner.call_hook('before_train_epoch')
-        rng = self._take_pending_rng()
-        if self._iter > 0:
-            print_log(
-                f'Resuming after iteration {self._iter}: skipping the '
-                f'{self._iter} batches already trained (their indices only)',
-                logger='current')
-            self.dataloader_iterator = _ResumedInfiniteIterator(
-                self.dataloader, self._iter)
-        if rng is not None:
-            set_rng_state(rng)
-        while self._iter < self._max_iters and not self.stop_training:
-            self.runner.model.train()
-            data_batch = next(self.dataloader_iterator)
-            self.run_iter(data_batch)
-            self._decide_current_val_interval()
-            if (self.runner.val_loop is not None
-                    and self._iter >= self.val_begin
-                    and (self._iter % self.val_interval == 0
-                         or self._iter == self._max_iters)):
-                self._validate()
-        self.runner.call_hook('after_train_epoch')
-        self.runner.call_hook('after_train')
-        return self.runner.model
+    def restore_resume_state(self, meta: dict) -> None:
+        super().restore_resume_state(meta)
+        self._fresh_iterator = self.dataloader_iterator
+        self.dataloader_iterator = _SkipThenResume(
+            self, int(meta.get('iter', 0)))
 
 
 #: mmengine loop type -> ours

@@ -5,14 +5,14 @@ crashes if that file is truncated (a kill during a non-atomic save, a full
 disk, an interrupted copy). :func:`find_resume_checkpoint` instead takes
 the newest *intact* checkpoint of the work dir and says which newer ones it
 skipped and why; :func:`check_resume_checkpoint` checks an explicit
-``--resume PATH``.
+``--resume PATH``. :class:`~iformer_mm.engine.runner.IFormerRunner` calls
+both.
 """
 from __future__ import annotations
 
 import os
 import os.path as osp
 import re
-import zipfile
 from typing import List, Optional, Tuple
 
 from ..errors import CheckpointError
@@ -25,38 +25,15 @@ _TEMP_NAME = re.compile(r'^\.((epoch|iter)_\d+\.pth|best_.+\.pth|'
 
 
 def checkpoint_problem(path: str) -> Optional[str]:
-    """``None`` if ``path`` is a complete checkpoint file, else why not.
-
-    A torch checkpoint is a zip archive: a truncated one has lost the
-    directory at its end, and a damaged one fails its CRC check. (Files in
-    torch's legacy non-zip format are not checked here.)
-    """
+    """``None`` if ``path`` is a complete checkpoint file, else why not
+    (judged from its bytes: see
+    :func:`iformer_mm.compat.checkpoint.diagnose_checkpoint_file`)."""
+    from ..compat.checkpoint import diagnose_checkpoint_file
     if not osp.exists(path):
         return 'it does not exist'
     if not osp.isfile(path):
         return 'it is not a file'
-    size = osp.getsize(path)
-    if size == 0:
-        return 'it is empty (0 bytes)'
-    with open(path, 'rb') as f:
-        head = f.read(4)
-    if head[:1] == b'\x80':  # a pickle's PROTO opcode
-        return None  # legacy torch.save format, no directory to check
-    if head != b'PK\x03\x04':
-        return 'it is not a checkpoint (not a torch zip archive)'
-    try:
-        with zipfile.ZipFile(path) as archive:
-            names = archive.namelist()
-            if not any(n.endswith('/data.pkl') for n in names):
-                return 'it is not a checkpoint (no data.pkl in the archive)'
-            bad = archive.testzip()
-    except zipfile.BadZipFile:
-        return f'it is truncated ({size} bytes, the archive has no end)'
-    except (OSError, EOFError, ValueError) as e:
-        return f'it is truncated or damaged ({e})'
-    if bad is not None:
-        return f'it is damaged (CRC error in {bad})'
-    return None
+    return diagnose_checkpoint_file(path)
 
 
 def _candidates(work_dir: str) -> List[str]:
@@ -120,32 +97,6 @@ def check_resume_checkpoint(path: str) -> None:
             f'--resume {path}: cannot resume from it, {why}; pass another '
             f'checkpoint, or --resume without a path to take the newest '
             f'intact one of the work dir.')
-
-
-def resolve_resume(work_dir: str, resume: Optional[str]) -> Optional[str]:
-    """The checkpoint a training with ``--resume [resume]`` continues from.
-
-    ``resume``: ``None`` (no resume: returns ``None``), ``'auto'`` (the
-    newest intact checkpoint of ``work_dir``; prints which newer ones were
-    skipped, or one line saying there is nothing to resume) or a path
-    (checked). Raises :class:`CheckpointError` for a path that cannot be
-    resumed from.
-    """
-    if resume is None:
-        return None
-    if resume != 'auto':
-        check_resume_checkpoint(resume)
-        return resume
-    path, skipped = find_resume_checkpoint(work_dir)
-    for line in skipped:
-        print(f'[iformer_mm] --resume: {line}', flush=True)
-    if path is None:
-        print(f'[iformer_mm] --resume: no checkpoint in {work_dir} to resume '
-              f'from; starting from scratch.', flush=True)
-    elif skipped:
-        print(f'[iformer_mm] --resume: resuming from {path}, the newest '
-              f'intact checkpoint.', flush=True)
-    return path
 
 
 def remove_interrupted_writes(work_dir: str) -> List[str]:

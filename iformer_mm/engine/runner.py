@@ -1,94 +1,38 @@
-"""Config handling and runner construction shared by ``tools/train.py`` and
-``tools/test.py``.
+"""``IFormerRunner``: mmengine's ``Runner`` with the project's safety.
 
-The tools stay OpenMMLab-shaped (mmdet's command line); what they add lives
-here so that it can be tested and reused from Python:
+Named as ``runner_type='IFormerRunner'`` in ``configs/_base_/default_runtime_*.py``,
+so that every tool that honours ``runner_type`` builds it: ours, mmdet's,
+mmseg's and mmpretrain's ``tools/train.py``, and ``mim train``. It adds, each
+in the smallest method:
 
-* :func:`load_config` reads a config and applies the command-line options
-  in the order mmdet's tools do (``--cfg-options``, ``--work-dir``,
-  ``--amp``, ``--auto-scale-lr``, ``--resume``).
-* :func:`adapt_to_machine` makes a multi-GPU config run where it is started:
-  on a machine without CUDA, SyncBN becomes BN, the distributed backend
-  becomes gloo, the DDP wrapper becomes :class:`DeviceAwareDDP` and AMP is
-  turned off (mmengine's AMP wrapper needs a GPU).
-* :func:`make_resumable` puts
-  :class:`~iformer_mm.engine.checkpointing.SafeCheckpointHook` (atomic
-  saves) and the loops of :mod:`iformer_mm.engine.loops` (exact
-  mid-epoch resume) in place of mmengine's.
-* :func:`build_runner` checks the datasets (toy datasets are generated,
-  missing real ones raise :class:`DatasetNotFoundError`), creates the
-  process group where mmengine cannot, and builds the runner.
+* :meth:`from_cfg`: the config is checked before anything is built
+  (:func:`~iformer_mm.engine.config_check.check_config`), adapted to a
+  machine without CUDA (:func:`adapt_to_machine`), and mmengine's checkpoint
+  hook and train loops are upgraded to the atomic and exactly-resuming ones
+  (:func:`make_resumable`);
+* :meth:`setup_env`: a distributed run creates its process group on a CPU
+  too (gloo);
+* :meth:`train`: one training per work dir (:class:`~iformer_mm.engine.lock.WorkDirLock`),
+  the temporary files of interrupted writes cleared, the datasets checked;
+* :meth:`load_or_resume`: ``resume`` without ``load_from`` continues from
+  the newest *intact* checkpoint of the work dir (skipping truncated ones,
+  each named), or starts from scratch saying so; an explicit checkpoint is
+  checked first.
 """
 from __future__ import annotations
 
 import copy
-import os.path as osp
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional
 
 import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
 
 from ..datasets.checks import check_datasets
 from .dist import init_dist_env
 from .loops import RESUMABLE_LOOPS
-from .resume import resolve_resume
-
-SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
-
-
-def config_scope(cfg: Config) -> str:
-    """The OpenMMLab codebase a config belongs to (its ``default_scope``)."""
-    scope = cfg.get('default_scope', None)
-    if scope not in SCOPES:
-        raise ValueError(
-            f'The config has default_scope={scope!r}; tools/train.py and '
-            f'tools/test.py run configs whose default_scope is one of '
-            f'{SCOPES}.')
-    return scope
-
-
-def load_config(config: str, *, cfg_options: Optional[dict] = None,
-                work_dir: Optional[str] = None, launcher: str = 'none',
-                amp: bool = False, auto_scale_lr: bool = False,
-                resume: Optional[str] = None) -> Config:
-    """Read ``config`` and apply the tools' command-line options.
-
-    ``resume``: ``None`` (no resume), ``'auto'`` (the newest intact
-    checkpoint in the work dir; with none, one line says so and training
-    starts from scratch) or a checkpoint path (checked:
-    :class:`~iformer_mm.errors.CheckpointError` if missing or truncated).
-    See :mod:`iformer_mm.engine.resume`.
-    """
-    cfg = Config.fromfile(config)
-    cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if work_dir is not None:
-        cfg.work_dir = work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs',
-                                osp.splitext(osp.basename(config))[0])
-    if amp:
-        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-        if wrapper not in ('OptimWrapper', 'AmpOptimWrapper'):
-            raise ValueError(f'--amp needs optim_wrapper.type OptimWrapper, '
-                             f'got {wrapper}.')
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
-    if auto_scale_lr:
-        asl = cfg.get('auto_scale_lr', None)
-        if not asl or 'base_batch_size' not in asl:
-            raise RuntimeError('--auto-scale-lr needs auto_scale_lr='
-                               'dict(base_batch_size=...) in the config.')
-        cfg.auto_scale_lr.enable = True
-    resume_from = resolve_resume(cfg.work_dir, resume)
-    if resume_from is not None:
-        cfg.resume = True
-        cfg.load_from = resume_from
-    elif resume is not None:
-        cfg.resume = False  # nothing to resume: the config's own start
-    return cfg
 
 
 def _replace_types(node: Any, old: str, new: str) -> int:
@@ -114,11 +58,11 @@ def adapt_to_machine(cfg: Config,
 
     Nothing changes on a machine with CUDA. Without CUDA:
 
-    * every ``SyncBN`` (mmcv's name for ``torch.nn.SyncBatchNorm``, which
-      has no CPU kernel) becomes ``BN``, as mmengine already does for a
-      single-process run; ``sync_bn`` conversion is dropped;
+    * every ``SyncBN`` (no CPU kernel) becomes ``BN``, as mmengine already
+      does for a single-process run; ``sync_bn`` conversion is dropped;
     * the distributed backend becomes ``gloo`` and the DDP wrapper
-      :class:`~iformer_mm.engine.dist.DeviceAwareDDP`;
+      :class:`~iformer_mm.engine.dist.DeviceAwareDDP` (the user's wrapper
+      settings kept);
     * ``AmpOptimWrapper`` falls back to ``OptimWrapper``.
     """
     if cuda is None:
@@ -184,27 +128,69 @@ def make_resumable(cfg: Config) -> List[str]:
     return notes
 
 
-def build_runner(cfg: Config, splits: Sequence[str] = ('train', 'val')):
-    """Check data, create the process group if needed, build the runner.
+@RUNNERS.register_module()
+class IFormerRunner(Runner):
+    """mmengine's ``Runner`` with the checks and the safety described in
+    the module doc; same arguments."""
 
-    ``splits``: the dataloaders this run will use (``('train', 'val')`` for
-    training, ``('test',)`` for testing); their datasets are checked (and
-    generated, for the toy datasets) before anything is built.
-    """
-    from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
+    @classmethod
+    def from_cfg(cls, cfg) -> 'IFormerRunner':
+        from .config_check import check_config
+        cfg = copy.deepcopy(cfg)
+        warnings = check_config(cfg)
+        notes = adapt_to_machine(cfg) + make_resumable(cfg)
+        runner = super().from_cfg(cfg)
+        if runner.rank == 0:
+            for warning in warnings:
+                runner.logger.warning(warning)
+        for note in notes:
+            runner.logger.info(f'[iformer_mm] {note}')
+        return runner
 
-    config_scope(cfg)
-    cfg = copy.deepcopy(cfg)
-    notes = adapt_to_machine(cfg)
-    notes += make_resumable(cfg)
-    check_datasets(cfg, splits)
-    dist_cfg = dict(cfg.get('env_cfg', {}).get('dist_cfg', {}))
-    init_dist_env(cfg.get('launcher', 'none'), **dist_cfg)
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        runner = RUNNERS.build(cfg)
-    for note in notes:
-        print_log(f'[iformer_mm] {note}', logger='current')
-    return runner
+    def setup_env(self, env_cfg: dict) -> None:
+        if self.distributed:
+            init_dist_env(self.launcher, **env_cfg.get('dist_cfg', {}))
+        super().setup_env(env_cfg)
+
+    def train(self):
+        from .lock import lock_work_dir
+        lock = lock_work_dir(self.work_dir)
+        try:
+            check_datasets(self.cfg, ('train', 'val'))
+            return super().train()
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def val(self):
+        check_datasets(self.cfg, ('val', ))
+        return super().val()
+
+    def test(self):
+        check_datasets(self.cfg, ('test', ))
+        return super().test()
+
+    def load_or_resume(self) -> None:
+        from .resume import check_resume_checkpoint, find_resume_checkpoint
+        if not self._has_loaded and self._resume:
+            if self._load_from is None:
+                path, skipped = find_resume_checkpoint(self.work_dir)
+                for line in skipped:
+                    print_log(f'--resume: {line}', logger='current')
+                if path is None:
+                    print_log(f'--resume: no checkpoint in {self.work_dir} '
+                              f'to resume from; starting from scratch.',
+                              logger='current')
+                    self._resume = False
+                else:
+                    if skipped:
+                        print_log(f'--resume: resuming from {path}, the '
+                                  f'newest intact checkpoint.',
+                                  logger='current')
+                    self._load_from = path
+            else:
+                check_resume_checkpoint(str(self._load_from))
+        super().load_or_resume()
+
+
+__all__ = ['IFormerRunner', 'adapt_to_machine', 'make_resumable']

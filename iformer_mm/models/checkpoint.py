@@ -530,7 +530,7 @@ def load_iformer_checkpoint(backbone: nn.Module, filename: str,
     return report
 
 
-def _unwrap_model(model: nn.Module) -> nn.Module:
+def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside DDP-style wrappers and TTA models."""
     from mmengine.model import BaseTTAModel, is_model_wrapper
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
@@ -622,7 +622,7 @@ def load_state_into_model(model: nn.Module, ckpt, *, source: str,
     """:func:`load_model_checkpoint` for a checkpoint already read
     (``ckpt``: what ``torch.load`` returned; ``source`` names it in
     messages). With ``verbose=False`` nothing is logged."""
-    model = _unwrap_model(model)
+    model = unwrap_model(model)
     state, conv = state_dict_for_model(model, ckpt, prefix=prefix, key=key)
     report = compare_state(model, state, source, conv.layout,
                            _target_name(model))

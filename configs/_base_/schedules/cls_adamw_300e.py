@@ -26,7 +26,9 @@ param_scheduler = [
         end=300)
 ]
 
-train_cfg = dict(by_epoch=True, max_epochs=300, val_interval=1)
+# Resumable*: mmengine's loops that resume mid-epoch exactly (iformer_mm.engine)
+train_cfg = dict(
+    type='ResumableEpochBasedTrainLoop', max_epochs=300, val_interval=1)
 val_cfg = dict()
 test_cfg = dict()
 

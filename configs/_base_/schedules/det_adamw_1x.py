@@ -2,7 +2,9 @@
 # (detection/configs/mask_rcnn_iformer_*_fpn_1x_coco.py): LinearLR warmup from
 # lr x 1e-6 over the first 500 iterations, then x0.1 at epochs 8 and 11.
 # lr 2e-4, weight decay 0.05 for a total batch of 16.
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=12, val_interval=1)
+# Resumable*: mmengine's loops that resume mid-epoch exactly (iformer_mm.engine)
+train_cfg = dict(
+    type='ResumableEpochBasedTrainLoop', max_epochs=12, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 
