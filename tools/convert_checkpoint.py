@@ -164,7 +164,7 @@ def convert(args):
                                      f'{osp.basename(args.config)}'))
         arch = None
     else:
-        arch = args.arch or guess_arch(conv.backbone)
+        arch = args.arch or guess_arch(conv.backbone, IFormer)
         if arch is None:
             # no exact match: report against the arch closest in keys
             arch = _closest_arch(conv.backbone)
@@ -202,10 +202,11 @@ def _select(conv, target):
 
 def _closest_arch(backbone):
     """The arch sharing most keys of the same shape with ``backbone``."""
-    from iformer_mm.models.checkpoint import _arch_shapes
+    from iformer_mm.models.backbones import IFormer
+    from iformer_mm.models.checkpoint import arch_shapes
     have = {k: tuple(v.shape) for k, v in backbone.items()}
     scores = {a: sum(have.get(k) == s for k, s in want.items())
-              for a, want in _arch_shapes().items()}
+              for a, want in arch_shapes(IFormer).items()}
     return max(scores, key=scores.get)
 
 
@@ -218,8 +219,9 @@ def main(argv=None) -> int:
         partial = [r for r in reports if not r.complete]
         if partial and not args.allow_partial:
             r = partial[0]
+            from iformer_mm.models.backbones import IFormer
             from iformer_mm.models.checkpoint import guess_arch
-            found = guess_arch(conv.backbone)
+            found = guess_arch(conv.backbone, IFormer)
             hint = f"its backbone is arch '{found}'; " if found and \
                 found != meta.get('arch') else ''
             raise CheckpointMismatchError(
@@ -240,9 +242,10 @@ def main(argv=None) -> int:
         print(f'{r.target}: {r.counts()}')
     kept = [k for k in conv.others] if target == 'model' else []
     if kept and not args.config:
-        from iformer_mm.models.checkpoint import _heads
-        print(f'{len(kept)} other tensors kept unchecked ({_heads(kept)}); '
-              'pass --config to check them against a model')
+        from iformer_mm.models.checkpoint import key_prefixes
+        print(f'{len(kept)} other tensors kept unchecked '
+              f'({key_prefixes(kept)}); pass --config to check them against '
+              'a model')
     for r in partial:
         print(f'warning: --allow-partial: {r.target}: {r.counts()}; '
               f'{r.details()}', file=sys.stderr)
