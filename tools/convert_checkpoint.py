@@ -36,7 +36,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -96,22 +95,16 @@ def _check_paths(src, dst, overwrite):
 
 
 def _save_atomically(obj, dst):
-    """torch.save to a temporary file next to ``dst``, then rename: an
-    interrupted run leaves no half-written output."""
+    """torch.save into memory, then written with ``atomic_write``
+    (a temporary file next to ``dst``, renamed): an interrupted run leaves
+    no half-written output."""
+    import io
+
     import torch
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(dst) + '.',
-                               suffix='.tmp', dir=osp.dirname(
-                                   osp.abspath(dst)))
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    from iformer_mm.engine.checkpointing import atomic_write
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(buf.getbuffer(), dst)  # the buffer itself, not a copy
 
 
 def _classifier_report(conv, dims, src):
