@@ -74,7 +74,9 @@ def init_scope(cfg: Config) -> str:
     the config's ``custom_imports``.
     """
     scope = scope_of(cfg)
-    import iformer_mm  # noqa: F401  (registers IFormer, applies compat)
+    # what ``import iformer_mm`` registers (the root package itself would
+    # be an import cycle: it imports this module for get_model & co.)
+    from .. import compat, datasets, engine, models  # noqa: F401
     try:
         utils = importlib.import_module(f'{TASKS[scope][1]}.utils')
     except ImportError as e:  # pragma: no cover - environment problem
