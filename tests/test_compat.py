@@ -721,6 +721,8 @@ def test_http_checkpoints_are_downloaded_once_and_loaded_safely(
 
     def download(url, dst, progress=True):
         fetched.append(url)
+        if url not in served:
+            raise RuntimeError('HTTP Error 404: Not Found')
         shutil.copy(served[url], dst)
     monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
@@ -733,6 +735,13 @@ def test_http_checkpoints_are_downloaded_once_and_loaded_safely(
     with pytest.raises(UnsafeCheckpointError):
         CheckpointLoader.load_checkpoint('http://example.com/evil.pth')
     assert not marker.exists()
+    # a failed download: the tools' one-line error, with what to do
+    from iformer_mm.errors import CheckpointError
+    with pytest.raises(CheckpointError) as err:
+        CheckpointLoader.load_checkpoint('https://example.com/gone.pth')
+    assert str(err.value).startswith('Could not download https://example.'
+                                     'com/gone.pth (HTTP Error 404') and \
+        '\n' not in str(err.value)
 
 
 def test_refusal_names_the_global_without_the_static_scan(malicious,
