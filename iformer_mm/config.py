@@ -96,7 +96,7 @@ def init_scope(cfg_or_scope, set_default: bool = True) -> str:
     if scope not in SCOPES:
         raise ConfigError(f'unknown scope {scope!r}; one of '
                           f'{", ".join(SCOPES)}')
-    import iformer_mm  # noqa: F401  (registers ours, applies compat)
+    # ours are registered: importing this module ran iformer_mm/__init__
     package = SCOPES[scope][1]
     try:
         utils = importlib.import_module(f'{package}.utils')

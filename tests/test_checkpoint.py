@@ -303,17 +303,21 @@ def test_models_without_an_iformer_take_the_files_keys(tmp_path):
 def test_report_groups_keys_by_module_and_names_the_target():
     """The one-line report counts keys per top-level module (up to six),
     lists ignored heads (up to six), and names the model it was for."""
-    from iformer_mm.models.checkpoint import LoadReport, _target_name
+    from iformer_mm.models.checkpoint import LoadReport, load_state_into_model
     keys = ([f'neck.l{i}.weight' for i in range(3)] +
             [f'rpn_head.c{i}.bias' for i in range(2)] + ['roi_head.fc.w'])
-    report = LoadReport(source='f.pth', layout='whole model',
-                        target=_target_name(IFormer('t')),
-                        unexpected=keys)
+    net = IFormer('t')
+    file = dict(net.state_dict(), **{k: torch.zeros(1) for k in keys})
+    report = load_state_into_model(net, file, source='f.pth', strict=False,
+                                   verbose=False)
     details = report.details()
     assert details.startswith('unexpected 6 (neck.* 3, rpn_head.* 2, '
                               'roi_head.* 1): neck.l0.weight')
     assert report.target == "IFormer(arch='t')"
-    assert _target_name(torch.nn.Sequential()) == 'Sequential'
+    report = load_state_into_model(torch.nn.Sequential(), {'w': torch.ones(1)},
+                                   source='f.pth', strict=False,
+                                   verbose=False)
+    assert report.target == 'Sequential'
     many = [f'h{i}.w' for i in range(7)]
     report = LoadReport(source='f.pth', layout='x', target='T',
                         missing=many, ignored=many[:6])

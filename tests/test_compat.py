@@ -2,6 +2,7 @@
 import argparse
 import os
 import pickle
+import re
 import warnings
 
 import numpy as np
@@ -426,52 +427,83 @@ def test_weights_only_default_follows_the_torch_version(
     assert cc.torch_defaults_to_weights_only() is expected
 
 
-def test_unpickler_reason_is_the_line_that_names_the_global():
-    from iformer_mm.compat.checkpoint import _unpickler_reason
-    msg = ('Weights only load failed. This file can still be loaded...\n'
-           'Please file an issue with the following so that we can make...\n'
-           'WeightsUnpickler error: \n'
-           '\n'
-           'Unsupported global: GLOBAL posix.system was not an allowed '
-           'global by default.\n'
-           'Check the documentation of torch.load to learn more.')
-    assert _unpickler_reason(RuntimeError(msg)) == (
-        'Unsupported global: GLOBAL posix.system was not an allowed global '
-        'by default.')
-    inline = 'header\nWeightsUnpickler error: Unsupported operand 149\nmore'
-    assert _unpickler_reason(RuntimeError(inline)) == \
-        'Unsupported operand 149'
-    assert _unpickler_reason(RuntimeError('only line\nsecond')) == \
-        'only line'
+# torch's weights_only errors are long; the message quotes the one line
+# that says what was wrong: (torch's error, that line, refused as unsafe)
+UNPICKLER_ERRORS = [
+    ('Weights only load failed. This file can still be loaded...\n'
+     'Please file an issue with the following so that we can make...\n'
+     'WeightsUnpickler error: \n'
+     '\n'
+     'Unsupported global: GLOBAL posix.system was not an allowed '
+     'global by default.\n'
+     'Check the documentation of torch.load to learn more.',
+     'Unsupported global: GLOBAL posix.system was not an allowed global '
+     'by default.', True),
+    ('header\nWeightsUnpickler error: Unsupported operand 149\nmore',
+     'Unsupported operand 149', False),
+    ('only line\nsecond', 'only line', False),
     # a wording without the colon: the line as it is
-    bare = 'header\nWeightsUnpickler error Unsupported global os.system'
-    assert _unpickler_reason(RuntimeError(bare)) == \
-        'WeightsUnpickler error Unsupported global os.system'
+    ('header\nWeightsUnpickler error Unsupported global os.system',
+     'WeightsUnpickler error Unsupported global os.system', True),
     # torch 2.13's words for a global of a blocked module
-    blocked = ('Weights only load failed. In PyTorch 2.6, we changed ...\n\n'
-               '\nTrying to load unsupported GLOBAL posix.system whose module '
-               'posix is blocked.\n\nCheck the documentation of torch.load')
-    assert _unpickler_reason(RuntimeError(blocked)) == (
-        'Trying to load unsupported GLOBAL posix.system whose module posix '
-        'is blocked.')
+    ('Weights only load failed. In PyTorch 2.6, we changed ...\n\n'
+     '\nTrying to load unsupported GLOBAL posix.system whose module '
+     'posix is blocked.\n\nCheck the documentation of torch.load',
+     'Trying to load unsupported GLOBAL posix.system whose module posix '
+     'is blocked.', True),
+]
+
+
+@pytest.mark.parametrize('error,line,unsafe', UNPICKLER_ERRORS)
+def test_the_message_quotes_the_line_of_the_unpicklers_error(
+        tmp_path, monkeypatch, error, line, unsafe):
+    """A refused global is refused quoting that line; other unpickling
+    errors on intact-looking bytes call the file damaged, quoting it."""
+    from iformer_mm.errors import CheckpointError
+    legacy = tmp_path / 'legacy.pth'
+    torch.save({'w': torch.ones(2)}, str(legacy),
+               _use_new_zipfile_serialization=False)
+
+    def refuse(*args, **kwargs):
+        raise pickle.UnpicklingError(error)
+    monkeypatch.setattr(torch, 'load', refuse)
+    with pytest.raises(CheckpointError) as err:
+        safe_load(str(legacy))
+    if unsafe:
+        assert isinstance(err.value, UnsafeCheckpointError)
+        assert f"Refused to load checkpoint {str(legacy)!r}: {line}, which " \
+            'is not among' in str(err.value)
+    else:
+        assert not isinstance(err.value, UnsafeCheckpointError)
+        assert f'is damaged: its pickle data cannot be parsed ({line}). ' \
+            in str(err.value)
 
 
 def test_text_is_told_from_binary():
-    from iformer_mm.compat.checkpoint import _looks_like_text
+    import io
+
+    from iformer_mm.compat.checkpoint import diagnose_checkpoint_file
+
+    def kind(data):
+        problem = diagnose_checkpoint_file(io.BytesIO(data))
+        if 'neither the zip archive torch.save writes nor a pickle' in \
+                problem:
+            return 'binary'
+        return re.match(r'not a checkpoint: (an HTML page|a text file) ',
+                        problem).group(1)
     page = ('<!DOCTYPE html>\n<html>\n\t<body>Not Found</body>\n</html>\n'
             * 20).encode()
-    assert _looks_like_text(page)
+    assert kind(page) == 'an HTML page'
     # a sample cut inside a multi-byte character is still text
     cut = ('Prüfsumme für die Datei, héhé ' * 30).encode()
     cut = cut[:cut.index('ü'.encode(), 100) + 1]
     with pytest.raises(UnicodeDecodeError):
         cut.decode('utf-8')
-    assert _looks_like_text(cut)
+    assert kind(cut) == 'a text file'
     # 4% control characters: still text; 10%: binary
-    assert _looks_like_text(b'a' * 96 + b'\x01' * 4)
-    assert not _looks_like_text(b'a' * 90 + b'\x01' * 10)
-    assert not _looks_like_text(b'')
-    assert not _looks_like_text(bytes(range(256)))
+    assert kind(b'a' * 96 + b'\x01' * 4) == 'a text file'
+    assert kind(b'a' * 90 + b'\x01' * 10) == 'binary'
+    assert kind(bytes(range(256))) == 'binary'
 
 
 def test_a_file_is_judged_by_its_first_512_bytes(tmp_path):
@@ -689,6 +721,8 @@ def test_http_checkpoints_are_downloaded_once_and_loaded_safely(
 
     def download(url, dst, progress=True):
         fetched.append(url)
+        if url not in served:
+            raise RuntimeError('HTTP Error 404: Not Found')
         shutil.copy(served[url], dst)
     monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
     monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
@@ -701,6 +735,13 @@ def test_http_checkpoints_are_downloaded_once_and_loaded_safely(
     with pytest.raises(UnsafeCheckpointError):
         CheckpointLoader.load_checkpoint('http://example.com/evil.pth')
     assert not marker.exists()
+    # a failed download: the tools' one-line error, with what to do
+    from iformer_mm.errors import CheckpointError
+    with pytest.raises(CheckpointError) as err:
+        CheckpointLoader.load_checkpoint('https://example.com/gone.pth')
+    assert str(err.value).startswith('Could not download https://example.'
+                                     'com/gone.pth (HTTP Error 404') and \
+        '\n' not in str(err.value)
 
 
 def test_refusal_names_the_global_without_the_static_scan(malicious,

@@ -36,7 +36,6 @@ import argparse
 import os
 import os.path as osp
 import sys
-import tempfile
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -96,22 +95,16 @@ def _check_paths(src, dst, overwrite):
 
 
 def _save_atomically(obj, dst):
-    """torch.save to a temporary file next to ``dst``, then rename: an
-    interrupted run leaves no half-written output."""
+    """torch.save into memory, then written with ``atomic_write``
+    (a temporary file next to ``dst``, renamed): an interrupted run leaves
+    no half-written output."""
+    import io
+
     import torch
-    fd, tmp = tempfile.mkstemp(prefix='.' + osp.basename(dst) + '.',
-                               suffix='.tmp', dir=osp.dirname(
-                                   osp.abspath(dst)))
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        if osp.exists(tmp):
-            os.remove(tmp)
-        raise
+    from iformer_mm.engine.checkpointing import atomic_write
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(buf.getbuffer(), dst)  # the buffer itself, not a copy
 
 
 def _classifier_report(conv, dims, src):
@@ -164,7 +157,7 @@ def convert(args):
                                      f'{osp.basename(args.config)}'))
         arch = None
     else:
-        arch = args.arch or guess_arch(conv.backbone)
+        arch = args.arch or guess_arch(conv.backbone, IFormer)
         if arch is None:
             # no exact match: report against the arch closest in keys
             arch = _closest_arch(conv.backbone)
@@ -202,10 +195,11 @@ def _select(conv, target):
 
 def _closest_arch(backbone):
     """The arch sharing most keys of the same shape with ``backbone``."""
-    from iformer_mm.models.checkpoint import _arch_shapes
+    from iformer_mm.models.backbones import IFormer
+    from iformer_mm.models.checkpoint import arch_shapes
     have = {k: tuple(v.shape) for k, v in backbone.items()}
     scores = {a: sum(have.get(k) == s for k, s in want.items())
-              for a, want in _arch_shapes().items()}
+              for a, want in arch_shapes(IFormer).items()}
     return max(scores, key=scores.get)
 
 
@@ -218,8 +212,9 @@ def main(argv=None) -> int:
         partial = [r for r in reports if not r.complete]
         if partial and not args.allow_partial:
             r = partial[0]
+            from iformer_mm.models.backbones import IFormer
             from iformer_mm.models.checkpoint import guess_arch
-            found = guess_arch(conv.backbone)
+            found = guess_arch(conv.backbone, IFormer)
             hint = f"its backbone is arch '{found}'; " if found and \
                 found != meta.get('arch') else ''
             raise CheckpointMismatchError(
@@ -240,9 +235,10 @@ def main(argv=None) -> int:
         print(f'{r.target}: {r.counts()}')
     kept = [k for k in conv.others] if target == 'model' else []
     if kept and not args.config:
-        from iformer_mm.models.checkpoint import _heads
-        print(f'{len(kept)} other tensors kept unchecked ({_heads(kept)}); '
-              'pass --config to check them against a model')
+        from iformer_mm.models.checkpoint import key_prefixes
+        print(f'{len(kept)} other tensors kept unchecked '
+              f'({key_prefixes(kept)}); pass --config to check them against '
+              'a model')
     for r in partial:
         print(f'warning: --allow-partial: {r.target}: {r.counts()}; '
               f'{r.details()}', file=sys.stderr)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 
-from ..compat.checkpoint import check_checkpoint_path
+from ..models.checkpoint import check_checkpoint_path
 from ._common import build_model, load_config, scope_of, task_of
 
 #: Transforms that read files; dropped for synthetic input.

@@ -32,8 +32,8 @@ import cv2
 import numpy as np
 from mmengine.config import Config
 
-from ..compat.checkpoint import check_checkpoint_path
 from ..errors import InputError
+from ..models.checkpoint import check_checkpoint_path
 from ._common import (dataset_meta, init_scope, load_config, num_classes_of,
                       strip_pretrained, task_of)
 

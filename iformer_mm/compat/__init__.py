@@ -2,9 +2,11 @@
 
 * :mod:`.checkpoint`: mmengine Runner checkpoints load under torch >= 2.6
   with ``weights_only=True`` (an exact allow-list, no unrestricted
-  unpickling); :func:`safe_load` / :func:`allow_globals` for checkpoints
-  that need more types in a limited scope (:data:`RELEASE_CHECKPOINT_GLOBALS`
-  for the iFormer authors' release files).
+  unpickling): mmengine's loaders read through :func:`safe_load`. It and
+  :func:`allow_globals` (for checkpoints that need more types in a limited
+  scope, :data:`RELEASE_CHECKPOINT_GLOBALS` for the iFormer authors' release
+  files) live in :mod:`iformer_mm.models.checkpoint`, importable from here
+  too.
 * :mod:`.coreml`: coremltools' TorchScript (traced) conversion under
   numpy >= 2.4.
 

@@ -360,7 +360,6 @@ def check_config(cfg, scope: Optional[str] = None) -> List[str]:
             its backbone or neck; an IFormer backbone that does not fit.
     """
     scope = scope or cfg.get('default_scope', None)
-    import iformer_mm  # noqa: F401  (registers ours)
     if scope in SCOPES:
         init_scope(scope, set_default=False)
     warnings = check_top_level(cfg)

@@ -1,54 +1,558 @@
-"""Reading iFormer checkpoints of every layout, and loading them strictly.
+"""Checkpoints: reading them safely, every key layout, strict loading.
 
-The same weights come in several key layouts:
+The one place for checkpoints in iformer_mm:
 
-* ours (= timm's ``iformer_*`` names): ``stem.conv1.c.weight``,
-  ``stages.2.downsample.bn.weight``, ``stages.2.blocks.9.mixer.module.q.c.weight``,
-  classifier ``head.head.l.weight`` / ``head.head_dist.l.weight``;
-* the authors' names (their ImageNet release ``iFormer_<arch>.pth`` and the
-  backbone of their mmdet / mmseg code): ``downsample_layers.0.*`` for the
-  stem, ``downsample_layers.i.0.*`` for the stage-i downsample,
-  ``stages.i.j.block.<token_channel_mixer|channel_mixer|...>.m.*`` for the
-  blocks, ``classifier.classifier[_dist].*`` for the head;
-* wrappers: the release keeps the weights in ``model`` (and, when trained
-  with EMA, ``model_ema``) next to training metadata; OpenMMLab Runner
-  checkpoints keep a whole model in ``state_dict`` (``backbone.*``,
-  ``neck.*``, ``rpn_head.*`` ...); DDP adds ``module.``.
+* **Reading.** :func:`safe_load` is ``torch.load(weights_only=True)`` with
+  exact allow-lists: :data:`RUNNER_CHECKPOINT_GLOBALS` (what an mmengine
+  Runner checkpoint holds besides tensors) and, in a scope only,
+  :data:`RELEASE_CHECKPOINT_GLOBALS` (the iFormer authors' release files).
+  A file that asks for anything else is refused
+  (:class:`UnsafeCheckpointError`) and nothing in it runs; a file that is
+  not a checkpoint, or is truncated or damaged, raises
+  :class:`~iformer_mm.errors.CheckpointError` saying which
+  (:func:`diagnose_checkpoint_file`, from its bytes alone).
+  :func:`download_checkpoint` fetches ``http(s)://`` files into torch hub's
+  cache, as mmengine does. :mod:`iformer_mm.compat.checkpoint` makes
+  mmengine's own loaders use all this on ``import iformer_mm``.
+* **Layouts.** The same weights come in several key layouts:
 
-:func:`split_checkpoint` takes any of them apart into backbone weights (our
-names), classifier weights and the rest of a whole model. Two loaders sit on
-top, both strict by default, both returning a :class:`LoadReport`:
+  * ours (= timm's ``iformer_*`` names): ``stem.conv1.c.weight``,
+    ``stages.2.downsample.bn.weight``,
+    ``stages.2.blocks.9.mixer.module.q.c.weight``, classifier
+    ``head.head.l.weight`` / ``head.head_dist.l.weight``;
+  * the authors' names (their ImageNet release ``iFormer_<arch>.pth`` and
+    the backbone of their mmdet / mmseg code): ``downsample_layers.0.*``
+    for the stem, ``downsample_layers.i.0.*`` for the stage-i downsample,
+    ``stages.i.j.block.<token_channel_mixer|channel_mixer|...>.m.*`` for
+    the blocks, ``classifier.classifier[_dist].*`` for the head;
+  * wrappers: the release keeps the weights in ``model`` (and, when
+    trained with EMA, ``model_ema``) next to training metadata; OpenMMLab
+    Runner checkpoints keep a whole model in ``state_dict``
+    (``backbone.*``, ``neck.*``, ``rpn_head.*`` ...); DDP adds ``module.``.
 
-* :func:`load_iformer_checkpoint` loads the backbone part into an
-  :class:`~iformer_mm.models.backbones.IFormer` (its
-  ``init_cfg=dict(type='Pretrained', ...)``);
-* :func:`load_model_checkpoint` loads a whole model (a detector, segmentor
-  or classifier): ``tools/test.py``, ``tools/demo.py``, ``tools/benchmark.py``
-  and ``load_from`` in training all go through it.
+  :func:`split_checkpoint` takes any of them apart into backbone weights
+  (our names), classifier weights and the rest of a whole model.
+* **Loading.** Two loaders sit on top, both strict by default, both
+  returning a :class:`LoadReport`:
 
-A file that does not fit raises :class:`~iformer_mm.errors.CheckpointMismatchError`
-naming the missing and unexpected keys and the tensors of the wrong shape
-(with both shapes); a file that is not a checkpoint at all raises
-:class:`~iformer_mm.errors.CheckpointError` saying what it is.
+  * :func:`load_iformer_checkpoint` loads the backbone part into an
+    :class:`~iformer_mm.models.backbones.IFormer` (its
+    ``init_cfg=dict(type='Pretrained', ...)``);
+  * :func:`load_model_checkpoint` loads a whole model (a detector,
+    segmentor or classifier): ``tools/test.py``, ``tools/demo.py``,
+    ``tools/benchmark.py`` and ``load_from`` in training all go through it.
+
+  A file that does not fit raises
+  :class:`~iformer_mm.errors.CheckpointMismatchError` naming the missing and
+  unexpected keys and the tensors of the wrong shape (with both shapes).
+
+This module does not import the network: the network imports it (to load
+its ``init_cfg`` checkpoint). It recognises an IFormer by its class name and
+its table of archs (``arch_zoo``), and builds the per-arch shapes from the
+class it finds.
 """
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import os
 import os.path as osp
+import pickle
 import re
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, \
+    Sequence, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn as nn
 from mmengine.logging import print_log
 
-from ..compat import RELEASE_CHECKPOINT_GLOBALS, safe_load
 from ..errors import CheckpointError, CheckpointMismatchError
 
 StateDict = Dict[str, torch.Tensor]
+SafeGlobal = Union[Callable, Tuple[Callable, str]]
 
+
+class UnsafeCheckpointError(CheckpointError, pickle.UnpicklingError):
+    """A checkpoint references globals outside the allow-list.
+
+    Raised instead of unpickling it: nothing from the file has run. A
+    :class:`~iformer_mm.errors.CheckpointError` (the tools print it in one
+    line, exit 2) and a ``pickle.UnpicklingError``.
+    """
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """The checkpoint path does not exist (or is not a file)."""
+
+
+# --------------------------------------------------------------------------
+# The allow-lists. torch >= 2.6 loads with weights_only=True; the globals
+# below are what Runner checkpoints and the release files need beyond
+# torch's defaults, found by saving real ones and asking
+# torch.serialization.get_unsafe_globals_in_checkpoint what was missing.
+#
+# numpy names: numpy 2 pickles ``numpy._core.multiarray.*``; checkpoints
+# written under numpy 1.x say ``numpy.core.multiarray.*``. Both spellings
+# resolve to the same (safe) numpy functions.
+# --------------------------------------------------------------------------
+def _numpy_multiarray():
+    try:
+        from numpy._core import multiarray  # numpy >= 2
+    except ImportError:  # pragma: no cover - numpy 1.x
+        from numpy.core import multiarray
+    return multiarray
+
+
+def _both_spellings(fn: Callable, name: str) -> List[SafeGlobal]:
+    return [(fn, f'numpy._core.multiarray.{name}'),
+            (fn, f'numpy.core.multiarray.{name}')]
+
+
+_multiarray = _numpy_multiarray()
+NUMPY_ARRAY_GLOBALS: List[SafeGlobal] = [
+    *_both_spellings(_multiarray._reconstruct, '_reconstruct'),
+    np.ndarray,
+    np.dtype,
+]
+NUMPY_SCALAR_GLOBALS: List[SafeGlobal] = [
+    *_both_spellings(_multiarray.scalar, 'scalar'),
+    np.dtype,
+]
+# Unpickling a dtype ends in BUILD on an instance of its DType class, so the
+# classes of the dtypes that occur must be allowed too: HistoryBuffer keeps
+# float64/int64 arrays; metric values are float64/float32/int64/int32/bool.
+NUMPY_RUNNER_DTYPES: List[type] = [
+    type(np.dtype(t))
+    for t in ('float64', 'float32', 'int64', 'int32', 'bool')
+]
+
+
+# HistoryBuffer fills its class-level table lazily (on first instance), so
+# the defaults are listed here for a process that has not made one yet.
+_DEFAULT_STATISTICS = frozenset({'min', 'max', 'current', 'mean'})
+
+
+def _history_buffer_getattr() -> Tuple[Callable, str]:
+    """``getattr`` narrowed to ``HistoryBuffer``'s statistics methods.
+
+    ``HistoryBuffer.__getstate__`` stores its ``_statistics_methods`` table,
+    which pickles as ``builtins.getattr(HistoryBuffer, 'min')`` and so on.
+    Registering the real ``getattr`` would let a checkpoint fetch any
+    attribute of any allow-listed object; this one resolves only the
+    statistics methods registered on HistoryBuffer.
+    """
+    from mmengine.logging.history_buffer import HistoryBuffer
+
+    def history_buffer_getattr(obj: Any, name: str) -> Any:
+        allowed = _DEFAULT_STATISTICS | set(HistoryBuffer._statistics_methods)
+        if obj is HistoryBuffer and isinstance(name, str) and \
+                name in allowed and not name.startswith('_'):
+            return getattr(obj, name)
+        raise UnsafeCheckpointError(
+            f'checkpoint asked for getattr({obj!r}, {name!r}); only '
+            'HistoryBuffer statistics methods may be resolved')
+
+    return (history_buffer_getattr, 'builtins.getattr')
+
+
+def _runner_checkpoint_globals() -> List[SafeGlobal]:
+    from mmengine.logging.history_buffer import HistoryBuffer
+    return [
+        # MessageHub state: log_scalars are HistoryBuffers ...
+        HistoryBuffer,
+        _history_buffer_getattr(),
+        # ... holding numpy arrays (_log_history, _count_history)
+        *NUMPY_ARRAY_GLOBALS,
+        # runtime_info / best_score: metrics come back as numpy scalars
+        # (e.g. mmseg's IoUMetric) and CheckpointHook(save_best=...) keeps
+        # them in the message hub.
+        *NUMPY_SCALAR_GLOBALS,
+        *NUMPY_RUNNER_DTYPES,
+    ]
+
+
+#: What a checkpoint written by mmengine's Runner (``epoch_*.pth``,
+#: ``iter_*.pth``, ``best_*.pth``) contains beyond torch's own defaults.
+#: Added to torch's global allow-list on ``import iformer_mm``.
+RUNNER_CHECKPOINT_GLOBALS: List[SafeGlobal] = _runner_checkpoint_globals()
+
+
+def _numpy_dtype_classes() -> List[type]:
+    dtypes = getattr(np, 'dtypes', None)
+    if dtypes is None:  # pragma: no cover - numpy < 1.25
+        return []
+    names = ['Float16DType', 'Float32DType', 'Float64DType', 'Int8DType',
+             'Int16DType', 'Int32DType', 'Int64DType', 'UInt8DType',
+             'UInt16DType', 'UInt32DType', 'UInt64DType', 'BoolDType']
+    return [getattr(dtypes, n) for n in names if hasattr(dtypes, n)] or \
+        NUMPY_RUNNER_DTYPES
+
+
+#: Extra globals for the iFormer authors' release checkpoints (training
+#: scripts saved ``args`` as an ``argparse.Namespace`` and metrics as numpy
+#: scalars). Use them in a scope only: ``safe_load(path,
+#: extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)`` or ``with
+#: allow_globals(RELEASE_CHECKPOINT_GLOBALS): ...``. Not added globally.
+RELEASE_CHECKPOINT_GLOBALS: List[SafeGlobal] = [
+    argparse.Namespace,
+    *NUMPY_SCALAR_GLOBALS,
+    *NUMPY_ARRAY_GLOBALS,
+    *_numpy_dtype_classes(),
+]
+
+
+@contextlib.contextmanager
+def allow_globals(extra: Iterable[SafeGlobal] = ()) -> Iterator[None]:
+    """Allow ``extra`` globals for ``weights_only`` loads inside the block.
+
+    Unlike ``torch.serialization.safe_globals``, which on exit removes every
+    global it was given -- including ones that were allowed before, e.g.
+    ``numpy.dtype`` from :data:`RUNNER_CHECKPOINT_GLOBALS` -- this adds only
+    what is missing and on exit removes only what it added.
+    """
+    if not hasattr(torch.serialization, 'add_safe_globals'):
+        yield
+        return
+    before = torch.serialization.get_safe_globals()
+    added = [g for g in dict.fromkeys(extra) if g not in before]
+    if added:
+        torch.serialization.add_safe_globals(added)
+    try:
+        yield
+    finally:
+        if added:
+            keep = [g for g in torch.serialization.get_safe_globals()
+                    if g not in added]
+            torch.serialization.clear_safe_globals()
+            torch.serialization.add_safe_globals(keep)
+
+
+def _unsafe_globals(source: Any) -> List[str]:
+    """Statically list the globals ``source`` needs that are not allowed.
+
+    Never unpickles anything. Returns [] when it cannot tell.
+    """
+    fn = getattr(torch.serialization, 'get_unsafe_globals_in_checkpoint', None)
+    if fn is None:
+        return []
+    try:
+        if hasattr(source, 'seek'):
+            source.seek(0)
+        return list(fn(source))
+    except Exception:  # noqa: BLE001 - only used to improve a message
+        return []
+
+
+def _unpickler_reason(err: BaseException) -> str:
+    """The specific line of torch's long weights_only error message."""
+    lines = [ln.strip() for ln in str(err).splitlines()]
+    for i, line in enumerate(lines):
+        if 'WeightsUnpickler error' in line:
+            rest = line.split('WeightsUnpickler error:', 1)[-1].strip()
+            following = [ln for ln in lines[i + 1:] if ln]
+            return rest or (following[0] if following else line)
+    for line in lines:  # torch >= 2.7 words a blocked module without it
+        if re.search(r'(?i)unsupported global', line):
+            return line
+    return lines[0] if lines else repr(err)
+
+
+def _refusal(name: str, err: BaseException,
+             unsafe: Sequence[str]) -> UnsafeCheckpointError:
+    """``unsafe``: the globals torch's scan of the file found (may be
+    empty: then the unpickler's own reason is quoted)."""
+    if unsafe:
+        what = 'it references ' + ', '.join(unsafe)
+    else:
+        what = _unpickler_reason(err)
+    return UnsafeCheckpointError(
+        f'Refused to load checkpoint {name}: {what}, which is '
+        'not among the types an mmengine Runner checkpoint contains. It was '
+        'read with weights_only=True and nothing from it was executed. If '
+        'you trust this file and these types are plain data, load it with '
+        'iformer_mm.compat.safe_load(path, extra_safe_globals=[...]) naming '
+        'exactly those types, or re-save its tensors with torch.save('
+        'state_dict) where you trust it; do not set '
+        'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD.')
+
+
+# --------------------------------------------------------------------------
+# Files that are not (complete) checkpoints
+# --------------------------------------------------------------------------
+_ZIP_MAGIC = b'PK\x03\x04'
+_EMPTY_ZIP_MAGIC = b'PK\x05\x06'
+# torch.save(..., _use_new_zipfile_serialization=False) starts with
+# pickle.dumps(MAGIC_NUMBER, protocol=2): PROTO 2, LONG1 of 10 bytes.
+_LEGACY_MAGIC = b'\x80\x02\x8a\x0a' + \
+    (0x1950a86a20f9469cfc6c).to_bytes(10, 'little')
+
+
+def _read_head(source: Any, n: int = 512) -> Tuple[bytes, int]:
+    """The first ``n`` bytes of a path or a seekable file, and its size."""
+    if isinstance(source, (str, os.PathLike)):
+        with open(source, 'rb') as f:
+            head = f.read(n)
+        return head, osp.getsize(source)
+    pos = source.tell()
+    try:
+        source.seek(0)
+        head = source.read(n)
+        source.seek(0, io.SEEK_END)
+        size = source.tell()
+    finally:
+        source.seek(pos)
+    return head, size
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode('utf-8')
+    except UnicodeDecodeError:
+        # a multi-byte character cut at the end of the sample
+        try:
+            text = head[:-3].decode('utf-8')
+        except UnicodeDecodeError:
+            return False
+    printable = sum(c.isprintable() or c in '\n\r\t' for c in text)
+    return bool(text) and printable >= 0.95 * len(text)
+
+
+def _zip_problem(source: Any) -> Optional[str]:
+    """What is wrong with a zip checkpoint (``torch.save``'s format), or
+    None when its structure is intact."""
+    import zipfile
+    # zipfile finds the archive from its end: the position does not matter
+    pos = None if isinstance(source, (str, os.PathLike)) else source.tell()
+    try:
+        with zipfile.ZipFile(source) as zf:
+            names = zf.namelist()
+            if not any(n.endswith('data.pkl') for n in names):
+                return 'not a checkpoint: a zip archive without the ' \
+                    'data.pkl that torch.save writes'
+            bad = zf.testzip()  # reads every member, checks its CRC
+            if bad is not None:
+                return f'damaged: member {bad} of its zip archive fails ' \
+                    'its checksum'
+    except zipfile.BadZipFile:
+        return 'truncated: its zip archive has no end (central directory)'
+    except (EOFError, OSError, ValueError) as e:
+        return f'truncated: reading its zip archive stopped early ({e})'
+    finally:
+        if pos is not None:
+            source.seek(pos)
+    return None
+
+
+def diagnose_checkpoint_file(source: Any) -> Optional[str]:
+    """Why ``source`` (a path or a seekable binary file) is not a readable
+    checkpoint, judged from its bytes alone; None when it looks intact.
+
+    Nothing is unpickled. Recognises an empty file, a text file (an HTML
+    error page, a Git LFS pointer ...), a truncated or damaged zip archive
+    (``torch.save``'s format), and bytes that are neither a zip archive nor
+    a pickle.
+    """
+    head, size = _read_head(source)
+    if size == 0:
+        return 'not a checkpoint: the file is empty (0 bytes)'
+    if head.startswith(_ZIP_MAGIC) or head.startswith(_EMPTY_ZIP_MAGIC):
+        return _zip_problem(source)
+    if head.startswith(b'version https://git-lfs'):
+        return 'not a checkpoint: a Git LFS pointer (text); fetch the real ' \
+            'file with git lfs pull'
+    if _looks_like_text(head):
+        first = head.decode('utf-8', 'replace').strip().splitlines()
+        first = first[0][:40] if first else ''
+        kind = 'an HTML page' if first.lower().startswith(
+            ('<!doctype html', '<html')) else 'a text file'
+        return f'not a checkpoint: {kind} ({size} bytes, starting ' \
+            f'{first!r})'
+    if head[:1] != b'\x80':  # every pickle protocol >= 2 starts so
+        return f'not a checkpoint: {size} bytes that are neither the zip ' \
+            'archive torch.save writes nor a pickle'
+    if not head.startswith(_LEGACY_MAGIC):
+        return 'not a checkpoint: a pickle stream that torch.save did not ' \
+            'write (torch.save writes a zip archive, or before torch 1.6 a ' \
+            'pickle starting with its magic number)'
+    return None
+
+
+def _not_a_checkpoint(source: Any, name: str,
+                      err: BaseException) -> Optional[CheckpointError]:
+    """A :class:`CheckpointError` saying what the file is, or None when its
+    bytes look like an intact checkpoint (then ``err`` is something else)."""
+    try:
+        problem = diagnose_checkpoint_file(source)
+    except OSError:
+        return None
+    if problem is None and isinstance(err, EOFError):
+        problem = 'truncated: the data ends before the pickle does'
+    if problem is None and isinstance(err, pickle.UnpicklingError):
+        problem = 'damaged: its pickle data cannot be parsed (' + \
+            _unpickler_reason(err) + ')'
+    if problem is None:
+        return None
+    if problem.startswith('truncated') or problem.startswith('damaged'):
+        todo = 'The download or save was interrupted or the copy is ' \
+            'damaged: download or save it again.'
+    else:
+        todo = 'Check the path: checkpoints are the .pth files written by ' \
+            'torch.save (e.g. by training).'
+    return CheckpointError(f'Checkpoint {name} is {problem}. {todo}')
+
+
+def check_checkpoint_path(path: Union[str, os.PathLike]) -> str:
+    """``path`` with ``~`` expanded if it names a file.
+
+    Raises:
+        CheckpointNotFoundError: it does not exist or is a directory.
+    """
+    path = osp.expanduser(os.fspath(path))
+    if not osp.isfile(path):
+        what = 'is a directory' if osp.isdir(path) else 'does not exist'
+        raise CheckpointNotFoundError(
+            f'Checkpoint {path!r} {what}; pass the path of a checkpoint '
+            'file (.pth).')
+    return path
+
+
+def safe_load(f: Any, map_location: Any = 'cpu',
+              extra_safe_globals: Iterable[SafeGlobal] = (),
+              **kwargs) -> Any:
+    """``torch.load(f, weights_only=True)`` with ``extra_safe_globals``
+    allowed in this call only.
+
+    Args:
+        f: Path or file-like object written by ``torch.save``.
+        map_location: As for :func:`torch.load`. Defaults to ``'cpu'``.
+        extra_safe_globals: Classes/functions (or ``(obj, 'module.name')``
+            pairs) allowed in this call in addition to torch's defaults and
+            :data:`RUNNER_CHECKPOINT_GLOBALS` (always allowed here), e.g.
+            :data:`RELEASE_CHECKPOINT_GLOBALS`.
+        **kwargs: Passed to :func:`torch.load` (``weights_only`` may not be
+            turned off).
+
+    Raises:
+        CheckpointNotFoundError: The path does not exist.
+        CheckpointError: The file is empty, text, truncated, damaged or
+            otherwise not a checkpoint (the message says which).
+        UnsafeCheckpointError: The file references other globals (named in
+            the message). Nothing in it was executed.
+    """
+    if kwargs.pop('weights_only', True) is not True:
+        raise ValueError('safe_load always loads with weights_only=True')
+    # the Runner allow-list is in scope even if other code has removed it
+    # from torch's global list (torch.serialization.safe_globals does that
+    # on exit to everything it was given)
+    extra = [*RUNNER_CHECKPOINT_GLOBALS, *extra_safe_globals]
+    if isinstance(f, (str, os.PathLike)):
+        f = check_checkpoint_path(f)
+        name = repr(f)
+    else:
+        name = repr(getattr(f, 'name', f))
+    try:
+        with allow_globals(extra):
+            return torch.load(f, map_location=map_location,
+                              weights_only=True, **kwargs)
+    except UnsafeCheckpointError:
+        raise
+    except pickle.UnpicklingError as err:
+        # A refused global, or bytes that are no pickle at all (torch's
+        # weights-only unpickler reports both as UnpicklingError).
+        with allow_globals(extra):
+            unsafe = _unsafe_globals(f)
+        if unsafe or re.search(r'(?i)unsupported global|getattr\(',
+                               str(err)):
+            raise _refusal(name, err, unsafe) from err
+        corrupt = _not_a_checkpoint(f, name, err)
+        if corrupt is not None:
+            raise corrupt from err
+        raise _refusal(name, err, unsafe) from err
+    except (EOFError, OSError, RuntimeError, KeyError, IndexError,
+            ValueError, TypeError, AttributeError) as err:
+        corrupt = _not_a_checkpoint(f, name, err)
+        if corrupt is not None:
+            raise corrupt from err
+        raise
+
+
+# --------------------------------------------------------------------------
+# Files by URL
+# --------------------------------------------------------------------------
+def download_checkpoint(url: str, model_dir: Optional[str] = None,
+                        progress: Optional[bool] = None) -> str:
+    """The local copy of ``url``, downloaded unless it is there already.
+
+    Like mmengine's http(s) loader: the file is cached as
+    ``<torch hub dir>/checkpoints/<file name of the URL's path>`` (or in
+    ``model_dir``); in a distributed run rank 0 downloads first while the
+    others wait at a barrier, then use its file (fetching it themselves only
+    where it is still absent, e.g. on another machine's disk). A progress
+    bar is shown only where stdin is a terminal, unless ``progress`` says.
+
+    Raises:
+        CheckpointError: the download failed (one line, with what to do).
+    """
+    from urllib.parse import urlparse
+
+    from mmengine import dist
+    if progress is None:
+        progress = os.isatty(0)
+    model_dir = model_dir or osp.join(torch.hub.get_dir(), 'checkpoints')
+    name = osp.basename(urlparse(url).path)
+    cached = osp.join(model_dir, name)
+
+    def fetch():
+        if osp.exists(cached):
+            return
+        os.makedirs(model_dir, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(url, cached, progress=progress)
+        except Exception as e:  # no network, 404 ...
+            raise CheckpointError(
+                f'Could not download {url} ({e}). Download it by hand and '
+                'pass the local path, e.g. --cfg-options '
+                f'model.backbone.init_cfg.checkpoint=/path/{name}') from e
+
+    rank, world_size = dist.get_dist_info()
+    if rank == 0:
+        fetch()
+    if world_size > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            fetch()
+    return cached
+
+
+def load_checkpoint_file(filename: str, map_location='cpu') -> dict:
+    """Read a local file or an ``http(s)://`` URL (see
+    :func:`download_checkpoint`) with :func:`safe_torch_load`.
+
+    Raises:
+        CheckpointError: the file is missing, not a checkpoint, truncated,
+            unsafe (names the offending global), or the download failed.
+    """
+    filename = str(filename)
+    if re.match(r'^https?://', filename):
+        filename = download_checkpoint(filename)
+    return safe_torch_load(filename, map_location)
+
+
+def safe_torch_load(path: str, map_location='cpu'):
+    """:func:`safe_load` with the release types
+    (:data:`RELEASE_CHECKPOINT_GLOBALS`) allowed: what every loader here
+    reads files with."""
+    return safe_load(path, map_location=map_location,
+                     extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)
+
+
+# --------------------------------------------------------------------------
+# Layouts
+# --------------------------------------------------------------------------
 # (pattern, replacement) applied in order to backbone keys in the authors'
 # names, *after* any wrapper prefix (``backbone.``, ``module.``) is removed.
 RELEASE_RENAMES: List[Tuple[str, str]] = [
@@ -78,46 +582,6 @@ _OUR_BACKBONE = re.compile(r'^(stem\.|stages\.\d+\.(blocks|downsample)\.)')
 _CLASSIFIER = re.compile(r'^(classifier\.|head\.)')
 #: wrapper keys that hold the weights, in the order they are preferred
 STATE_KEYS = ('state_dict', 'model', 'model_ema')
-
-
-# --------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------
-def safe_torch_load(path: str, map_location='cpu'):
-    """``torch.load`` with ``weights_only=True`` and the release types.
-
-    Arbitrary objects in the file are refused by torch's weights-only
-    unpickler (:class:`iformer_mm.compat.UnsafeCheckpointError`); nothing in
-    the file is executed. A file that is not a checkpoint, or is truncated,
-    raises :class:`~iformer_mm.errors.CheckpointError` saying so.
-    """
-    return safe_load(path, map_location=map_location,
-                     extra_safe_globals=RELEASE_CHECKPOINT_GLOBALS)
-
-
-def load_checkpoint_file(filename: str, map_location='cpu') -> dict:
-    """Read a local file or an ``http(s)://`` URL (cached in torch hub).
-
-    Raises:
-        CheckpointError: the file is missing, not a checkpoint, truncated,
-            unsafe (names the offending global), or the download failed.
-    """
-    filename = str(filename)
-    if re.match(r'^https?://', filename):
-        cache = osp.join(torch.hub.get_dir(), 'checkpoints')
-        local = osp.join(cache, osp.basename(filename))
-        if not osp.exists(local):
-            os.makedirs(cache, exist_ok=True)
-            try:
-                torch.hub.download_url_to_file(filename, local, progress=True)
-            except Exception as e:  # no network, 404 ...
-                raise CheckpointError(
-                    f'Could not download {filename} ({e}). Download it by '
-                    f'hand and pass the local path, e.g. --cfg-options '
-                    f'model.backbone.init_cfg.checkpoint=/path/'
-                    f'{osp.basename(filename)}') from e
-        filename = local
-    return safe_torch_load(filename, map_location)
 
 
 def _is_state_dict(d) -> bool:
@@ -180,6 +644,21 @@ def _strip_module(state: StateDict) -> 'OrderedDict[str, torch.Tensor]':
     """Remove DDP's ``module.`` prefix (from every key that has it)."""
     return OrderedDict((k[len('module.'):] if k.startswith('module.') else k,
                         v) for k, v in state.items())
+
+
+def _selected(ckpt, prefix: Optional[str], key: Optional[str]
+              ) -> Tuple['OrderedDict[str, torch.Tensor]', Optional[str],
+                         Optional[str]]:
+    """The file's weights as they are named in it, out of their wrapper,
+    without DDP's ``module.``, only those under ``prefix`` (removed).
+    Returns them, the wrapper key and the prefix (ending in ``.``)."""
+    state, wrapper = _unwrap(ckpt, key)
+    state = _strip_module(state)
+    if prefix:
+        prefix = prefix if prefix.endswith('.') else prefix + '.'
+        state = OrderedDict((k[len(prefix):], v) for k, v in state.items()
+                            if k.startswith(prefix))
+    return state, wrapper, prefix
 
 
 @dataclass
@@ -252,19 +731,14 @@ def split_checkpoint(ckpt, prefix: Optional[str] = None,
     """
     meta = ckpt.get('meta') if isinstance(ckpt, dict) else None
     meta = meta if isinstance(meta, dict) else {}
-    state, wrapper = _unwrap(ckpt, key)
-    state = _strip_module(state)
-    if prefix:
-        prefix = prefix if prefix.endswith('.') else prefix + '.'
-        selected = OrderedDict((k[len(prefix):], v) for k, v in state.items()
-                               if k.startswith(prefix))
-        if not selected:
-            tops = sorted({k.split('.', 1)[0] + '.' for k in state})
-            raise CheckpointMismatchError(
-                f'No key of the checkpoint starts with prefix {prefix!r}; '
-                f'its keys start with {", ".join(tops[:8])}. Fix or drop '
-                "init_cfg's prefix.", unexpected=list(state)[:50])
-        state = selected
+    state, wrapper, prefix = _selected(ckpt, prefix, key)
+    if prefix and not state:
+        state = _selected(ckpt, None, key)[0]
+        tops = sorted({k.split('.', 1)[0] + '.' for k in state})
+        raise CheckpointMismatchError(
+            f'No key of the checkpoint starts with prefix {prefix!r}; '
+            f'its keys start with {", ".join(tops[:8])}. Fix or drop '
+            "init_cfg's prefix.", unexpected=list(state)[:50])
     whole = any(k.startswith('backbone.') for k in state)
     backbone, classifier, others = OrderedDict(), OrderedDict(), OrderedDict()
     for k, v in state.items():
@@ -315,30 +789,47 @@ def to_openmmlab(state_dict, with_head: bool = True) -> 'OrderedDict':
     return out
 
 
-def guess_arch(backbone: StateDict) -> Optional[str]:
-    """The ``IFormer`` arch whose keys and shapes ``backbone`` (our names)
-    has exactly, or None."""
-    have = {k: tuple(v.shape) for k, v in backbone.items()}
-    for arch, want in _arch_shapes().items():
-        if have == want:
-            return arch
+def network_class(module: nn.Module) -> Optional[type]:
+    """The IFormer class ``module`` is an instance of (its own class or a
+    base), or None.
+
+    Recognised by its name and its table of archs (``arch_zoo``), not
+    imported: the network imports this module to load its checkpoints.
+    timm's ``IFormer`` has no ``arch_zoo``: it is not one.
+    """
+    for cls in type(module).__mro__:
+        if cls.__name__ == 'IFormer' and \
+                isinstance(vars(cls).get('arch_zoo'), dict):
+            return cls
     return None
 
 
-_ARCH_SHAPES: Dict[str, Dict[str, tuple]] = {}
+_ARCH_SHAPES: Dict[type, Dict[str, Dict[str, tuple]]] = {}
 
 
-def _arch_shapes() -> Dict[str, Dict[str, tuple]]:
-    """Key -> shape of every ``IFormer`` arch (built on the meta device:
-    no memory, no time)."""
-    if not _ARCH_SHAPES:
-        from .backbones import IFormer
-        for arch in IFormer.arch_zoo:
+def arch_shapes(network: type) -> Dict[str, Dict[str, tuple]]:
+    """Arch -> key -> shape for every arch of ``network`` (the IFormer
+    class: ``network(arch)`` for each arch of ``network.arch_zoo``), built
+    once on the meta device (no memory, no time)."""
+    if network not in _ARCH_SHAPES:
+        shapes = {}
+        for arch in network.arch_zoo:
             with torch.device('meta'):
-                net = IFormer(arch)
-            _ARCH_SHAPES[arch] = {k: tuple(v.shape)
-                                  for k, v in net.state_dict().items()}
-    return _ARCH_SHAPES
+                net = network(arch)
+            shapes[arch] = {k: tuple(v.shape)
+                            for k, v in net.state_dict().items()}
+        _ARCH_SHAPES[network] = shapes
+    return _ARCH_SHAPES[network]
+
+
+def guess_arch(backbone: StateDict, network: type) -> Optional[str]:
+    """The arch of ``network`` (the IFormer class) whose keys and shapes
+    ``backbone`` (our names) has exactly, or None."""
+    have = {k: tuple(v.shape) for k, v in backbone.items()}
+    for arch, want in arch_shapes(network).items():
+        if have == want:
+            return arch
+    return None
 
 
 # --------------------------------------------------------------------------
@@ -378,7 +869,8 @@ class LoadReport:
         line = f'{self.source} ({self.layout}) -> {self.target}: ' + \
             self.counts()
         if self.ignored:
-            line += f'; {len(self.ignored)} ignored ({_heads(self.ignored)})'
+            line += (f'; {len(self.ignored)} ignored '
+                     f'({key_prefixes(self.ignored)})')
         return line
 
     def details(self, limit: int = 8) -> str:
@@ -421,8 +913,9 @@ def _groups(keys: Sequence[str]) -> str:
         + ')'
 
 
-def _heads(keys: Sequence[str]) -> str:
-    """``neck.*, rpn_head.*`` for a list of keys."""
+def key_prefixes(keys: Sequence[str]) -> str:
+    """``neck.*, rpn_head.*``: the top-level modules of ``keys``, in
+    order, at most six."""
     heads = list(OrderedDict.fromkeys(k.split('.', 1)[0] + '.*'
                                       for k in keys))
     return ', '.join(heads[:6]) + (', ...' if len(heads) > 6 else '')
@@ -466,8 +959,12 @@ def _mismatch_error(report: LoadReport, hint: str) -> CheckpointMismatchError:
         mismatched=report.mismatched)
 
 
-def _arch_hint(backbone: StateDict, model_arch: Optional[str]) -> str:
-    arch = guess_arch(backbone) if backbone else None
+def _arch_hint(backbone: StateDict, module: nn.Module) -> str:
+    """Advice when ``backbone`` (our names) is exactly another arch of the
+    IFormer ``module`` than its own."""
+    network = network_class(module)
+    arch = guess_arch(backbone, network) if backbone and network else None
+    model_arch = getattr(module, 'arch_name', None)
     if arch is not None and arch != model_arch:
         return f"The file holds an iFormer-{arch.upper()} backbone " \
             f"(arch='{arch}'), the model is arch={model_arch!r}: use a " \
@@ -515,8 +1012,7 @@ def load_iformer_checkpoint(backbone: nn.Module, filename: str,
     report.meta = conv.meta
     if not report.complete:
         if strict:
-            hint = _arch_hint(conv.backbone,
-                              getattr(backbone, 'arch_name', None))
+            hint = _arch_hint(conv.backbone, backbone)
             if not report.loaded and not hint:
                 hint = ('No backbone key matched: is it an iFormer '
                         'checkpoint, and is the prefix right?')
@@ -531,7 +1027,8 @@ def load_iformer_checkpoint(backbone: nn.Module, filename: str,
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DDP-style wrappers and TTA models."""
+    """The model inside DDP-style wrappers (mmengine's model wrappers) and
+    TTA models (``BaseTTAModel``), however deeply nested."""
     from mmengine.model import BaseTTAModel, is_model_wrapper
     while is_model_wrapper(model) or isinstance(model, BaseTTAModel):
         model = model.module
@@ -555,19 +1052,12 @@ def state_dict_for_model(model: nn.Module, ckpt,
     whole model keeps its keys. A backbone-only file therefore fills only
     the backbone (the rest is reported missing).
     """
-    from .backbones import IFormer
     conv = split_checkpoint(ckpt, prefix=prefix, key=key)
-    if isinstance(model, IFormer):
+    if network_class(model) is not None:
         return OrderedDict(conv.backbone), conv
     bb = _prefixes_of(model, 'IFormer')
     if len(bb) != 1:  # not an iFormer model: the file's keys as they are
-        state, _ = _unwrap(ckpt, key)
-        state = _strip_module(state)
-        if prefix:
-            prefix = prefix if prefix.endswith('.') else prefix + '.'
-            state = OrderedDict((k[len(prefix):], v) for k, v in
-                                state.items() if k.startswith(prefix))
-        return state, conv
+        return _selected(ckpt, prefix, key)[0], conv
     heads = _prefixes_of(model, 'IFormerClsHead')
     (head, ) = heads if len(heads) == 1 else ('head.', )
     out = OrderedDict((bb[0] + k, v) for k, v in conv.backbone.items())
@@ -647,8 +1137,7 @@ def _model_hint(model: nn.Module, conv: ConvertedCheckpoint,
     if bb:
         backbone = dict(model.named_modules())[bb[0].rstrip('.')] \
             if bb[0] else model
-        hint = _arch_hint(conv.backbone, getattr(backbone, 'arch_name',
-                                                 None))
+        hint = _arch_hint(conv.backbone, backbone)
     if not hint and bb and not conv.others and conv.backbone and \
             any(not k.startswith(tuple(bb)) for k in report.missing):
         hint = ('The file holds only backbone weights: use it as '
@@ -661,9 +1150,18 @@ def _model_hint(model: nn.Module, conv: ConvertedCheckpoint,
 
 
 __all__ = [
-    'CLASSIFIER_RENAMES', 'ConvertedCheckpoint', 'LoadReport',
-    'RELEASE_RENAMES', 'compare_state', 'convert_to_ours', 'guess_arch',
-    'load_checkpoint_file', 'load_iformer_checkpoint',
-    'load_model_checkpoint', 'load_state_into_model', 'safe_torch_load', 'split_checkpoint',
-    'state_dict_for_model', 'to_openmmlab', 'unwrap_state_dict'
+    # reading
+    'CheckpointNotFoundError', 'RELEASE_CHECKPOINT_GLOBALS',
+    'RUNNER_CHECKPOINT_GLOBALS', 'UnsafeCheckpointError', 'allow_globals',
+    'check_checkpoint_path', 'diagnose_checkpoint_file',
+    'download_checkpoint', 'load_checkpoint_file', 'safe_load',
+    'safe_torch_load',
+    # layouts
+    'CLASSIFIER_RENAMES', 'ConvertedCheckpoint', 'RELEASE_RENAMES',
+    'arch_shapes', 'convert_to_ours', 'guess_arch', 'network_class',
+    'split_checkpoint', 'to_openmmlab', 'unwrap_state_dict',
+    # loading
+    'LoadReport', 'compare_state', 'key_prefixes', 'load_iformer_checkpoint',
+    'load_model_checkpoint', 'load_state_into_model', 'state_dict_for_model',
+    'unwrap_model'
 ]
