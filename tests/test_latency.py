@@ -103,8 +103,8 @@ def test_census_rejects_a_neural_network():
 @needs_ct
 def test_iformer_t_converts_in_three_layouts(tmp_path):
     from iformer_mm.deploy.backbones import table17_specs
-    from iformer_mm.deploy.coreml import (convert_exported_program,
-                                          save_package, validate_package)
+    from iformer_mm.deploy.census import validate_package
+    from iformer_mm.deploy.coreml import convert_exported_program, save_package
     from iformer_mm.deploy.export import (TupleOutputs, export_program,
                                           prepare_for_deploy)
     # Stage 3 is 8x20 tokens: padded to 16x32, two 16x16 windows (a single
@@ -141,8 +141,8 @@ def test_iformer_t_converts_in_three_layouts(tmp_path):
 
 @needs_ct
 def test_validation_catches_wrong_shapes(tmp_path):
-    from iformer_mm.deploy.coreml import (convert_exported_program,
-                                          save_package, validate_package)
+    from iformer_mm.deploy.census import validate_package
+    from iformer_mm.deploy.coreml import convert_exported_program, save_package
     from iformer_mm.deploy.export import TupleOutputs, export_program
     model = TupleOutputs(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -517,10 +517,10 @@ def test_image_normalisation_is_exact():
 @needs_ct
 def test_image_input_package(tmp_path):
     from iformer_mm.deploy.benchmark import make_example
+    from iformer_mm.deploy.census import validate_package
     from iformer_mm.deploy.coreml import (ImageNormalisation,
                                           convert_exported_program,
-                                          input_kind, load_package_spec,
-                                          save_package, validate_package)
+                                          load_package_spec, save_package)
     from iformer_mm.deploy.export import (ImageInput, TupleOutputs,
                                           export_program)
     norm = ImageNormalisation()
@@ -540,8 +540,8 @@ def test_image_input_package(tmp_path):
     path = save_package(ml, str(tmp_path / 'img.mlpackage'))
     check = validate_package(path, x.shape, [(1, 4, 32, 32)])
     assert check['inputs'] == {'image': [1, 3, 32, 32]}
-    assert input_kind(path) == 'image'
     spec = load_package_spec(path)
+    assert spec.description.input[0].type.WhichOneof('Type') == 'imageType'
     image = spec.description.input[0].type.imageType
     assert (image.width, image.height) == (32, 32)
 

@@ -21,11 +21,12 @@ from . import macos, report
 from .backbones import (DEFAULT_PEERS, PEERS, BackboneError, BackboneSpec,
                         all_variant_specs, authors_specs, check_resolution,
                         resolve_backbone, table17_specs)
+from .census import validate_package
 from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
                      IOS_TARGETS, CoreMLToolsMissing, ImageNormalisation,
                      coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
-                     save_package, validate_package)
+                     save_package)
 from .export import (ImageInput, TupleOutputs, count_parameters,
                      export_onnx, export_program, flatten_outputs,
                      fold_conv_bn_fx, fold_label, prepare_for_deploy)
@@ -387,7 +388,7 @@ def _time_coreml(coreml: Dict[str, Any], example: torch.Tensor,
     """macOS: check one Core ML prediction against PyTorch, then time the
     package by the protocol and read its op placement."""
     ct = import_coremltools()
-    feed = coreml_inputs(coreml['package'], example.numpy(), image)
+    feed = coreml_inputs(example.numpy(), image)
     try:
         if device is None:
             model = ct.models.MLModel(

@@ -23,9 +23,11 @@ import math
 import platform
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .census import walk_operations
 
 #: Core ML device names used in the reports, by coremltools class name.
 DEVICE_NAMES = {
@@ -179,13 +181,6 @@ def device_name(device: Any) -> str:
     return type(device).__name__
 
 
-def _walk_operations(block) -> Iterable[Any]:
-    for op in block.operations:
-        yield op
-        for inner in getattr(op, 'blocks', None) or ():
-            yield from _walk_operations(inner)
-
-
 def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
     """Read an ``MLComputePlan`` of an ML program into :class:`OpPlacement`
     records (``const`` ops are data and are left out)."""
@@ -196,7 +191,7 @@ def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
         raise ValueError(f'No function {function!r} in the program; it has '
                          f'{sorted(program.functions)}.')
     records = []
-    for op in _walk_operations(program.functions[function].block):
+    for op in walk_operations(program.functions[function].block):
         if op.operator_name == 'const':
             continue
         usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
