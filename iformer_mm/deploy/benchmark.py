@@ -32,6 +32,7 @@ from .export import (ImageInput, TupleOutputs, count_parameters,
                      fold_conv_bn_fx, fold_label, prepare_for_deploy)
 from .latency import (count_flops, gemm_fraction, max_abs_diff,
                       measure_gemm_rate, time_onnxruntime, time_torch)
+from .predictor import predict_for_tool
 
 DEFAULT_BACKBONES = ('iformer-m', )
 DEFAULT_OUT = os.path.join('work_dirs', 'latency')
@@ -283,8 +284,6 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 coreml['census'] = check.pop('census')
                 coreml['validation'] = check
                 coreml['status'] = 'validated'
-                # issue 13: predicted iPhone 13 latency (a side column)
-                from .predictor.tool import predict_for_tool
                 coreml['predicted'] = predict_for_tool(mlmodel)
             except Exception as exc:  # noqa: BLE001  (reported, run goes on)
                 coreml['error'] = f'{type(exc).__name__}: {exc}'
