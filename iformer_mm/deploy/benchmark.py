@@ -27,9 +27,10 @@ from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
                      coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
                      save_package)
-from .export import (ImageInput, TupleOutputs, count_parameters,
-                     export_onnx, export_program, flatten_outputs,
-                     fold_conv_bn_fx, fold_label, prepare_for_deploy)
+from ..utils.complexity import count_params
+from .export import (ImageInput, TupleOutputs, export_onnx, export_program,
+                     flatten_outputs, fold_conv_bn_fx, fold_label,
+                     prepare_for_deploy)
 from .latency import (count_flops, gemm_fraction, max_abs_diff,
                       measure_gemm_rate, time_onnxruntime, time_torch)
 from .predictor import predict_for_tool
@@ -223,7 +224,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
         step('build', 'building')
         torch.manual_seed(cfg.seed)
         raw = spec.build()
-        result['params_m'] = count_parameters(raw) / 1e6
+        result['params_m'] = count_params(raw) / 1e6
         raw.eval()
         if spec.adapt is not None:
             result['adapted'] = spec.adapt(raw, (h, w))
