@@ -1,6 +1,7 @@
 """Every published iPhone 13 figure the latency tool prints, read back from
-the paper's text (Tables 5, 13, 17, 18), and shown only beside the network
-and input size it belongs to (issue #10, item 3)."""
+the paper's text (Tables 5, 13, 17, 18, kept verbatim in
+``tests/data/iformer_paper_tables.md``), and shown only beside the network
+and input size it belongs to."""
 import os
 import re
 
@@ -10,13 +11,8 @@ from iformer_mm.deploy.backbones import (PUBLISHED_LATENCIES,
                                          published_latencies,
                                          resolve_backbone)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The paper lies in shared/ beside the checkout (CI: beside the clone).
-PAPER = next((p for p in (
-    os.path.join(ROOT, '..', 'shared', 'paper', 'iformer_paper.md'),
-    os.path.join(ROOT, 'shared', 'paper', 'iformer_paper.md'),
-    '/work/shared/paper/iformer_paper.md') if os.path.isfile(p)),
-    os.path.join(ROOT, '..', 'shared', 'paper', 'iformer_paper.md'))
+PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                     'iformer_paper_tables.md')
 
 
 def _cells(line):
@@ -51,7 +47,6 @@ def _row(rows, label):
 PAPER_FIGURES = [f for f in PUBLISHED_LATENCIES if f.table is not None]
 
 
-@pytest.mark.skipif(not os.path.isfile(PAPER), reason='paper text missing')
 @pytest.mark.parametrize('figure', PAPER_FIGURES,
                          ids=[f'{f.key}@{f.size[0]}-T{f.table}'
                               for f in PAPER_FIGURES])
