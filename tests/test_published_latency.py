@@ -149,21 +149,19 @@ def test_figures_only_at_their_size_and_layout():
 
 
 def test_report_prints_figures_only_at_their_size():
-    from iformer_mm.deploy.benchmark import _published
     spec = resolve_backbone('iformer-m:hybrid')
-    assert [f['iphone13_ms'] for f in _published(spec, (512, 512))] == \
+    assert [f['iphone13_ms'] for f in spec.published_at((512, 512))] == \
         [11.46]
-    assert _published(spec, (640, 640)) is None
-    assert _published(resolve_backbone('iformer-m:global'),
-                      (224, 224))[0]['iphone13_ms'] == 1.10
+    assert spec.published_at((640, 640)) is None
+    assert resolve_backbone('iformer-m:global').published_at(
+        (224, 224))[0]['iphone13_ms'] == 1.10
 
 
 def test_markdown_at_640_has_no_512_figure():
     from iformer_mm.deploy import report
-    from iformer_mm.deploy.benchmark import _published
     spec = resolve_backbone('iformer-m')
     results = [dict(key=spec.key, label=spec.label, status='ok',
-                    paper=_published(spec, size), params_m=8.9)
+                    paper=spec.published_at(size), params_m=8.9)
                for size in ((640, 640), (512, 512))]
     table = report.latency_table(results, dict(threads=2), '640x640')
     row640, row512 = table.splitlines()[2:]

@@ -165,13 +165,6 @@ def _slug(key: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in key)
 
 
-def _published(spec: BackboneSpec, size) -> Optional[List[Dict[str, Any]]]:
-    """The published figures of ``spec`` measured at ``size`` only."""
-    figures = [f for f in (spec.paper or [])
-               if tuple(f['size']) == tuple(size)]
-    return figures or None
-
-
 def make_example(shape, seed: int, input_type: str,
                  image: Optional[ImageNormalisation]) -> torch.Tensor:
     """The input of a run: N(0, 1) noise for a tensor input; for an image
@@ -199,7 +192,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
     image = ImageNormalisation() if cfg.input_type == 'image' else None
     result: Dict[str, Any] = dict(key=spec.key, label=spec.label,
                                   family=spec.family, source=spec.source,
-                                  paper=_published(spec, (h, w)),
+                                  paper=spec.published_at((h, w)),
                                   status='ok', input_shape=list(shape))
     stage = 'build'
     done_steps = 0
