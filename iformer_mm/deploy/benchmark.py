@@ -513,7 +513,7 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     config = {k: v for k, v in asdict(cfg).items() if k != 'specs'}
     config['backbones'] = [s.key for s in specs]
     config['batch'] = 1
-    config['protocol']['description'] = cfg.protocol.describe()
+    config['protocol'] = cfg.protocol.as_dict()
     run = dict(config=config, environment=environment(threads),
                coreml_runtime=runtime, coreml_line=line, macos_notes=notes,
                gemm=gemm, results=results,

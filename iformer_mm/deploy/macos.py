@@ -101,6 +101,10 @@ class TimingProtocol:
                 f'and their mean with the {k} fastest and {k} slowest rounds '
                 'dropped')
 
+    def as_dict(self) -> Dict[str, Any]:
+        """The settings and their description, as runs record them."""
+        return dict(asdict(self), description=self.describe())
+
 
 def trimmed_mean(values: Sequence[float], each_side: int) -> float:
     """Mean of ``values`` without the ``each_side`` smallest and largest."""
@@ -153,8 +157,7 @@ def run_protocol(benchmarker, inputs: Optional[Dict[str, Any]],
     """Time a ``MLModelBenchmarker`` (or an object with its
     ``benchmark_load`` / ``benchmark_predict`` coroutines) by ``protocol``."""
     result = asyncio.run(_run_protocol(benchmarker, inputs, protocol))
-    result['protocol'] = dict(asdict(protocol),
-                              description=protocol.describe())
+    result['protocol'] = protocol.as_dict()
     return result
 
 
@@ -181,6 +184,18 @@ def device_name(device: Any) -> str:
     return type(device).__name__
 
 
+def _placement(op_type: str, usage, cost: Optional[float]) -> OpPlacement:
+    """An :class:`OpPlacement` from an ``MLComputePlanDeviceUsage`` (None:
+    the plan does not place the op)."""
+    return OpPlacement(
+        op_type=op_type,
+        device=None if usage is None else
+        device_name(usage.preferred_compute_device),
+        supported=() if usage is None else tuple(
+            device_name(d) for d in usage.supported_compute_devices),
+        cost=cost)
+
+
 def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
     """Read an ``MLComputePlan`` of an ML program into :class:`OpPlacement`
     records (``const`` ops are data and are left out)."""
@@ -194,15 +209,11 @@ def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
     for op in walk_operations(program.functions[function].block):
         if op.operator_name == 'const':
             continue
-        usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
         cost = plan.get_estimated_cost_for_mlprogram_operation(op)
-        records.append(OpPlacement(
-            op_type=op.operator_name,
-            device=None if usage is None else
-            device_name(usage.preferred_compute_device),
-            supported=() if usage is None else tuple(
-                device_name(d) for d in usage.supported_compute_devices),
-            cost=None if cost is None else float(cost.weight)))
+        records.append(_placement(
+            op.operator_name,
+            plan.get_compute_device_usage_for_mlprogram_operation(op),
+            None if cost is None else float(cost.weight)))
     return records
 
 
@@ -212,15 +223,10 @@ def placements_from_execution_infos(infos) -> List[OpPlacement]:
     op's estimated median time."""
     records = []
     for info in infos:
-        usage = info.compute_device_usage
         stats = info.measurement.statistics
-        records.append(OpPlacement(
-            op_type=info.spec.type,
-            device=None if usage is None else
-            device_name(usage.preferred_compute_device),
-            supported=() if usage is None else tuple(
-                device_name(d) for d in usage.supported_compute_devices),
-            cost=None if stats is None else float(stats.median)))
+        records.append(_placement(
+            info.spec.type, info.compute_device_usage,
+            None if stats is None else float(stats.median)))
     return [r for r in records if r.op_type != 'const']
 
 
@@ -338,8 +344,7 @@ def benchmark_package(path: str, inputs: Dict[str, Any], compute_unit: str,
     # One event loop for the whole session (a remote device's connection
     # belongs to the loop that opened it).
     result, infos = asyncio.run(everything())
-    result['protocol'] = dict(asdict(protocol),
-                              description=protocol.describe())
+    result['protocol'] = protocol.as_dict()
     result['compute_unit'] = compute_unit
     result['device'] = getattr(device, 'name', None) or 'this Mac'
     if placement:
