@@ -1,11 +1,11 @@
-"""Core ML program size as a tested property (issue #10, item 2).
+"""Core ML program size as a tested property.
 
 Each case converts one iFormer at 512x512 through the tool's pipeline
 (torch.export -> coremltools ML program, FP16, iOS17) and checks its op
 count against :data:`iformer_mm.deploy.census.OP_BUDGETS`, and that no tensor
 of the exported graph has rank > 5. Converting every arch x layout at 512
 takes several minutes on 2 cores, so the suite pins the cases below (every
-layout at least once, the issue's targets all); ``benchmarks/
+layout at least once, the op-count targets all); ``benchmarks/
 coreml_vs_authors.py --sweep`` checks every budget (about 45 min).
 """
 import importlib.util
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(
     reason='coremltools not installed')
 
 #: What the suite converts: every attention mode once (``hybrid`` measures
-#: the same ops as ``window`` at 512), the issue's targets (M cc-hybrid,
+#: the same ops as ``window`` at 512), the op-count targets (M cc-hybrid,
 #: M authors) and the SDPA export. Measured: 47-80 s each with the 2 cores
 #: shared by other jobs (load 17), 6 min 41 s for six cases; five remain.
 PINNED = ('iformer-m:cc-hybrid', 'iformer-m:authors', 'iformer-m:authors-fa',
@@ -51,7 +51,7 @@ def test_budgets_cover_every_arch_and_layout():
                                for a in IFORMER_ARCHS
                                for layout in IFORMER_LAYOUTS}
     assert set(PINNED) <= set(OP_BUDGETS)
-    # The issue's target for the default layout.
+    # The target for the default layout: at most 400 Core ML ops.
     assert OP_BUDGETS['iformer-m:cc-hybrid'] <= 400
 
 

@@ -1,4 +1,4 @@
-"""The macOS path of the latency tool (issue #10, item 5), tested on any OS:
+"""The macOS path of the latency tool, tested on any OS:
 argument handling, the timing protocol's arithmetic, the op-placement
 summary and the report, against recorded result objects shaped like
 coremltools 9's (``MLModelBenchmarker.Measurement``, ``MLComputePlan``,
