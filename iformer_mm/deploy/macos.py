@@ -136,8 +136,12 @@ def summarize_rounds(rounds: Sequence[Sequence[float]],
                 predictions=protocol.rounds * protocol.per_round)
 
 
-async def _run_protocol(benchmarker, inputs, protocol: TimingProtocol
-                        ) -> Dict[str, Any]:
+async def run_protocol(benchmarker, inputs: Optional[Dict[str, Any]],
+                       protocol: TimingProtocol) -> Dict[str, Any]:
+    """Time a ``MLModelBenchmarker`` (or an object with its
+    ``benchmark_load`` / ``benchmark_predict`` coroutines) by ``protocol``.
+    A coroutine: a remote device's connection belongs to the event loop
+    that opened it, so the caller runs the whole session in one loop."""
     load = await benchmarker.benchmark_load(iterations=1)
     if protocol.warmup:
         await benchmarker.benchmark_predict(inputs=inputs,
@@ -148,16 +152,8 @@ async def _run_protocol(benchmarker, inputs, protocol: TimingProtocol
             inputs=inputs, iterations=protocol.per_round)
         rounds.append(list(measurement.samples))
     result = summarize_rounds(rounds, protocol)
-    result['load_ms'] = float(load.samples[0])
-    return result
-
-
-def run_protocol(benchmarker, inputs: Optional[Dict[str, Any]],
-                 protocol: TimingProtocol) -> Dict[str, Any]:
-    """Time a ``MLModelBenchmarker`` (or an object with its
-    ``benchmark_load`` / ``benchmark_predict`` coroutines) by ``protocol``."""
-    result = asyncio.run(_run_protocol(benchmarker, inputs, protocol))
-    result['protocol'] = protocol.as_dict()
+    result.update(load_ms=float(load.samples[0]),
+                  protocol=protocol.as_dict())
     return result
 
 
@@ -334,7 +330,7 @@ def benchmark_package(path: str, inputs: Dict[str, Any], compute_unit: str,
     benchmarker = MLModelBenchmarker(model=model, device=device)
 
     async def everything():
-        timing = await _run_protocol(benchmarker, inputs, protocol)
+        timing = await run_protocol(benchmarker, inputs, protocol)
         infos = None
         if placement and device is not None:
             infos = await benchmarker.benchmark_operation_execution(
@@ -344,7 +340,6 @@ def benchmark_package(path: str, inputs: Dict[str, Any], compute_unit: str,
     # One event loop for the whole session (a remote device's connection
     # belongs to the loop that opened it).
     result, infos = asyncio.run(everything())
-    result['protocol'] = protocol.as_dict()
     result['compute_unit'] = compute_unit
     result['device'] = getattr(device, 'name', None) or 'this Mac'
     if placement:
