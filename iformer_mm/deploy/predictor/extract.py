@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional
 from ..coreml import convert_module
 from . import features as F
 from .data import DATA_DIR, load_measurements
-from .references import build_reference, check_params
+from .references import build_reference, check_params, library_version
 
 FEATURES_PATH = os.path.join(DATA_DIR, 'features_iphone13.json')
 
@@ -139,7 +139,7 @@ def _payload(rows: Dict[str, Any]) -> Dict[str, Any]:
     versions = {}
     for name in ('torch', 'coremltools', 'timm', 'torchvision'):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = library_version(name)
         except Exception:  # noqa: BLE001 - a missing package is recorded
             versions[name] = None
     return dict(
