@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..utils.complexity import count_params
 from . import macos, report
 from .backbones import (DEFAULT_PEERS, PEERS, BackboneError, BackboneSpec,
                         all_variant_specs, authors_specs, check_resolution,
@@ -27,7 +28,6 @@ from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
                      coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
                      save_package)
-from ..utils.complexity import count_params
 from .export import (ImageInput, TupleOutputs, export_onnx, export_program,
                      flatten_outputs, fold_conv_bn_fx, fold_label,
                      prepare_for_deploy)
