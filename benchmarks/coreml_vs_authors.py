@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Core ML program size: this project's iFormer against the authors' own
-network, converted the same way in the same run (issue #10, item 2).
+network, converted the same way in the same run.
 
     python benchmarks/coreml_vs_authors.py --authors-repo /path/to/iFormer
     python benchmarks/coreml_vs_authors.py --authors-repo ... --archs m
@@ -161,7 +161,7 @@ HEADER = ('| program | ops | reshape | transpose | concat | split | '
           'rearranged MB | convert s |\n|---|---|---|---|---|---|---|---|')
 
 
-def ours(key: str, size: int):
+def ours(key: str):
     from iformer_mm.deploy.export import prepare_for_deploy
     torch.manual_seed(0)
     model, _ = prepare_for_deploy(resolve_backbone(key).build())
@@ -222,7 +222,7 @@ def compare_authors(args) -> int:
                 # models/iformer.py is another network: other widths).
                 print(f'| theirs: {name} | not in detection/iformer.py | '
                       '| | | | | |')
-            builds = [(f'ours: {key}', lambda: ours(key, args.size))]
+            builds = [(f'ours: {key}', lambda: ours(key))]
             if hasattr(module, name):
                 builds.insert(0, (f'theirs: {name}', lambda: _folded_theirs(
                     module, name, replace_batchnorm, empty)))
@@ -281,7 +281,7 @@ def sweep(args) -> int:
             key = f'iformer-{arch}:{layout}'
             t0 = time.perf_counter()
             try:
-                census = census_of_module(ours(key, args.size), args.size)
+                census = census_of_module(ours(key), args.size)
             except Exception as exc:  # noqa: BLE001  (reported)
                 print(f'| {key} | failed: {type(exc).__name__}: '
                       f'{str(exc).splitlines()[0][:100]} |')

@@ -1,4 +1,4 @@
-"""Fit and validate the iPhone 13 Core ML latency predictor (issue 13).
+"""Fit and validate the iPhone 13 Core ML latency predictor.
 
     python benchmarks/latency_predictor.py            # fit + validate (+ CPU proxies, plot)
     python benchmarks/latency_predictor.py extract    # reconvert networks, refresh features
@@ -347,7 +347,7 @@ def cmd_validate(args) -> int:
         ('Table 17 order right', t17_ok),
         ('LOFO median <= 15%', lofo['median_abs_pct'] <= 15),
     ]
-    print('\nTargets (issue 13):')
+    print('\nTargets:')
     for name, ok in checks:
         print(f'  [{"x" if ok else " "}] {name}')
 

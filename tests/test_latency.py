@@ -1,5 +1,5 @@
-"""Tests of the latency tool (issue #5): census, conversion, the tool end to
-end at a tiny size, and its error messages.
+"""Tests of the latency tool: census, conversion, the tool end to end at a
+tiny size, and its error messages.
 
 Conversions here are small (iFormer-T at 128x128); the full 512x512 sweep of
 every variant is a benchmark run, recorded in the README.
@@ -103,8 +103,8 @@ def test_census_rejects_a_neural_network():
 @needs_ct
 def test_iformer_t_converts_in_three_layouts(tmp_path):
     from iformer_mm.deploy.backbones import table17_specs
-    from iformer_mm.deploy.coreml import (convert_exported_program,
-                                          save_package, validate_package)
+    from iformer_mm.deploy.census import validate_package
+    from iformer_mm.deploy.coreml import convert_exported_program, save_package
     from iformer_mm.deploy.export import (TupleOutputs, export_program,
                                           prepare_for_deploy)
     # Stage 3 is 8x20 tokens: padded to 16x32, two 16x16 windows (a single
@@ -141,8 +141,8 @@ def test_iformer_t_converts_in_three_layouts(tmp_path):
 
 @needs_ct
 def test_validation_catches_wrong_shapes(tmp_path):
-    from iformer_mm.deploy.coreml import (convert_exported_program,
-                                          save_package, validate_package)
+    from iformer_mm.deploy.census import validate_package
+    from iformer_mm.deploy.coreml import convert_exported_program, save_package
     from iformer_mm.deploy.export import TupleOutputs, export_program
     model = TupleOutputs(torch.nn.Conv2d(3, 4, 3, padding=1)).eval()
     x = torch.randn(1, 3, 32, 32)
@@ -517,10 +517,10 @@ def test_image_normalisation_is_exact():
 @needs_ct
 def test_image_input_package(tmp_path):
     from iformer_mm.deploy.benchmark import make_example
+    from iformer_mm.deploy.census import validate_package
     from iformer_mm.deploy.coreml import (ImageNormalisation,
                                           convert_exported_program,
-                                          input_kind, load_package_spec,
-                                          save_package, validate_package)
+                                          load_package_spec, save_package)
     from iformer_mm.deploy.export import (ImageInput, TupleOutputs,
                                           export_program)
     norm = ImageNormalisation()
@@ -540,41 +540,59 @@ def test_image_input_package(tmp_path):
     path = save_package(ml, str(tmp_path / 'img.mlpackage'))
     check = validate_package(path, x.shape, [(1, 4, 32, 32)])
     assert check['inputs'] == {'image': [1, 3, 32, 32]}
-    assert input_kind(path) == 'image'
     spec = load_package_spec(path)
+    assert spec.description.input[0].type.WhichOneof('Type') == 'imageType'
     image = spec.description.input[0].type.imageType
     assert (image.width, image.height) == (32, 32)
+
+
+def _levit_numbering(resolution):
+    """{(dy, dx): entry} of a LeViT-style bias table for a resolution x
+    resolution token grid, numbered as mmpretrain's EfficientFormer
+    attention numbers it: in the order the offsets first appear over the
+    token pairs, row by row."""
+    points = [(y, x) for y in range(resolution) for x in range(resolution)]
+    numbering = {}
+    for a in points:
+        for b in points:
+            numbering.setdefault((abs(a[0] - b[0]), abs(a[1] - b[1])),
+                                 len(numbering))
+    return numbering
+
+
+def _pair_indices(resolution):
+    """The bias entry each (query, key) token pair reads."""
+    numbering = _levit_numbering(resolution)
+    pts = [(y, x) for y in range(resolution) for x in range(resolution)]
+    return torch.tensor(
+        [numbering[(abs(a[0] - b[0]), abs(a[1] - b[1]))] for a in pts
+         for b in pts]).view(len(pts), len(pts))
 
 
 def _levit_like(resolution=7, heads=2):
     """A module with a LeViT-style attention-bias table, as mmpretrain's
     EfficientFormer attention has."""
-    from iformer_mm.deploy.backbones import _offset_order
-    order = _offset_order(resolution)
     m = nn.Module()
     # bias = 10*dy + dx (+ 100 per head): each entry says its offset
     m.attention_biases = nn.Parameter(torch.tensor(
-        [[100. * h + 10 * dy + dx for dy, dx in order]
+        [[100. * h + 10 * dy + dx for dy, dx in _levit_numbering(resolution)]
          for h in range(heads)]))
-    index = {o: i for i, o in enumerate(order)}
-    pts = [(y, x) for y in range(resolution) for x in range(resolution)]
-    m.attention_bias_idxs = torch.tensor(
-        [index[(abs(a[0] - b[0]), abs(a[1] - b[1]))] for a in pts
-         for b in pts]).view(len(pts), len(pts))
+    m.attention_bias_idxs = _pair_indices(resolution)
     return m
 
 
 @pytest.mark.parametrize('size,new', [(160, 5), (512, 16)])
 def test_attention_biases_follow_the_token_grid(size, new):
-    from iformer_mm.deploy.backbones import (_offset_order,
-                                             resize_attention_biases)
+    from iformer_mm.deploy.backbones import resize_attention_biases
     model = nn.Sequential(_levit_like())
     note = resize_attention_biases(model, (size, size))
     assert note == f'attention biases resized 7x7 -> {new}x{new} (bicubic)'
     m = model[0]
     assert m.attention_biases.shape == (2, new * new)
-    assert m.attention_bias_idxs.shape == (new * new, new * new)
-    table = dict(zip(_offset_order(new), m.attention_biases[0].tolist()))
+    # the new table is numbered as mmpretrain numbers it at that grid
+    assert torch.equal(m.attention_bias_idxs, _pair_indices(new))
+    table = {offset: m.attention_biases[0, entry].item()
+             for offset, entry in _levit_numbering(new).items()}
     # align_corners: the zero offset and the largest offset keep their
     # values; in between, the 10*dy + dx ramp is interpolated, rising
     # along both offsets

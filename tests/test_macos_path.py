@@ -1,8 +1,9 @@
-"""The macOS path of the latency tool (issue #10, item 5), tested on any OS:
+"""The macOS path of the latency tool, tested on any OS:
 argument handling, the timing protocol's arithmetic, the op-placement
 summary and the report, against recorded result objects shaped like
 coremltools 9's (``MLModelBenchmarker.Measurement``, ``MLComputePlan``,
 ``remote_device.Device``). Nothing here runs Core ML."""
+import asyncio
 import platform
 from dataclasses import dataclass, field
 from typing import List, Optional
@@ -292,7 +293,7 @@ def test_run_protocol_drives_the_benchmarker():
     protocol = TimingProtocol(warmup=5, rounds=4, per_round=2, trim=0.25)
     recorded = [[4.0, 4.0], [2.0, 2.0], [3.0, 5.0], [10.0, 10.0]]
     bench = RecordedBenchmarker(recorded)
-    result = run_protocol(bench, {'image': None}, protocol)
+    result = asyncio.run(run_protocol(bench, {'image': None}, protocol))
     assert bench.calls == [('load', 1), ('predict', 5)] + \
         [('predict', 2)] * 4
     assert result['load_ms'] == 250.0

@@ -1,6 +1,6 @@
-"""Tests of the Core ML latency predictor (issue 13): the published data
-against the paper, feature extraction against hand counts, the fit on a
-fixture, the no-leak rule and per-device fits.
+"""Tests of the Core ML latency predictor: the published data against the
+paper, feature extraction against hand counts, the fit on a fixture, the
+no-leak rule and per-device fits.
 
 The fit/validation on the real data is a benchmark
 (``benchmarks/latency_predictor.py``), not a test.
@@ -27,20 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_COREMLTOOLS = importlib.util.find_spec('coremltools') is not None
 needs_ct = pytest.mark.skipif(not HAS_COREMLTOOLS,
                               reason='coremltools not installed')
-
-
-def _paper_path():
-    for path in (os.path.join(ROOT, '..', 'shared', 'paper',
-                              'iformer_paper.md'),
-                 '/work/shared/paper/iformer_paper.md'):
-        if os.path.exists(path):
-            return path
-    return None
-
-
-PAPER = _paper_path()
-needs_paper = pytest.mark.skipif(PAPER is None, reason='paper text not '
-                                 'beside the repo (../shared/paper)')
+#: Tables 5, 13, 17 and 18 of the paper, verbatim.
+PAPER = os.path.join(ROOT, 'tests', 'data', 'iformer_paper_tables.md')
 
 
 # ---------------------------------------------------------------- the data
@@ -126,7 +114,6 @@ def test_load_measurements_rejects_bad_rows(tmp_path):
         D.load_measurements(str(path))
 
 
-@needs_paper
 def test_every_row_matches_the_paper(rows):
     tables = _paper_tables()
     t17 = {'iFormer-M (global SHMA)': 'SHMA',
@@ -139,8 +126,10 @@ def test_every_row_matches_the_paper(rows):
                        and c[1] == str(r['resolution'])]
             # Table 17's SHMA has two rows (224 and 512): look them all up
             if not matches:
-                matches = [line.split('\t') for line in open(PAPER).read()
-                           .splitlines() if line.startswith(
+                with open(PAPER, encoding='utf-8') as f:
+                    text = f.read()
+                matches = [line.split('\t') for line in text.splitlines()
+                           if line.startswith(
                                t17[r['network']] + '\t' +
                                str(r['resolution']) + '\t')]
             assert matches, r['network']
@@ -411,8 +400,7 @@ def test_benchmark_rejects_bad_input(tmp_path):
 # ------------------------------------------------------- the tool column
 def test_tool_column_is_labelled_predicted_with_its_error():
     from iformer_mm.deploy import report
-    from iformer_mm.deploy.predictor.tool import (PREDICTED_HEADER,
-                                                  predicted_cell)
+    from iformer_mm.deploy.report import PREDICTED_HEADER, predicted_cell
     pred = dict(status='predicted', ms=4.123, failed=False,
                 heldout_median_pct=12.4, heldout_max_pct=41.0)
     assert predicted_cell(pred) == \
@@ -442,8 +430,9 @@ def test_tool_column_is_labelled_predicted_with_its_error():
 @needs_ct
 def test_tool_prediction_uses_the_stored_fit():
     from iformer_mm.deploy.predictor.extract import convert_spec
+    from iformer_mm.deploy.predictor import predict_for_tool
     from iformer_mm.deploy.predictor.features import program_features
-    from iformer_mm.deploy.predictor.tool import predict_for_tool
+    from iformer_mm.deploy.report import predicted_cell
     spec = convert_spec(_ConvNet().eval(), 16)
     pred = predict_for_tool(spec)
     params = M.load_params()
@@ -457,13 +446,13 @@ def test_tool_prediction_uses_the_stored_fit():
     class Broken:
         def get_spec(self):
             raise RuntimeError('x' * 500)
-    from iformer_mm.deploy.predictor.tool import predicted_cell
     assert predicted_cell(dict(error='no spec')) == 'no prediction (no spec)'
     failed = predict_for_tool(Broken())
-    # the error goes into a JSON report and a table cell: kept short
-    assert failed == dict(status='unavailable',
-                          error='RuntimeError: ' + 'x' * 186)
-    assert len(failed['error']) == 200
+    # the error names what failed and, as it goes into a JSON report and a
+    # table cell, is kept short
+    assert failed['status'] == 'unavailable'
+    assert failed['error'].startswith('RuntimeError: xxx')
+    assert len(failed['error']) <= 200
 
 
 class _UpAndRank5(nn.Module):
@@ -658,26 +647,29 @@ def test_extract_all_keeps_exclusions_and_reuses_converted_programs(
     assert converted == [8]
 
 
-def _undeployed_twin(build):
-    """The same network as ``build_reference`` makes, before deploy():
-    same seed, same constructor."""
-    torch.manual_seed(0)
-    return build().eval()
+def _undeployed_twin(monkeypatch, key, resolution):
+    """The network ``build_reference`` makes for ``key``, left as built:
+    same seed, constructor and arguments, without deploy()."""
+    from iformer_mm.deploy.predictor import references
+    with monkeypatch.context() as patch:
+        patch.setattr(references, 'deploy', lambda model: 'eval mode')
+        model, _ = references.build_reference(key, resolution)
+    return model
 
 
-def test_iformer_reference_is_the_papers_classifier_deployed():
+def test_iformer_reference_is_the_papers_classifier_deployed(monkeypatch):
     """iFormer-T: the published 2.9 M parameters before deploy, fewer after
     (reparameterised), the same outputs; at 512 the dense hybrid SHMA."""
     from iformer_mm.deploy.predictor.references import (
-        IFORMER_DENSE_DEFAULT, _IFormerClassifier, build_reference,
-        check_params)
+        IFORMER_DENSE_DEFAULT, build_reference, check_params)
     model, info = build_reference('iformer-t', 224)
     assert info['library'] == 'iformer_mm' and info['model'] == 't'
     assert check_params(info['params'], 2.9) is None
     assert info['params_deployed'] < info['params']
     # the network's own switch_to_deploy, once (it folds every block)
     assert info['deploy'] == 'switch_to_deploy'
-    twin = _undeployed_twin(lambda: _IFormerClassifier('t'))
+    twin = _undeployed_twin(monkeypatch, 'iformer-t', 224)
+    assert sum(p.numel() for p in twin.parameters()) == info['params']
     x = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.allclose(model(x), twin(x), atol=1e-3, rtol=1e-3)
@@ -688,14 +680,13 @@ def test_iformer_reference_is_the_papers_classifier_deployed():
     assert info['version'] == __import__('iformer_mm').__version__
 
 
-def test_timm_reparameterisation_keeps_outputs_and_counts_both():
+def test_timm_reparameterisation_keeps_outputs_and_counts_both(monkeypatch):
     import timm
     from iformer_mm.deploy.predictor.references import build_reference
     model, info = build_reference('mobileone-s2', 64)
     assert info['deploy'] == 'timm reparameterize_model'
     assert info['params_deployed'] < info['params']
-    twin = _undeployed_twin(lambda: timm.create_model(
-        'mobileone_s2', pretrained=False))
+    twin = _undeployed_twin(monkeypatch, 'mobileone-s2', 64)
     assert sum(p.numel() for p in twin.parameters()) == info['params']
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -971,22 +962,33 @@ def test_term_choice_prefers_lower_error_then_fewer_terms():
 
 
 @needs_ct
-def test_immediate_values_of_every_length():
-    """A MIL immediate tensor: one value reads as a scalar, others (none
-    included, e.g. an empty axes list) as a list."""
-    from coremltools.proto import MIL_pb2
+def test_constants_of_every_length_are_read():
+    """A program's constants are read whatever their length: one value as a
+    scalar (a matmul's transpose flag decides which axis it contracts), two
+    values (reduction axes) and none (the shape of a scalar reshape)."""
+    from iformer_mm.deploy.coreml import import_coremltools
+    from iformer_mm.deploy.predictor.features import op_records
+    ct = import_coremltools()
+    from coremltools.converters.mil import Builder as mb
 
-    from iformer_mm.deploy.predictor.features import _immediate
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 8)),
+                             mb.TensorSpec(shape=(1, 4, 6))],
+                opset_version=ct.target.iOS16)
+    def prog(x, y):
+        a = mb.matmul(x=x, y=y, transpose_x=True)     # 1x8x6, contracts 4
+        b = mb.matmul(x=a, y=a, transpose_y=True)     # 1x8x8, contracts 6
+        s = mb.reduce_sum(x=b, axes=[1, 2], keep_dims=True)
+        return mb.reshape(x=s, shape=np.zeros((0, ), np.int32))
 
-    def value(ints):
-        v = MIL_pb2.Value()
-        v.immediateValue.tensor.ints.SetInParent()
-        v.immediateValue.tensor.ints.values.extend(ints)
-        return v
-    assert _immediate(value([3])) == 3
-    assert _immediate(value([1, 2])) == [1, 2]
-    assert _immediate(value([])) == []
-    assert _immediate(None) is None and _immediate(MIL_pb2.Value()) is None
+    spec = ct.convert(prog, convert_to='mlprogram',
+                      pass_pipeline=ct.PassPipeline.EMPTY,
+                      minimum_deployment_target=ct.target.iOS16,
+                      skip_model_load=True).get_spec()
+    recs = op_records(spec)
+    assert [r['type'] for r in recs] == ['matmul', 'matmul', 'reduce_sum',
+                                         'reshape']
+    assert [r['macs'] for r in recs[:2]] == [8 * 6 * 4, 8 * 8 * 6]
+    assert recs[3]['out_shape'] == []
 
 
 class _Aliased(nn.Module):
@@ -997,15 +999,10 @@ class _Aliased(nn.Module):
 @needs_ct
 def test_aten_alias_converts_as_an_identity():
     """coremltools 9.0 has no converter for aten.alias (timm's GhostNetV3
-    emits it): the one registered here makes such networks convert, and
-    registering it twice is harmless."""
-    from coremltools.converters.mil.frontend.torch.torch_op_registry import \
-        _TORCH_OPS_REGISTRY
-
-    from iformer_mm.deploy.predictor import extract as E
+    emits it): convert_spec registers one, so that such networks convert,
+    and registering it again for the next network is harmless."""
+    from iformer_mm.deploy.predictor.extract import convert_spec
     from iformer_mm.deploy.predictor.features import op_records
-    E._register_alias_op()
-    E._register_alias_op()
-    assert _TORCH_OPS_REGISTRY.get_func('alias') is not None
-    types = [r['type'] for r in op_records(E.convert_spec(_Aliased(), 8))]
-    assert 'mul' in types and 'identity' not in types
+    for _ in range(2):
+        types = [r['type'] for r in op_records(convert_spec(_Aliased(), 8))]
+        assert 'mul' in types and 'identity' not in types

@@ -1,6 +1,7 @@
 """Every published iPhone 13 figure the latency tool prints, read back from
-the paper's text (Tables 5, 13, 17, 18), and shown only beside the network
-and input size it belongs to (issue #10, item 3)."""
+the paper's text (Tables 5, 13, 17, 18, kept verbatim in
+``tests/data/iformer_paper_tables.md``), and shown only beside the network
+and input size it belongs to."""
 import os
 import re
 
@@ -10,13 +11,8 @@ from iformer_mm.deploy.backbones import (PUBLISHED_LATENCIES,
                                          published_latencies,
                                          resolve_backbone)
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The paper lies in shared/ beside the checkout (CI: beside the clone).
-PAPER = next((p for p in (
-    os.path.join(ROOT, '..', 'shared', 'paper', 'iformer_paper.md'),
-    os.path.join(ROOT, 'shared', 'paper', 'iformer_paper.md'),
-    '/work/shared/paper/iformer_paper.md') if os.path.isfile(p)),
-    os.path.join(ROOT, '..', 'shared', 'paper', 'iformer_paper.md'))
+PAPER = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                     'iformer_paper_tables.md')
 
 
 def _cells(line):
@@ -51,7 +47,6 @@ def _row(rows, label):
 PAPER_FIGURES = [f for f in PUBLISHED_LATENCIES if f.table is not None]
 
 
-@pytest.mark.skipif(not os.path.isfile(PAPER), reason='paper text missing')
 @pytest.mark.parametrize('figure', PAPER_FIGURES,
                          ids=[f'{f.key}@{f.size[0]}-T{f.table}'
                               for f in PAPER_FIGURES])
@@ -154,21 +149,19 @@ def test_figures_only_at_their_size_and_layout():
 
 
 def test_report_prints_figures_only_at_their_size():
-    from iformer_mm.deploy.benchmark import _published
     spec = resolve_backbone('iformer-m:hybrid')
-    assert [f['iphone13_ms'] for f in _published(spec, (512, 512))] == \
+    assert [f['iphone13_ms'] for f in spec.published_at((512, 512))] == \
         [11.46]
-    assert _published(spec, (640, 640)) is None
-    assert _published(resolve_backbone('iformer-m:global'),
-                      (224, 224))[0]['iphone13_ms'] == 1.10
+    assert spec.published_at((640, 640)) is None
+    assert resolve_backbone('iformer-m:global').published_at(
+        (224, 224))[0]['iphone13_ms'] == 1.10
 
 
 def test_markdown_at_640_has_no_512_figure():
     from iformer_mm.deploy import report
-    from iformer_mm.deploy.benchmark import _published
     spec = resolve_backbone('iformer-m')
     results = [dict(key=spec.key, label=spec.label, status='ok',
-                    paper=_published(spec, size), params_m=8.9)
+                    paper=spec.published_at(size), params_m=8.9)
                for size in ((640, 640), (512, 512))]
     table = report.latency_table(results, dict(threads=2), '640x640')
     row640, row512 = table.splitlines()[2:]

@@ -19,42 +19,43 @@ import os
 import os.path as osp
 import sys
 
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+from iformer_mm.deploy.predictor.data import load_measurements  # noqa: E402
+
+#: The accuracy columns of the paper's Table 5, by the latency tool's key
+#: (the ``key`` column of the published latencies):
+#: key -> (name, COCO box AP, mask AP (Mask R-CNN 1x), ADE20K mIoU).
+ACCURACY = {
+    'efficientnet-b0': ('EfficientNet-B0', 31.9, 29.4, None),
+    'resnet18': ('ResNet-18', 34.0, 31.2, 32.9),
+    'poolformer-s12': ('PoolFormer-S12', 37.3, 34.6, 37.2),
+    'efficientformer-l1': ('EfficientFormer-L1', 37.9, 35.4, 38.9),
+    'fastvit-sa12': ('FastViT-SA12', 38.9, 35.9, 38.0),
+    'repvit-m1-1': ('RepViT-M1.1', 39.8, 37.2, 40.6),
+    'iformer-m': ('iFormer-M', 40.8, 37.9, 42.4),
+    'resnet50': ('ResNet-50', 38.0, 34.4, 36.7),
+    'poolformer-s24': ('PoolFormer-S24', 40.1, 37.0, 40.3),
+    'convnext-t': ('ConvNeXt-T', 41.0, 37.7, 41.4),
+    'efficientformer-l3': ('EfficientFormer-L3', 41.4, 38.1, 43.5),
+    'repvit-m1-5': ('RepViT-M1.5', 41.6, 38.6, 43.6),
+    'pvtv2-b1': ('PVTv2-B1', 41.8, 38.8, 42.5),
+    'fastvit-sa24': ('FastViT-SA24', 42.0, 38.0, 41.0),
+    'efficientmod-s': ('EfficientMod-S', 42.1, 38.5, 43.5),
+    'swin-t': ('Swin-T', 42.2, 39.1, 41.5),
+    'iformer-l': ('iFormer-L', 42.2, 39.1, 44.5),
+}
 #: Table 5 of the paper (Mask R-CNN 1x on COCO; backbone latency on an
 #: iPhone 13 at 512x512, Core ML; "Failed": too slow to report):
-#: name -> (params M, latency ms or None, box AP, mask AP, ADE20K mIoU)
-TABLE5 = {
-    'EfficientNet-B0': (5.3, 4.55, 31.9, 29.4, None),
-    'ResNet-18': (11.7, 2.85, 34.0, 31.2, 32.9),
-    'PoolFormer-S12': (11.9, 5.70, 37.3, 34.6, 37.2),
-    'EfficientFormer-L1': (12.3, 3.50, 37.9, 35.4, 38.9),
-    'FastViT-SA12': (10.9, 5.27, 38.9, 35.9, 38.0),
-    'RepViT-M1.1': (8.2, 3.18, 39.8, 37.2, 40.6),
-    'iFormer-M': (8.9, 4.00, 40.8, 37.9, 42.4),
-    'ResNet-50': (25.5, 7.20, 38.0, 34.4, 36.7),
-    'PoolFormer-S24': (21.4, 10.0, 40.1, 37.0, 40.3),
-    'ConvNeXt-T': (29.0, 13.6, 41.0, 37.7, 41.4),
-    'EfficientFormer-L3': (31.3, 8.40, 41.4, 38.1, 43.5),
-    'RepViT-M1.5': (14.0, 5.00, 41.6, 38.6, 43.6),
-    'PVTv2-B1': (14.0, 27.00, 41.8, 38.8, 42.5),
-    'FastViT-SA24': (20.6, 8.97, 42.0, 38.0, 41.0),
-    'EfficientMod-S': (32.6, 24.30, 42.1, 38.5, 43.5),
-    'Swin-T': (28.3, None, 42.2, 39.1, 41.5),
-    'iFormer-L': (14.7, 6.60, 42.2, 39.1, 44.5),
-}
+#: name -> (params M, latency ms or None, box AP, mask AP, ADE20K mIoU).
+#: Parameters and latencies are the published ones the latency tools use
+#: (iformer_mm/deploy/data/iphone13_coreml.csv), the accuracy is ACCURACY.
+TABLE5 = {ACCURACY[r['key']][0]: (r['params_m'], r['latency_ms'],
+                                  *ACCURACY[r['key']][1:])
+          for r in load_measurements() if r['source'] == 'Table 5'}
 METRICS = {'box': (2, 'COCO box AP (Mask R-CNN 1x)'),
            'mask': (3, 'COCO mask AP (Mask R-CNN 1x)'),
            'miou': (4, 'ADE20K mIoU (Semantic FPN)')}
-
-#: tools/benchmark_latency.py keys -> Table 5 rows
-KEYS = {
-    'iformer-m': 'iFormer-M', 'iformer-l': 'iFormer-L',
-    'resnet18': 'ResNet-18', 'resnet50': 'ResNet-50', 'swin-t': 'Swin-T',
-    'pvtv2-b1': 'PVTv2-B1', 'poolformer-s12': 'PoolFormer-S12',
-    'poolformer-s24': 'PoolFormer-S24',
-    'efficientformer-l1': 'EfficientFormer-L1',
-    'efficientformer-l3': 'EfficientFormer-L3', 'convnext-t': 'ConvNeXt-T',
-    'efficientnet-b0': 'EfficientNet-B0',
-}
 
 
 class InputError(Exception):
@@ -67,7 +68,7 @@ def table5_name(key: str):
     base, _, layout = key.partition(':')
     if base.startswith('iformer') and layout not in ('', 'cc-hybrid'):
         return None
-    return KEYS.get(base)
+    return ACCURACY[base][0] if base in ACCURACY else None
 
 
 def measured_points(run: dict, source: str):

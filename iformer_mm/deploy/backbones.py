@@ -16,6 +16,7 @@ config's ``init_cfg`` is dropped so that nothing is downloaded.
 from __future__ import annotations
 
 import copy
+import importlib
 import itertools
 import json
 import os
@@ -250,8 +251,8 @@ PEERS: Dict[str, Tuple[str, str, dict]] = {
                         dict(type='EfficientNet', arch='b0',
                              out_indices=(2, 3, 4, 6))),
 }
-#: The peer set run by ``--peers`` (Table 5's small column plus the issue's
-#: minimum list).
+#: The peer set run by ``--peers``: Table 5's small column, ResNet-50,
+#: Swin-T, PVTv2-B1 and ConvNeXt-T.
 DEFAULT_PEERS = ('resnet18', 'resnet50', 'swin-t', 'pvtv2-b1',
                  'poolformer-s12', 'efficientformer-l1', 'convnext-t')
 SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
@@ -332,6 +333,14 @@ class BackboneSpec:
     def check_size(self, height: int, width: int) -> None:
         check_resolution(height, width, self.size_divisor, self.label)
 
+    def published_at(self, size) -> Optional[List[Dict[str, Any]]]:
+        """The published figures of this network measured at ``size``
+        (``(height, width)``), or None: a figure is never shown beside a
+        run at another size."""
+        figures = [f for f in (self.paper or [])
+                   if tuple(f['size']) == tuple(size)]
+        return figures or None
+
 
 class BackboneError(ValueError):
     """A backbone name, config or argument that cannot be resolved."""
@@ -397,22 +406,15 @@ def registry_for(scope: Optional[str]):
         return MODELS
     if scope not in SCOPES:
         raise BackboneError(f'Unknown OpenMMLab scope {scope!r}; the tool '
-                            f'knows {SCOPES}.')
-    try:
-        if scope == 'mmdet':
-            from mmdet.registry import MODELS
-            from mmdet.utils import register_all_modules
-        elif scope == 'mmseg':
-            from mmseg.registry import MODELS
-            from mmseg.utils import register_all_modules
-        else:
-            from mmpretrain.registry import MODELS
-            from mmpretrain.utils import register_all_modules
+                            f'knows {", ".join(SCOPES)}.')
+    try:  # each scope is a package of that name with the same layout
+        registry = importlib.import_module(f'{scope}.registry')
+        utils = importlib.import_module(f'{scope}.utils')
     except ImportError as exc:
         raise BackboneError(f'{scope} is not importable here ({exc}); '
                             f'install it to benchmark its backbones.') from exc
-    register_all_modules(init_default_scope=False)
-    return MODELS
+    utils.register_all_modules(init_default_scope=False)
+    return registry.MODELS
 
 
 def _registry_build(scope: Optional[str], cfg: dict) -> nn.Module:
@@ -431,6 +433,7 @@ def _registry_build(scope: Optional[str], cfg: dict) -> nn.Module:
 
 def _registry_spec(scope: str, cfg: dict, key: str, label: str,
                    size_divisor: int) -> BackboneSpec:
+    unavailable = None
     try:
         registry = registry_for(scope)
     except BackboneError as exc:
@@ -438,21 +441,20 @@ def _registry_spec(scope: str, cfg: dict, key: str, label: str,
             raise
         # The library is missing or broken here (e.g. the light install):
         # the run skips this backbone with one line and goes on.
-        reason = str(exc)
+        unavailable = str(exc)
+    else:
+        if registry.get(cfg['type']) is None:
+            raise BackboneError(f'{scope} has no backbone {cfg["type"]!r} in '
+                                'its MODELS registry.')
 
-        def unavailable() -> nn.Module:
-            raise BackboneError(reason)
-        return BackboneSpec(key=key, label=label, family='peer',
-                            build=unavailable, size_divisor=size_divisor,
-                            source=f'{scope}.{cfg["type"]}',
-                            paper=_paper(key), unavailable=reason)
-    if registry.get(cfg['type']) is None:
-        raise BackboneError(f'{scope} has no backbone {cfg["type"]!r} in its '
-                            'MODELS registry.')
-    return BackboneSpec(key=key, label=label, family='peer',
-                        build=lambda: _registry_build(scope, cfg),
+    def build() -> nn.Module:
+        if unavailable:
+            raise BackboneError(unavailable)
+        return _registry_build(scope, cfg)
+    return BackboneSpec(key=key, label=label, family='peer', build=build,
                         size_divisor=size_divisor,
-                        source=f'{scope}.{cfg["type"]}', paper=_paper(key))
+                        source=f'{scope}.{cfg["type"]}', paper=_paper(key),
+                        unavailable=unavailable)
 
 
 _REGISTRY_RE = re.compile(r'^(?P<scope>mm\w+)\.(?P<type>\w+)(?P<kwargs>\{.*\})?$',

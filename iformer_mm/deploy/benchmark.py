@@ -17,20 +17,23 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..utils.complexity import count_params
 from . import macos, report
 from .backbones import (DEFAULT_PEERS, PEERS, BackboneError, BackboneSpec,
                         all_variant_specs, authors_specs, check_resolution,
                         resolve_backbone, table17_specs)
+from .census import validate_package
 from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
                      IOS_TARGETS, CoreMLToolsMissing, ImageNormalisation,
                      coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
-                     save_package, validate_package)
-from .export import (ImageInput, TupleOutputs, count_parameters,
-                     export_onnx, export_program, flatten_outputs,
-                     fold_conv_bn_fx, fold_label, prepare_for_deploy)
+                     save_package)
+from .export import (ImageInput, TupleOutputs, export_onnx, export_program,
+                     flatten_outputs, fold_conv_bn_fx, fold_label,
+                     prepare_for_deploy)
 from .latency import (count_flops, gemm_fraction, max_abs_diff,
                       measure_gemm_rate, time_onnxruntime, time_torch)
+from .predictor import predict_for_tool
 
 DEFAULT_BACKBONES = ('iformer-m', )
 DEFAULT_OUT = os.path.join('work_dirs', 'latency')
@@ -162,13 +165,6 @@ def _slug(key: str) -> str:
     return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in key)
 
 
-def _published(spec: BackboneSpec, size) -> Optional[List[Dict[str, Any]]]:
-    """The published figures of ``spec`` measured at ``size`` only."""
-    figures = [f for f in (spec.paper or [])
-               if tuple(f['size']) == tuple(size)]
-    return figures or None
-
-
 def make_example(shape, seed: int, input_type: str,
                  image: Optional[ImageNormalisation]) -> torch.Tensor:
     """The input of a run: N(0, 1) noise for a tensor input; for an image
@@ -196,7 +192,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
     image = ImageNormalisation() if cfg.input_type == 'image' else None
     result: Dict[str, Any] = dict(key=spec.key, label=spec.label,
                                   family=spec.family, source=spec.source,
-                                  paper=_published(spec, (h, w)),
+                                  paper=spec.published_at((h, w)),
                                   status='ok', input_shape=list(shape))
     stage = 'build'
     done_steps = 0
@@ -221,7 +217,7 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
         step('build', 'building')
         torch.manual_seed(cfg.seed)
         raw = spec.build()
-        result['params_m'] = count_parameters(raw) / 1e6
+        result['params_m'] = count_params(raw) / 1e6
         raw.eval()
         if spec.adapt is not None:
             result['adapted'] = spec.adapt(raw, (h, w))
@@ -282,8 +278,6 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 coreml['census'] = check.pop('census')
                 coreml['validation'] = check
                 coreml['status'] = 'validated'
-                # issue 13: predicted iPhone 13 latency (a side column)
-                from .predictor.tool import predict_for_tool
                 coreml['predicted'] = predict_for_tool(mlmodel)
             except Exception as exc:  # noqa: BLE001  (reported, run goes on)
                 coreml['error'] = f'{type(exc).__name__}: {exc}'
@@ -387,7 +381,7 @@ def _time_coreml(coreml: Dict[str, Any], example: torch.Tensor,
     """macOS: check one Core ML prediction against PyTorch, then time the
     package by the protocol and read its op placement."""
     ct = import_coremltools()
-    feed = coreml_inputs(coreml['package'], example.numpy(), image)
+    feed = coreml_inputs(example.numpy(), image)
     try:
         if device is None:
             model = ct.models.MLModel(
@@ -519,7 +513,7 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     config = {k: v for k, v in asdict(cfg).items() if k != 'specs'}
     config['backbones'] = [s.key for s in specs]
     config['batch'] = 1
-    config['protocol']['description'] = cfg.protocol.describe()
+    config['protocol'] = cfg.protocol.as_dict()
     run = dict(config=config, environment=environment(threads),
                coreml_runtime=runtime, coreml_line=line, macos_notes=notes,
                gemm=gemm, results=results,

@@ -1,31 +1,39 @@
-"""Op census of a converted Core ML ML program.
+"""What a converted Core ML ML program contains: its op census, and the
+check of a saved package against the PyTorch model.
 
 The census is the device-independent side of the latency story: it counts
 the operations of the MIL program that Core ML would run, and in particular
 the memory-bound rearrangements (``reshape``, ``transpose``, ``concat``,
 ``split``) that the paper's channel chunking targets (Appendix F). It reads
-the program's protobuf only, so it works on any OS.
+the program's protobuf only, so it works on any OS; so do the helpers that
+read a program's tensors and operations (:func:`tensor_shape_bits`,
+:func:`walk_operations`, :func:`main_block`), which the latency predictor's
+features use too.
 
 ``total_ops`` counts every operation except ``const`` (constants are data,
 not work); ``const_ops`` is reported beside it. ``rearrange_bytes`` adds up
-the output sizes of the rearrangement ops and ``largest_bytes_by_op`` the largest
-single output of each type: channel chunking trades one big window
+the output sizes of the rearrangement ops and ``largest_bytes_by_op`` the
+largest single output of each type: channel chunking trades one big window
 partition (a ``transpose``, the op that really copies) for many small ones,
-which the op counts alone do not show. ``weight_bytes`` is the size
-of the constants stored in the package's weight file (computed from their
-declared shape and data type), ``const_bytes`` the size of all constants.
+which the op counts alone do not show. ``weight_bytes`` is the size of the
+constants stored in the package's weight file (computed from their declared
+shape and data type), ``const_bytes`` the size of all constants.
 """
 from __future__ import annotations
 
+import math
 import os
 from collections import Counter
-from typing import Any, Dict, Iterable, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+from .coreml import (INPUT_NAME, load_package_spec, package_size_bytes,
+                     package_weights_dir)
 
 #: The rearrangement ops the census reports one by one.
 REARRANGE_OPS = ('reshape', 'transpose', 'concat', 'split')
 
-# MIL DataType enum value -> bits per element (coremltools' MIL.proto).
-_DTYPE_BITS = {
+#: MIL DataType enum value -> bits per element (coremltools' MIL.proto).
+DTYPE_BITS = {
     1: 8,     # BOOL
     10: 16,   # FLOAT16
     11: 32,   # FLOAT32
@@ -36,45 +44,71 @@ _DTYPE_BITS = {
     36: 2, 37: 1, 38: 6, 39: 3,                    # UINT2, UINT1, UINT6, UINT3
     40: 8, 41: 8,                                  # FLOAT8 variants
 }
-_DTYPE_NAMES = {1: 'bool', 10: 'fp16', 11: 'fp32', 12: 'fp64', 13: 'bf16',
-                21: 'int8', 22: 'int16', 23: 'int32', 24: 'int64',
-                25: 'int4', 31: 'uint8', 32: 'uint16', 33: 'uint32',
-                34: 'uint64', 35: 'uint4'}
+#: The names weights are reported by (other data types: by number).
+DTYPE_NAMES = {1: 'bool', 10: 'fp16', 11: 'fp32', 12: 'fp64', 13: 'bf16',
+               21: 'int8', 22: 'int16', 23: 'int32', 24: 'int64',
+               25: 'int4', 31: 'uint8', 32: 'uint16', 33: 'uint32',
+               34: 'uint64', 35: 'uint4'}
 
 
-def _tensor_bytes(value_type) -> int:
-    """Bytes of a ``ValueType`` holding a tensor with known dimensions."""
+# --------------------------------------------------------------------------
+# Reading a program's protobuf.
+# --------------------------------------------------------------------------
+def tensor_shape_bits(value_type) -> Tuple[Optional[Tuple[int, ...]], int]:
+    """``(shape, bits per element)`` of a tensor ``ValueType``; the shape is
+    None when it is not a tensor or has a symbolic dimension (bits 0 for a
+    data type without a width)."""
     if not value_type.HasField('tensorType'):
-        return 0
+        return None, 0
     tensor = value_type.tensorType
-    numel = 1
+    dims = []
     for dim in tensor.dimensions:
         if not dim.HasField('constant'):
-            return 0
-        numel *= dim.constant.size
-    bits = _DTYPE_BITS.get(tensor.dataType, 0)
-    return (numel * bits + 7) // 8
+            return None, 0
+        dims.append(int(dim.constant.size))
+    return tuple(dims), DTYPE_BITS.get(tensor.dataType, 0)
 
 
-def _iter_ops(block) -> Iterable[Any]:
+def nbytes(shape: Optional[Sequence[int]], bits: int) -> int:
+    """Bytes of a tensor of ``shape`` (0 when unknown), whole bytes up."""
+    return (math.prod(shape) * bits + 7) // 8 if shape is not None else 0
+
+
+def walk_operations(block) -> Iterable[Any]:
+    """The operations of ``block`` and, depth first, of the blocks nested in
+    them (a MIL protobuf block or coremltools' ``MLModelStructure`` one)."""
     for op in block.operations:
         yield op
-        for inner in op.blocks:
-            yield from _iter_ops(inner)
+        for inner in getattr(op, 'blocks', None) or ():
+            yield from walk_operations(inner)
 
 
-def _load_spec(model_or_spec_or_path):
-    """Accept an ``MLModel``, a ``Model_pb2.Model`` spec or a package path."""
-    if isinstance(model_or_spec_or_path, (str, os.PathLike)):
-        from .coreml import load_package_spec
-        return load_package_spec(os.fspath(model_or_spec_or_path))
-    get_spec = getattr(model_or_spec_or_path, 'get_spec', None)
-    if callable(get_spec):
-        return get_spec()
-    return model_or_spec_or_path
+def main_block(spec):
+    """``(function, block)`` of the ``main`` function of an ML program
+    spec; ``ValueError`` for another model type or no ``main``."""
+    kind = spec.WhichOneof('Type')
+    if kind != 'mlProgram':
+        raise ValueError("Expected an ML program (convert_to='mlprogram'), "
+                         f'got a {kind!r} model.')
+    functions = spec.mlProgram.functions
+    if 'main' not in functions:
+        raise ValueError('The ML program has no "main" function; functions: '
+                         f'{sorted(functions)}.')
+    function = functions['main']
+    return function, function.block_specializations[function.opset]
 
 
-def census_from_spec(spec, weights_dir: Optional[str] = None) -> Dict[str, Any]:
+def program_spec(model_or_spec):
+    """The protobuf spec of an ``MLModel`` (a spec is returned as it is)."""
+    get_spec = getattr(model_or_spec, 'get_spec', None)
+    return get_spec() if callable(get_spec) else model_or_spec
+
+
+# --------------------------------------------------------------------------
+# The census.
+# --------------------------------------------------------------------------
+def census_from_spec(spec, weights_dir: Optional[str] = None
+                     ) -> Dict[str, Any]:
     """Count the operations of the ``main`` function of an ML program spec.
 
     Args:
@@ -83,43 +117,33 @@ def census_from_spec(spec, weights_dir: Optional[str] = None) -> Dict[str, Any]:
         weights_dir: the package's weights folder, to report the size of the
             weight file on disk as well.
     """
-    if spec.WhichOneof('Type') != 'mlProgram':
-        raise ValueError('The op census needs an ML program (convert_to='
-                         f"'mlprogram'), got a {spec.WhichOneof('Type')!r} "
-                         'model.')
-    program = spec.mlProgram
-    if 'main' not in program.functions:
-        raise ValueError('The ML program has no "main" function; functions: '
-                         f'{sorted(program.functions)}.')
-    function = program.functions['main']
-    opset = function.opset
-    block = function.block_specializations[opset]
-
+    function, block = main_block(spec)
     counts: Counter = Counter()
     weight_bytes = const_bytes = 0
     weight_dtypes: Counter = Counter()
     moved: Counter = Counter()      # output bytes of each rearrangement type
     largest: Counter = Counter()    # the largest single output, per type
-    for op in _iter_ops(block):
+    for op in walk_operations(block):
         counts[op.type] += 1
         if op.type in REARRANGE_OPS:
-            nbytes = sum(_tensor_bytes(out.type) for out in op.outputs)
-            moved[op.type] += nbytes
-            largest[op.type] = max(largest[op.type], nbytes)
+            size = sum(nbytes(*tensor_shape_bits(out.type))
+                       for out in op.outputs)
+            moved[op.type] += size
+            largest[op.type] = max(largest[op.type], size)
         if op.type != 'const' or not op.outputs:
             continue
-        nbytes = _tensor_bytes(op.outputs[0].type)
-        const_bytes += nbytes
+        size = nbytes(*tensor_shape_bits(op.outputs[0].type))
+        const_bytes += size
         val = op.attributes.get('val') if 'val' in op.attributes else None
         if val is not None and val.HasField('blobFileValue'):
-            weight_bytes += nbytes
+            weight_bytes += size
             dtype = op.outputs[0].type.tensorType.dataType
-            weight_dtypes[_DTYPE_NAMES.get(dtype, str(dtype))] += nbytes
+            weight_dtypes[DTYPE_NAMES.get(dtype, str(dtype))] += size
 
     const_ops = counts.get('const', 0)
     total_ops = sum(counts.values()) - const_ops
     result: Dict[str, Any] = dict(
-        opset=opset,
+        opset=function.opset,
         total_ops=total_ops,
         const_ops=const_ops,
         **{op: counts.get(op, 0) for op in REARRANGE_OPS},
@@ -143,13 +167,13 @@ def census_from_spec(spec, weights_dir: Optional[str] = None) -> Dict[str, Any]:
 
 def op_census(model_or_spec_or_path) -> Dict[str, Any]:
     """Census of an ``MLModel``, a spec, or a saved ``.mlpackage`` path."""
-    weights_dir = None
     if isinstance(model_or_spec_or_path, (str, os.PathLike)):
-        from .coreml import package_weights_dir
-        weights_dir = package_weights_dir(os.fspath(model_or_spec_or_path))
-    else:
-        weights_dir = getattr(model_or_spec_or_path, 'weights_dir', None)
-    return census_from_spec(_load_spec(model_or_spec_or_path), weights_dir)
+        path = os.fspath(model_or_spec_or_path)
+        return census_from_spec(load_package_spec(path),
+                                package_weights_dir(path))
+    return census_from_spec(
+        program_spec(model_or_spec_or_path),
+        getattr(model_or_spec_or_path, 'weights_dir', None))
 
 
 def census_of_module(model, size, ios_target: str = 'iOS17',
@@ -164,22 +188,67 @@ def census_of_module(model, size, ios_target: str = 'iOS17',
     """
     import torch
 
-    from .coreml import convert_exported_program
-    from .export import TupleOutputs, export_program
+    from .coreml import convert_module
     height, width = (size, size) if isinstance(size, int) else size
-    model = TupleOutputs(model).eval()
-    example = torch.zeros(1, 3, height, width)
-    with torch.no_grad():
-        num_outputs = len(model(example))
-    exported = export_program(model, example)
+    mlmodel, exported = convert_module(
+        model, torch.zeros(1, 3, height, width), ios_target, fp16=fp16)
     ranks = [len(node.meta['val'].shape)
              for node in exported.graph.nodes
              if isinstance(node.meta.get('val'), torch.Tensor)]
-    mlmodel = convert_exported_program(exported, example.shape, num_outputs,
-                                       ios_target, fp16=fp16)
     result = census_from_spec(mlmodel.get_spec())
     result['max_rank'] = max(ranks, default=0)
     return result
+
+
+# --------------------------------------------------------------------------
+# The check of a saved package.
+# --------------------------------------------------------------------------
+def _shape_of(feature) -> Tuple[int, ...]:
+    if feature.type.WhichOneof('Type') == 'imageType':
+        image = feature.type.imageType
+        channels = 1 if image.colorSpace == image.GRAYSCALE else 3
+        return (1, channels, int(image.height), int(image.width))
+    return tuple(int(d) for d in feature.type.multiArrayType.shape)
+
+
+def validate_package(path: str, input_shape: Sequence[int],
+                     output_shapes: Sequence[Sequence[int]],
+                     fp16: bool = True) -> Dict[str, Any]:
+    """Check a saved package without running it (works on any OS).
+
+    Re-reads the package from disk and checks: it is an ML program; its
+    input and outputs have the names and shapes of the PyTorch model; the
+    weights are stored at the requested precision. Raises ``ValueError`` on
+    a mismatch and returns what it checked, with the package's census.
+    """
+    spec = load_package_spec(path)
+    problems: List[str] = []
+    kind = spec.WhichOneof('Type')
+    if kind != 'mlProgram':
+        problems.append(f'model type is {kind!r}, not an ML program')
+    inputs = {f.name: _shape_of(f) for f in spec.description.input}
+    outputs = [(f.name, _shape_of(f)) for f in spec.description.output]
+    if inputs != {INPUT_NAME: tuple(input_shape)}:
+        problems.append(f'inputs are {inputs}, expected '
+                        f'{{{INPUT_NAME!r}: {tuple(input_shape)}}}')
+    expected = [(f'out{i}', tuple(s)) for i, s in enumerate(output_shapes)]
+    if outputs != expected:
+        problems.append(f'outputs are {outputs}, expected {expected}')
+    census = census_from_spec(spec, package_weights_dir(path))
+    by_dtype = census['weight_bytes_by_dtype']
+    if fp16 and by_dtype.get('fp32', 0) > 0.01 * max(census['weight_bytes'],
+                                                     1):
+        problems.append(f'weights are not FP16: {by_dtype}')
+    if problems:
+        raise ValueError(f'Core ML package {path} failed validation: ' +
+                         '; '.join(problems) + '.')
+    return dict(ok=True, spec_version=int(spec.specificationVersion),
+                opset=census['opset'], inputs={k: list(v) for k, v in
+                                               inputs.items()},
+                outputs={k: list(v) for k, v in outputs},
+                weight_bytes_by_dtype=by_dtype,
+                package_bytes=package_size_bytes(path),
+                census=census)
 
 
 #: Core ML ops (``total_ops``) of this project's iFormer at 512x512, FP16,

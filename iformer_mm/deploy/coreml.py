@@ -1,9 +1,11 @@
-"""Core ML conversion, package validation and (on macOS) timing.
+"""coremltools: conversion, saved packages and the runtime check.
 
 coremltools converts on any OS, but only macOS has the Core ML runtime that
 compiles and runs a package. This module keeps that line sharp: conversion
-and structural validation everywhere, ``predict`` only where
-:func:`coreml_runtime_status` says the runtime is there.
+and reading packages everywhere, ``predict`` only where
+:func:`coreml_runtime_status` says the runtime is there. What a converted
+program contains (the op census, the package check) is
+:mod:`.census`'s; the timing is :mod:`.macos`'s.
 
 Conversion goes through ``torch.export`` (coremltools' TorchScript path
 fails with numpy >= 2.4), then ``ct.convert`` to an ML program with FP16
@@ -190,6 +192,22 @@ def convert_exported_program(exported, input_shape: Sequence[int],
     return mlmodel
 
 
+def convert_module(model, example, ios_target: str = DEFAULT_IOS_TARGET,
+                   fp16: bool = True):
+    """Export a backbone (outputs flattened into a tuple) with
+    ``torch.export`` on ``example`` and convert it for an FP32 tensor input
+    of that shape. Returns ``(mlmodel, exported program)``."""
+    import torch
+
+    from .export import TupleOutputs, export_program
+    model = TupleOutputs(model).eval()
+    with torch.no_grad():
+        num_outputs = len(model(example))
+    exported = export_program(model, example)
+    return convert_exported_program(exported, example.shape, num_outputs,
+                                    ios_target, fp16=fp16), exported
+
+
 def save_package(mlmodel, path: str) -> str:
     if not path.endswith('.mlpackage'):
         raise ValueError(f'A Core ML ML program is saved as .mlpackage, got '
@@ -222,66 +240,7 @@ def load_package_spec(path: str):
         return ct.utils.load_spec(path)
 
 
-def _shape_of(feature) -> Tuple[int, ...]:
-    if feature.type.WhichOneof('Type') == 'imageType':
-        image = feature.type.imageType
-        channels = 1 if image.colorSpace == image.GRAYSCALE else 3
-        return (1, channels, int(image.height), int(image.width))
-    return tuple(int(d) for d in feature.type.multiArrayType.shape)
-
-
-def input_kind(path_or_spec) -> str:
-    """'image' or 'tensor': the input type of a saved package or spec."""
-    spec = load_package_spec(path_or_spec) if isinstance(
-        path_or_spec, str) else path_or_spec
-    kind = spec.description.input[0].type.WhichOneof('Type')
-    return 'image' if kind == 'imageType' else 'tensor'
-
-
-def validate_package(path: str, input_shape: Sequence[int],
-                     output_shapes: Sequence[Sequence[int]],
-                     fp16: bool = True) -> Dict[str, Any]:
-    """Check a saved package without running it (works on any OS).
-
-    Re-reads the package from disk and checks: it is an ML program; its
-    input and outputs have the names and shapes of the PyTorch model; the
-    weights are stored at the requested precision; the program's opset
-    matches the deployment target. Raises ``ValueError`` on a mismatch and
-    returns what it checked.
-    """
-    spec = load_package_spec(path)
-    problems: List[str] = []
-    kind = spec.WhichOneof('Type')
-    if kind != 'mlProgram':
-        problems.append(f'model type is {kind!r}, not an ML program')
-    inputs = {f.name: _shape_of(f) for f in spec.description.input}
-    outputs = [(f.name, _shape_of(f)) for f in spec.description.output]
-    if inputs != {INPUT_NAME: tuple(input_shape)}:
-        problems.append(f'inputs are {inputs}, expected '
-                        f'{{{INPUT_NAME!r}: {tuple(input_shape)}}}')
-    expected = [(f'out{i}', tuple(s)) for i, s in enumerate(output_shapes)]
-    if outputs != expected:
-        problems.append(f'outputs are {outputs}, expected {expected}')
-    from .census import census_from_spec
-    census = census_from_spec(spec, package_weights_dir(path))
-    by_dtype = census['weight_bytes_by_dtype']
-    want = 'fp16' if fp16 else 'fp32'
-    other = {k: v for k, v in by_dtype.items() if k != want}
-    if fp16 and other.get('fp32', 0) > 0.01 * max(census['weight_bytes'], 1):
-        problems.append(f'weights are not FP16: {by_dtype}')
-    if problems:
-        raise ValueError(f'Core ML package {path} failed validation: ' +
-                         '; '.join(problems) + '.')
-    return dict(ok=True, spec_version=int(spec.specificationVersion),
-                opset=census['opset'], inputs={k: list(v) for k, v in
-                                               inputs.items()},
-                outputs={k: list(v) for k, v in outputs},
-                weight_bytes_by_dtype=by_dtype,
-                package_bytes=package_size_bytes(path),
-                census=census)
-
-
-def coreml_inputs(path: str, inputs: np.ndarray,
+def coreml_inputs(inputs: np.ndarray,
                   image: Optional[ImageNormalisation] = None
                   ) -> Dict[str, Any]:
     """The prediction feed of a package: the FP32 tensor, or for an image

@@ -233,7 +233,3 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: str,
         except TypeError:  # an older torch without the ``dynamo`` switch
             torch.onnx.export(model, (example, ), path, **kwargs)
     return path
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())

@@ -12,13 +12,6 @@ from typing import Any, Callable, Dict, List, Sequence
 import numpy as np
 import torch
 
-BACKEND_LABELS = {
-    'coreml': 'Core ML ({unit})',
-    'torch': 'PyTorch eager CPU ({fold}), proxy',
-    'onnxruntime': 'ONNX Runtime CPU, proxy',
-}
-
-
 def time_callable(fn: Callable[[], Any], warmup: int, runs: int
                   ) -> List[float]:
     """Call ``fn`` ``warmup`` times untimed, then ``runs`` times; return ms."""

@@ -23,9 +23,11 @@ import math
 import platform
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from .census import walk_operations
 
 #: Core ML device names used in the reports, by coremltools class name.
 DEVICE_NAMES = {
@@ -99,6 +101,10 @@ class TimingProtocol:
                 f'and their mean with the {k} fastest and {k} slowest rounds '
                 'dropped')
 
+    def as_dict(self) -> Dict[str, Any]:
+        """The settings and their description, as runs record them."""
+        return dict(asdict(self), description=self.describe())
+
 
 def trimmed_mean(values: Sequence[float], each_side: int) -> float:
     """Mean of ``values`` without the ``each_side`` smallest and largest."""
@@ -130,8 +136,12 @@ def summarize_rounds(rounds: Sequence[Sequence[float]],
                 predictions=protocol.rounds * protocol.per_round)
 
 
-async def _run_protocol(benchmarker, inputs, protocol: TimingProtocol
-                        ) -> Dict[str, Any]:
+async def run_protocol(benchmarker, inputs: Optional[Dict[str, Any]],
+                       protocol: TimingProtocol) -> Dict[str, Any]:
+    """Time a ``MLModelBenchmarker`` (or an object with its
+    ``benchmark_load`` / ``benchmark_predict`` coroutines) by ``protocol``.
+    A coroutine: a remote device's connection belongs to the event loop
+    that opened it, so the caller runs the whole session in one loop."""
     load = await benchmarker.benchmark_load(iterations=1)
     if protocol.warmup:
         await benchmarker.benchmark_predict(inputs=inputs,
@@ -142,17 +152,8 @@ async def _run_protocol(benchmarker, inputs, protocol: TimingProtocol
             inputs=inputs, iterations=protocol.per_round)
         rounds.append(list(measurement.samples))
     result = summarize_rounds(rounds, protocol)
-    result['load_ms'] = float(load.samples[0])
-    return result
-
-
-def run_protocol(benchmarker, inputs: Optional[Dict[str, Any]],
-                 protocol: TimingProtocol) -> Dict[str, Any]:
-    """Time a ``MLModelBenchmarker`` (or an object with its
-    ``benchmark_load`` / ``benchmark_predict`` coroutines) by ``protocol``."""
-    result = asyncio.run(_run_protocol(benchmarker, inputs, protocol))
-    result['protocol'] = dict(asdict(protocol),
-                              description=protocol.describe())
+    result.update(load_ms=float(load.samples[0]),
+                  protocol=protocol.as_dict())
     return result
 
 
@@ -179,11 +180,16 @@ def device_name(device: Any) -> str:
     return type(device).__name__
 
 
-def _walk_operations(block) -> Iterable[Any]:
-    for op in block.operations:
-        yield op
-        for inner in getattr(op, 'blocks', None) or ():
-            yield from _walk_operations(inner)
+def _placement(op_type: str, usage, cost: Optional[float]) -> OpPlacement:
+    """An :class:`OpPlacement` from an ``MLComputePlanDeviceUsage`` (None:
+    the plan does not place the op)."""
+    return OpPlacement(
+        op_type=op_type,
+        device=None if usage is None else
+        device_name(usage.preferred_compute_device),
+        supported=() if usage is None else tuple(
+            device_name(d) for d in usage.supported_compute_devices),
+        cost=cost)
 
 
 def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
@@ -196,18 +202,14 @@ def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
         raise ValueError(f'No function {function!r} in the program; it has '
                          f'{sorted(program.functions)}.')
     records = []
-    for op in _walk_operations(program.functions[function].block):
+    for op in walk_operations(program.functions[function].block):
         if op.operator_name == 'const':
             continue
-        usage = plan.get_compute_device_usage_for_mlprogram_operation(op)
         cost = plan.get_estimated_cost_for_mlprogram_operation(op)
-        records.append(OpPlacement(
-            op_type=op.operator_name,
-            device=None if usage is None else
-            device_name(usage.preferred_compute_device),
-            supported=() if usage is None else tuple(
-                device_name(d) for d in usage.supported_compute_devices),
-            cost=None if cost is None else float(cost.weight)))
+        records.append(_placement(
+            op.operator_name,
+            plan.get_compute_device_usage_for_mlprogram_operation(op),
+            None if cost is None else float(cost.weight)))
     return records
 
 
@@ -217,15 +219,10 @@ def placements_from_execution_infos(infos) -> List[OpPlacement]:
     op's estimated median time."""
     records = []
     for info in infos:
-        usage = info.compute_device_usage
         stats = info.measurement.statistics
-        records.append(OpPlacement(
-            op_type=info.spec.type,
-            device=None if usage is None else
-            device_name(usage.preferred_compute_device),
-            supported=() if usage is None else tuple(
-                device_name(d) for d in usage.supported_compute_devices),
-            cost=None if stats is None else float(stats.median)))
+        records.append(_placement(
+            info.spec.type, info.compute_device_usage,
+            None if stats is None else float(stats.median)))
     return [r for r in records if r.op_type != 'const']
 
 
@@ -333,7 +330,7 @@ def benchmark_package(path: str, inputs: Dict[str, Any], compute_unit: str,
     benchmarker = MLModelBenchmarker(model=model, device=device)
 
     async def everything():
-        timing = await _run_protocol(benchmarker, inputs, protocol)
+        timing = await run_protocol(benchmarker, inputs, protocol)
         infos = None
         if placement and device is not None:
             infos = await benchmarker.benchmark_operation_execution(
@@ -343,8 +340,6 @@ def benchmark_package(path: str, inputs: Dict[str, Any], compute_unit: str,
     # One event loop for the whole session (a remote device's connection
     # belongs to the loop that opened it).
     result, infos = asyncio.run(everything())
-    result['protocol'] = dict(asdict(protocol),
-                              description=protocol.describe())
     result['compute_unit'] = compute_unit
     result['device'] = getattr(device, 'name', None) or 'this Mac'
     if placement:

@@ -12,7 +12,6 @@ from typing import Sequence, Tuple
 
 import torch
 import torch.nn as nn
-from mmengine.analysis import FlopAnalyzer
 
 
 def count_params(model: nn.Module) -> int:
@@ -25,6 +24,8 @@ def count_macs(model: nn.Module, inputs: Tuple, deploy: bool = True) -> int:
 
     ``deploy`` folds BN first (on a copy), as the network runs on a device.
     """
+    from mmengine.analysis import FlopAnalyzer
+
     from ..models.backbones.iformer import switch_to_deploy_all
     model = copy.deepcopy(model).eval()
     if deploy:

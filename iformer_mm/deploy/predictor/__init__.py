@@ -30,9 +30,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Optional
 
+from ..census import program_spec
 from .data import DEFAULT_DEVICE, load_measurements  # noqa: F401
-
-PREDICTED_LABEL = 'predicted iPhone 13 (Core ML)'
 
 
 def predict_from_spec(spec, device: str = DEFAULT_DEVICE,
@@ -55,3 +54,15 @@ def predict_from_spec(spec, device: str = DEFAULT_DEVICE,
                 label=f'predicted {params["device"]} (Core ML)',
                 heldout_median_pct=held.get('median_abs_pct'),
                 heldout_max_pct=held.get('max_abs_pct'))
+
+
+def predict_for_tool(mlmodel_or_spec) -> Dict[str, Any]:
+    """:func:`predict_from_spec` for the latency tool's side column: never
+    raises (a prediction is never a reason for a run to fail); a failure
+    comes back as ``status='unavailable'`` with a short error."""
+    try:
+        return dict(predict_from_spec(program_spec(mlmodel_or_spec)),
+                    status='predicted')
+    except Exception as exc:  # noqa: BLE001 - reported in the cell
+        return dict(status='unavailable',
+                    error=f'{type(exc).__name__}: {exc}'[:200])

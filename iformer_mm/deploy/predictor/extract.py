@@ -15,9 +15,10 @@ import sys
 import time
 from typing import Any, Callable, Dict, List, Optional
 
+from ..coreml import convert_module
 from . import features as F
 from .data import DATA_DIR, load_measurements
-from .references import build_reference, check_params
+from .references import build_reference, check_params, library_version
 
 FEATURES_PATH = os.path.join(DATA_DIR, 'features_iphone13.json')
 
@@ -44,15 +45,8 @@ def convert_spec(model, resolution: int):
     """The ML program spec of ``model`` at ``resolution`` (not saved)."""
     import torch
     _register_alias_op()
-    from iformer_mm.deploy.coreml import convert_exported_program
-    from iformer_mm.deploy.export import TupleOutputs, export_program
-    wrapped = TupleOutputs(model).eval()
-    example = torch.randn(1, 3, resolution, resolution)
-    with torch.no_grad():
-        num_outputs = len(wrapped(example))
-    exported = export_program(wrapped, example)
-    mlmodel = convert_exported_program(exported, tuple(example.shape),
-                                       num_outputs)
+    mlmodel, _ = convert_module(model, torch.randn(1, 3, resolution,
+                                                   resolution))
     return mlmodel.get_spec()
 
 
@@ -145,7 +139,7 @@ def _payload(rows: Dict[str, Any]) -> Dict[str, Any]:
     versions = {}
     for name in ('torch', 'coremltools', 'timm', 'torchvision'):
         try:
-            versions[name] = __import__(name).__version__
+            versions[name] = library_version(name)
         except Exception:  # noqa: BLE001 - a missing package is recorded
             versions[name] = None
     return dict(

@@ -22,10 +22,12 @@ coarse classes of :data:`OP_CLASSES` that the cost model uses.
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from iformer_mm.deploy.census import REARRANGE_OPS, _DTYPE_BITS, _iter_ops
+from ..census import (REARRANGE_OPS, main_block, nbytes, tensor_shape_bits,
+                      walk_operations)
 
 #: Bump when the features change meaning (cached features are then stale).
 FEATURE_VERSION = 2
@@ -69,31 +71,6 @@ CLASSES = ('conv', 'conv_dw', 'linear', 'matmul', 'elementwise', 'norm',
            'pool', 'transpose', 'rearrange', 'other')
 
 
-def _shape_bits(value_type) -> Tuple[Optional[Tuple[int, ...]], int]:
-    """``(shape, bits per element)`` of a tensor ``ValueType``; shape None
-    when it is not a tensor or has a symbolic dimension."""
-    if not value_type.HasField('tensorType'):
-        return None, 0
-    tensor = value_type.tensorType
-    dims = []
-    for dim in tensor.dimensions:
-        if not dim.HasField('constant'):
-            return None, 0
-        dims.append(int(dim.constant.size))
-    return tuple(dims), _DTYPE_BITS.get(tensor.dataType, 0)
-
-
-def _numel(shape: Iterable[int]) -> int:
-    n = 1
-    for d in shape:
-        n *= d
-    return n
-
-
-def _nbytes(shape, bits) -> int:
-    return (_numel(shape) * bits + 7) // 8 if shape is not None else 0
-
-
 def _immediate(value) -> Any:
     """A small immediate value (bool / int / float scalar) or None."""
     if value is None or not value.HasField('immediateValue'):
@@ -108,25 +85,16 @@ def _immediate(value) -> Any:
     return None
 
 
-def program_spec_function(spec):
-    """The ``main`` block of an ML program spec."""
-    if spec.WhichOneof('Type') != 'mlProgram':
-        raise ValueError('Features need an ML program (convert_to='
-                         f"'mlprogram'), got {spec.WhichOneof('Type')!r}.")
-    function = spec.mlProgram.functions['main']
-    return function, function.block_specializations[function.opset]
-
-
 def op_records(spec) -> List[Dict[str, Any]]:
     """One record per non-const operation of the ``main`` function."""
-    function, block = program_spec_function(spec)
+    function, block = main_block(spec)
     types: Dict[str, Tuple[Optional[Tuple[int, ...]], int]] = {}
     for inp in function.inputs:
-        types[inp.name] = _shape_bits(inp.type)
+        types[inp.name] = tensor_shape_bits(inp.type)
     consts: Dict[str, Any] = {}
     records = []
-    for op in _iter_ops(block):
-        outs = [(o.name, _shape_bits(o.type)) for o in op.outputs]
+    for op in walk_operations(block):
+        outs = [(o.name, tensor_shape_bits(o.type)) for o in op.outputs]
         for name, sb in outs:
             types[name] = sb
         if op.type == 'const':
@@ -157,22 +125,22 @@ def op_records(spec) -> List[Dict[str, Any]]:
                     continue
                 shape, bits = types.get(name, (None, 0))
                 if name in consts:
-                    bytes_const += _nbytes(shape, bits)
+                    bytes_const += nbytes(shape, bits)
                 else:
-                    bytes_in += _nbytes(shape, bits)
+                    bytes_in += nbytes(shape, bits)
         out_shape, out_bits = outs[0][1] if outs else (None, 0)
-        bytes_out = sum(_nbytes(*sb) for _, sb in outs)
-        out_numel = _numel(out_shape) if out_shape is not None else 0
+        bytes_out = sum(nbytes(*sb) for _, sb in outs)
+        out_numel = math.prod(out_shape) if out_shape is not None else 0
         macs = 0
         cls = _CLASS_OF.get(op.type, 'other')
         weight_shape = shape_of('weight')
         if op.type == 'conv' and weight_shape:
-            macs = out_numel * _numel(weight_shape[1:])
+            macs = out_numel * math.prod(weight_shape[1:])
             if weight_shape[1] == 1:
                 cls = 'conv_dw'
         elif op.type == 'conv_transpose' and weight_shape:
             x_shape = shape_of('x')
-            macs = (_numel(x_shape) if x_shape else 0) * _numel(
+            macs = (math.prod(x_shape) if x_shape else 0) * math.prod(
                 weight_shape[1:])
         elif op.type == 'linear' and weight_shape:
             macs = out_numel * weight_shape[-1]
@@ -190,7 +158,7 @@ def op_records(spec) -> List[Dict[str, Any]]:
             type=op.type, cls=cls, macs=macs, bytes_in=bytes_in,
             bytes_out=bytes_out, bytes_const=bytes_const,
             out_shape=list(out_shape) if out_shape is not None else None,
-            out_bytes=_nbytes(out_shape, out_bits)))
+            out_bytes=nbytes(out_shape, out_bits)))
     return records
 
 

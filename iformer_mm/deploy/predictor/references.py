@@ -17,10 +17,12 @@ latency protocol measures (a 1000-class head adds < 1% of the work at 512).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
+
+from ...utils.complexity import count_params
 
 #: A reference network counts only within this relative parameter error.
 PARAM_TOLERANCE = 0.03
@@ -211,13 +213,13 @@ def build_reference(key: str, resolution: int
         model = _IFormerClassifier(ref.name, **kwargs)
     else:  # pragma: no cover - the table above is the only source
         raise ValueError(f'Unknown library {ref.library!r}.')
-    params = sum(p.numel() for p in model.parameters())
+    params = count_params(model)
     model.eval()
     note = deploy(model)
     info = dict(library=ref.library, model=ref.name,
                 version=library_version(ref.library), kwargs=kwargs,
                 params=params,
-                params_deployed=sum(p.numel() for p in model.parameters()),
+                params_deployed=count_params(model),
                 deploy=note)
     return model, info
 
