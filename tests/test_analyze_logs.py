@@ -236,7 +236,8 @@ def test_latency_accuracy_plot_bad_input(tmp_path):
 
 def test_readme_curve_image_is_regenerated_by_the_tool(tmp_path):
     """docs/toy_seg_curves.png comes from the committed log through the
-    command the README gives; rerunning it gives the same picture."""
+    command docs/benchmarks.md describes; rerunning it gives the same
+    picture."""
     from matplotlib.testing.compare import compare_images
     out = tmp_path / 'toy_seg_curves.png'
     proc = run_tool([

@@ -2,7 +2,7 @@
 tiny size, and its error messages.
 
 Conversions here are small (iFormer-T at 128x128); the full 512x512 sweep of
-every variant is a benchmark run, recorded in the README.
+every variant is a benchmark run (benchmarks/coreml_vs_authors.py --sweep).
 """
 import importlib.util
 import json

@@ -916,9 +916,10 @@ def assert_same_summary(got, want, where='summary'):
 
 def test_stored_validation_is_what_the_shipped_data_gives(
         rows, shipped_features):
-    """The README and the latency tools quote the stored validation (term
-    set chosen by leave-one-family-out, its errors, the held-out Table 5
-    errors): recomputed here from the shipped features and measurements."""
+    """docs/benchmarks.md and the latency tools quote the stored validation
+    (term set chosen by leave-one-family-out, its errors, the held-out
+    Table 5 errors): recomputed here from the shipped features and
+    measurements."""
     from iformer_mm.deploy.predictor.extract import row_id
     params = M.load_params()
     stored = params['validation']

@@ -529,10 +529,10 @@ def test_content_changes_only_with_the_format_version(tmp_path, monkeypatch,
     """A copy on disk is reused while its stamp's TOY_FORMAT_VERSION matches:
     a change to what the generator draws (a colour range, a rotation, a
     margin, a stroke) without a version bump would leave users training on
-    old data while the README's toy results describe the new. So the content
-    at the default arguments is pinned per version. If this fails after an
-    intended change: bump TOY_FORMAT_VERSION, pin the new digests here, and
-    re-measure the documented toy results."""
+    old data while docs/benchmarks.md's toy results describe the new. So
+    the content at the default arguments is pinned per version. If this
+    fails after an intended change: bump TOY_FORMAT_VERSION, pin the new
+    digests here, and re-measure the documented toy results."""
     from iformer_mm.datasets.toy import TOY_FORMAT_VERSION, TOY_GENERATORS
     pinned = TOY_CONTENT.get(TOY_FORMAT_VERSION)
     assert pinned is not None, \
