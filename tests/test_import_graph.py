@@ -13,17 +13,8 @@ import ast
 import os
 import os.path as osp
 
-import pytest
-
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 PACKAGE = 'iformer_mm'
-
-#: Cycles being removed in other branches at the same time: until that is
-#: merged, test_no_import_cycle fails on them (strict xfail) and
-#: test_no_import_cycle_but_the_known_ones guards everything else. After the
-#: merge: empty this list and drop the xfail.
-KNOWN = [frozenset({'iformer_mm.deploy.census', 'iformer_mm.deploy.coreml'})]
-
 
 def package_modules(root=ROOT, package=PACKAGE):
     """Module name -> source path, every ``.py`` file under ``package``."""
@@ -137,15 +128,6 @@ def test_the_graph_is_read_right():
     assert a_cycle(toy, frozenset('abc')) == 'a -> b -> c -> a'
 
 
-def test_no_import_cycle_but_the_known_ones():
-    graph = import_graph()
-    found = [a_cycle(graph, c) for c in strongly_connected(graph)
-             if c not in KNOWN]
-    assert not found, 'import cycles:\n' + '\n'.join(found)
-
-
-@pytest.mark.xfail(strict=True, reason='deploy/census <-> deploy/coreml is '
-                   'removed in another branch; un-xfail after the merge')
 def test_no_import_cycle():
     graph = import_graph()
     found = [a_cycle(graph, c) for c in strongly_connected(graph)]

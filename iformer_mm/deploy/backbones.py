@@ -28,6 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..config import SCOPES
+
 # --------------------------------------------------------------------------
 # iFormer attention layouts (Table 17) and the paper's iPhone 13 figures.
 # --------------------------------------------------------------------------
@@ -255,7 +257,6 @@ PEERS: Dict[str, Tuple[str, str, dict]] = {
 #: Swin-T, PVTv2-B1 and ConvNeXt-T.
 DEFAULT_PEERS = ('resnet18', 'resnet50', 'swin-t', 'pvtv2-b1',
                  'poolformer-s12', 'efficientformer-l1', 'convnext-t')
-SCOPES = ('mmdet', 'mmseg', 'mmpretrain')
 
 
 def _offset_order(resolution: int) -> List[Tuple[int, int]]:
@@ -400,7 +401,6 @@ def _iformer_spec(arch: str, layout: str, extra: Optional[dict] = None
 # --------------------------------------------------------------------------
 def registry_for(scope: Optional[str]):
     """The ``MODELS`` registry of ``scope`` with its modules registered."""
-    import iformer_mm  # noqa: F401  (registers IFormer in the root registry)
     if scope in (None, '', 'mmengine', 'iformer_mm'):
         from mmengine.registry import MODELS
         return MODELS
