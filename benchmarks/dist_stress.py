@@ -12,7 +12,7 @@ rank aborted. Not part of the test suite (minutes per run on 2 cores).
 Examples::
 
     python benchmarks/dist_stress.py --runs 8               # this checkout
-    python benchmarks/dist_stress.py --runs 8 --repo /work/main   # another
+    python benchmarks/dist_stress.py --runs 8 --repo ../iformer-mm   # another
 
 Exit code 0 only if every run ended cleanly (exit 0, no abort message).
 """

@@ -50,7 +50,7 @@ def _check_path(path: str) -> None:
     hint = f'did you mean {osp.join(osp.dirname(path), hit[0])!r}?' if hit \
         else 'pass the path of a config (.py), e.g. ' \
         'configs/toy/maskrcnn_iformer_t_toy.py'
-    raise ConfigNotFoundError(f'config file {path!r} not found; {hint}')
+    raise ConfigNotFoundError(f'config file not found: {path!r}; {hint}')
 
 
 def load_config(config, cfg_options: Union[dict, None] = None):

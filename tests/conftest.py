@@ -1,4 +1,5 @@
-"""Shared pytest setup: kept minimal; tests bring their own fixtures.
+"""Shared pytest setup: the fixtures several test files use, the skip
+policy, and the ``slow`` marker.
 
 Skip policy: a test may only be skipped for a documented platform limit,
 with a reason that starts with ``platform:`` (e.g. ``platform: needs
@@ -9,6 +10,8 @@ the summary lists each offending test with its reason.
 """
 import os
 from importlib import metadata
+
+import pytest
 
 ALLOWED_SKIP_PREFIX = 'platform:'
 _unexplained = []
@@ -69,3 +72,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def pytest_sessionfinish(session, exitstatus):
     if _unexplained and _strict() and session.exitstatus == 0:
         session.exitstatus = 1
+
+
+@pytest.fixture(scope='module')
+def one_thread():
+    """torch on one intra-op thread for a module (``pytestmark =
+    pytest.mark.usefixtures('one_thread')``): on shared cores a second
+    thread costs far more than it gains."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -219,6 +219,7 @@ def test_latency_accuracy_plot_places_measured_points(tmp_path):
     assert here == [(90.0, 32.9), (120.0, 42.4)]
 
 
+@pytest.mark.slow
 def test_latency_accuracy_plot_bad_input(tmp_path):
     bad = tmp_path / 'bad.json'
     bad.write_text('{"results": []}')

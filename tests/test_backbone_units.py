@@ -1,4 +1,4 @@
-"""Behaviour of the backbone's small parts (issue 14, mutation survivors).
+"""Behaviour of the backbone's small parts.
 
 Each test checks a behaviour a user depends on against an independent
 reference written here: BN folding with small running variances and a
@@ -18,12 +18,7 @@ from iformer_mm.models.backbones import iformer as ifm
 from iformer_mm.models.backbones.iformer import IFormer
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def set_bn_stats(bn, seed, eps=0.05):

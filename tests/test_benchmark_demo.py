@@ -78,10 +78,10 @@ def test_test_input_shape_of_real_configs():
 def test_benchmark_missing_config(capsys):
     tool = _tool('benchmark')
     from iformer_mm.apis import benchmark
-    with pytest.raises(FileNotFoundError, match='Config file not found'):
+    with pytest.raises(FileNotFoundError, match='config file not found'):
         benchmark('no/such/config.py')
     assert tool.main(['no/such/config.py']) == 2
-    assert 'Config file not found' in capsys.readouterr().err
+    assert 'config file not found' in capsys.readouterr().err
 
 
 def test_benchmark_bad_arguments():
@@ -245,7 +245,7 @@ def test_demo_bad_inputs(capsys):
     with pytest.raises(InputError, match='not found'):
         run_demo(DET, 'no/such.jpg')
     img = _image('x.jpg')
-    with pytest.raises(FileNotFoundError, match='Config file not found'):
+    with pytest.raises(FileNotFoundError, match='config file not found'):
         run_demo('no/such/config.py', img)
     os.makedirs('empty')
     with pytest.raises(InputError, match='No readable image'):
@@ -256,4 +256,4 @@ def test_demo_bad_inputs(capsys):
     assert tool.main([DET, 'missing.png']) == 2
     assert 'not found' in capsys.readouterr().err
     assert tool.main(['no/such/config.py', img]) == 2
-    assert 'Config file not found' in capsys.readouterr().err
+    assert 'config file not found' in capsys.readouterr().err

@@ -83,6 +83,7 @@ def run_tool(args, cwd):
         cwd=str(cwd), capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_writes_images_with_progress(tmp_path):
     out = tmp_path / 'browse'
     proc = run_tool([osp.join(REPO, 'configs/toy/fpn_iformer_t_toy.py'),
@@ -101,6 +102,7 @@ def test_cli_writes_images_with_progress(tmp_path):
     (['configs/toy/fpn_iformer_t_toy.py', '--not-show', '--output-dir',
       'OUT', '--show-number', '0'], 'at least 1'),
 ])
+@pytest.mark.slow
 def test_bad_input(tmp_path, args, needle):
     args = [str(tmp_path / 'o') if a == 'OUT' else
             osp.join(REPO, a) if a.startswith('configs/') else a

@@ -55,7 +55,10 @@ def test_budgets_cover_every_arch_and_layout():
     assert OP_BUDGETS['iformer-m:cc-hybrid'] <= 400
 
 
-@pytest.mark.parametrize('key', PINNED)
+@pytest.mark.parametrize('key', [
+    # the default layout in the fast suite, the others with -m slow
+    k if k == 'iformer-m:cc-hybrid' else pytest.param(k, marks=pytest.mark.slow)
+    for k in PINNED])
 def test_op_budget_and_rank(key):
     c = census(key)
     assert c['max_rank'] <= 5, f'{key}: a rank-{c["max_rank"]} tensor'
@@ -72,6 +75,7 @@ def test_op_budget_and_rank(key):
         'reshape', 'transpose', 'concat', 'split')) <= c['total_ops']
 
 
+@pytest.mark.slow
 def test_authors_layout_no_larger_than_the_authors_network():
     """Ours in the authors' layout against their detection/iformer.py
     iFormer_m converted the same way (benchmarks/coreml_vs_authors.py

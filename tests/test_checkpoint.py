@@ -80,6 +80,7 @@ def test_classifier_matches_timm(arch):
                                    rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_release_file_loads_everywhere(tmp_path):
     ref = timm_model('m', distilled=True)
     path = str(tmp_path / 'iFormer_m_distill.pth')

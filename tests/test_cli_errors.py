@@ -264,6 +264,7 @@ def _script(args, cwd):
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_test_script_random_bytes_checkpoint(tmp_path):
     _cli()
     path = _bad_checkpoints(tmp_path)['random']
@@ -273,6 +274,7 @@ def test_test_script_random_bytes_checkpoint(tmp_path):
     assert line.startswith('test.py: error:')
 
 
+@pytest.mark.slow
 def test_train_script_unknown_backbone_key(tmp_path):
     _cli()
     proc = _script([osp.join(ROOT, 'tools', 'train.py'), DET,
@@ -282,6 +284,7 @@ def test_train_script_unknown_backbone_key(tmp_path):
                           "'drop_path'", "did you mean 'drop_path_rate'")
 
 
+@pytest.mark.slow
 def test_get_flops_script_unknown_attention(tmp_path):
     proc = _script([osp.join(ROOT, 'tools', 'get_flops.py'), 'm',
                     '--attention', 'local'], tmp_path)
@@ -303,6 +306,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script,args', [
     ('dist_train.sh', ['missing_config.py', '2']),
     ('dist_test.sh', ['missing_config.py', 'missing.pth', '2'])])

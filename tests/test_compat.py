@@ -952,6 +952,7 @@ def test_release_files_may_hold_numpy_values_of_any_common_dtype(tmp_path):
         safe_load(str(path))
 
 
+@pytest.mark.slow
 def test_import_hook_comes_before_other_finders(tmp_path):
     """Another import hook already on sys.meta_path (a profiler's, a
     type checker's) must not get coremltools' frontend first: ours goes in

@@ -55,6 +55,7 @@ def _demo(args, cwd):
         cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_demo_processes_the_readable_rest(tmp_path):
     good = _folder(tmp_path)
     cfg = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')

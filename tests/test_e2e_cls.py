@@ -16,9 +16,13 @@ import pickle
 import re
 import sys
 
+import pytest
+
 from iformer_mm.compat import safe_load
 
 from ._tools import ROOT, run_tool, untrained_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TOY = osp.join(ROOT, 'configs', 'toy', 'iformer_t_toy_cls.py')
 #: 6 classes: chance is 16.7%.

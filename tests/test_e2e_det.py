@@ -17,6 +17,8 @@ from iformer_mm.compat import safe_load
 
 from ._tools import ROOT, run_tool
 
+pytestmark = pytest.mark.slow
+
 TOY = osp.join(ROOT, 'configs', 'toy', 'maskrcnn_iformer_t_toy.py')
 SMALL = [
     'train_dataloader.dataset.indices=4',
@@ -190,7 +192,7 @@ def test_two_process_gloo_training(workspace):
         cwd=workspace, env=dict(PORT=str(_free_port()),
                                 MASTER_ADDR='127.0.0.1',
                                 # No interpreter with torch on PATH: the
-                                # script must run $PYTHON (issue 11, item 10).
+                                # script must run $PYTHON.
                                 PATH='/usr/bin:/bin', PYTHON=sys.executable))
     assert 'Distributed training: True' in out
     assert 'GPU number: 2' in out  # mmengine's name for the world size

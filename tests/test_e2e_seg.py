@@ -7,9 +7,13 @@ import os.path as osp
 import re
 import sys
 
+import pytest
+
 from iformer_mm.compat import safe_load
 
 from ._tools import ROOT, run_tool, untrained_checkpoint
+
+pytestmark = pytest.mark.slow
 
 TOY = osp.join(ROOT, 'configs', 'toy', 'fpn_iformer_t_toy.py')
 #: Measured at iteration 60: mIoU 40.8 (circle IoU 70.8) on a 2-core AMD

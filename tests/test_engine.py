@@ -225,6 +225,7 @@ def test_lock_file_is_readable_by_all_writable_by_its_owner(
     assert oct(mode) == oct(0o644)
 
 
+@pytest.mark.slow
 def test_the_lock_works_where_fcntl_does_not_exist(tmp_path):
     """On Windows ``import fcntl`` fails: the lock falls back to its
     O_EXCL file (a fresh interpreter where fcntl cannot be imported)."""

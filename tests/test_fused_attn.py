@@ -1,5 +1,5 @@
 """SHMA through scaled_dot_product_attention (``fused_attn``) and the
-authors' named networks (issue 9, item 2)."""
+authors' named networks."""
 import pytest
 import torch
 
@@ -12,13 +12,7 @@ from iformer_mm.models.backbones.iformer import (AUTHORS_PRESETS, SHMA,
 from .test_backbone import randomize_bn
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # On shared cores a second intra-op thread costs far more than it gains.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 def _pair(arch='t', **kwargs):
@@ -170,6 +164,7 @@ def test_exports_to_onnx_with_same_numbers(fused, tmp_path):
         assert (a - torch.from_numpy(b)).abs().max() <= 1e-4 * a.abs().max()
 
 
+@pytest.mark.slow
 def test_fused_coreml_conversion():
     # Conversion only: a Core ML program cannot run on Linux. (The explicit
     # path's conversion is what the latency tool's tests convert.)

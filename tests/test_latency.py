@@ -101,6 +101,7 @@ def test_census_rejects_a_neural_network():
 # Conversion of one small variant in Table 17's three layouts.
 # --------------------------------------------------------------------------
 @needs_ct
+@pytest.mark.slow
 def test_iformer_t_converts_in_three_layouts(tmp_path):
     from iformer_mm.deploy.backbones import table17_specs
     from iformer_mm.deploy.census import validate_package
@@ -158,6 +159,7 @@ def test_validation_catches_wrong_shapes(tmp_path):
 # --------------------------------------------------------------------------
 @needs_ct
 @needs_ort
+@pytest.mark.slow
 def test_tool_end_to_end(tmp_path, capsys):
     from iformer_mm.deploy.benchmark import main
     out = tmp_path / 'lat'
@@ -247,6 +249,7 @@ def test_a_failing_model_is_reported_and_the_run_goes_on(tmp_path):
     assert 'failed at build' in run['markdown']
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (HAS_COREMLTOOLS and _mmdet_ready()),
                     reason='needs coremltools and a working mmdet')
 def test_peer_from_the_mmdet_registry(tmp_path):
@@ -276,7 +279,7 @@ def test_peer_from_the_mmdet_registry(tmp_path):
 @pytest.mark.parametrize('args, message', [
     (['not-a-backbone'], 'Unknown backbone'),
     (['iformer-m:spiral'], 'Unknown iFormer attention layout'),
-    (['configs/does_not_exist.py'], 'Config file not found'),
+    (['configs/does_not_exist.py'], 'config file not found'),
     (['iformer-t', '--size', '16'], 'too small'),
     (['iformer-t', '--size', '500'], 'multiple of 32'),
     (['iformer-t', '--size', '64', '96', '70'], 'takes H or H W'),
@@ -342,6 +345,7 @@ def test_timing_summary():
     assert len(calls) == 5 and len(times) == 3
 
 
+@pytest.mark.slow
 def test_script_help_runs():
     proc = subprocess.run([sys.executable, 'tools/benchmark_latency.py',
                            '--help'], cwd=ROOT, capture_output=True,
@@ -693,7 +697,7 @@ def test_config_backbones_follow_their_scope(tmp_path):
     empty.write_text("model = dict(type='X')\n")
     with pytest.raises(BackboneError, match='has no model.backbone'):
         resolve_backbone(str(empty))
-    with pytest.raises(BackboneError, match='Config file not found'):
+    with pytest.raises(BackboneError, match='config file not found'):
         resolve_backbone(str(tmp_path / 'gone.py'))
 
 

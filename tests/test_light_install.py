@@ -17,6 +17,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow
+
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 BLOCKED = ('mmcv', 'mmdet', 'mmseg', 'mmpretrain')
 

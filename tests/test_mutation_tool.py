@@ -1,4 +1,4 @@
-"""benchmarks/mutation.py (issue 14): its groups name files that exist, its
+"""benchmarks/mutation.py: its groups name files that exist, its
 list of equivalent mutants names lines that exist, its work dir is its own
 and its report adds up. The mutation run itself is a benchmark, not a test.
 """

@@ -148,6 +148,7 @@ def test_installer_repairs_distributions_outside_constraints():
     assert ins_mod.pin_violations(st) == []  # the probe said fine
 
 
+@pytest.mark.slow
 def test_check_probe_reports_pins_outside_constraints(tmp_path):
     """The probe (run as a file, as the installer does) flags a violated
     pin with the distribution's name, and exits 1."""
@@ -363,6 +364,7 @@ def mim_command():
     return exe
 
 
+@pytest.mark.slow
 def test_mim_search_lists_the_paper_numbers(tmp_path):
     proc = subprocess.run(
         [mim_command(), 'search', 'iformer_mm', '--field', 'coco/box_ap',
@@ -380,6 +382,7 @@ def test_mim_search_lists_the_paper_numbers(tmp_path):
         == '44.5'
 
 
+@pytest.mark.slow
 def test_mim_train_runs_the_package_tool(tmp_path):
     """``mim train iformer_mm CONFIG`` finds tools/train.py through the
     installed package and trains (2 iterations of the toy segmentation);

@@ -1,5 +1,4 @@
-"""Window padding semantics against an independent per-window reference
-(issue 9, item 1).
+"""Window padding semantics against an independent per-window reference.
 
 ``window_padding='zeros'`` (the authors' released code): every window of the
 zero-padded map is computed on its own, padded zeros included, through every
@@ -26,13 +25,7 @@ from iformer_mm.models.backbones.iformer import ARCH_ZOO, IFormer
 from .test_backbone import _stage_shapes, randomize_bn
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # On shared cores a second intra-op thread costs far more than it gains.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 WS = 16
 # The issue's sizes and their (stage-3, stage-4) maps; 800x1333 and 800x1344
@@ -131,14 +124,16 @@ def _check(arch, mode, attention, stage_index, hw):
 
 
 @pytest.mark.parametrize('maps', MAPS, ids=lambda m: f'{m[0][0]}x{m[0][1]}')
-@pytest.mark.parametrize('arch', ['m', 'l', 'l2'])
+@pytest.mark.parametrize('arch', ['m', 'l', pytest.param(
+    'l2', marks=pytest.mark.slow)])
 def test_zeros_padding_is_the_authors_per_window_semantics(arch, maps):
     # The authors' layout: stage 3 windowed, stage 4 global.
     _check(arch, 'zeros', 'authors', 2, maps[0])
 
 
 @pytest.mark.parametrize('maps', MAPS, ids=lambda m: f'{m[0][0]}x{m[0][1]}')
-@pytest.mark.parametrize('arch', ['m', 'l', 'l2'])
+@pytest.mark.parametrize('arch', ['m', 'l', pytest.param(
+    'l2', marks=pytest.mark.slow)])
 def test_mask_padding_is_attention_on_valid_tokens(arch, maps):
     # 'window': every SHMA of stages 3 and 4 in windows, so both stages'
     # padded windows are checked.

@@ -387,6 +387,7 @@ def test_each_device_gets_its_own_fit(tmp_path):
     assert M.load_params('iPhone 15 Pro', path=path)['coef'] == p15['coef']
 
 
+@pytest.mark.slow
 def test_benchmark_rejects_bad_input(tmp_path):
     script = os.path.join(ROOT, 'benchmarks', 'latency_predictor.py')
     proc = subprocess.run([sys.executable, script, 'fit', '--measurements',

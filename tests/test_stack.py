@@ -160,6 +160,7 @@ def test_iformer_builds_under_scope(scope):
     assert outs[-1].shape[0] == 1 and outs[-1].shape[-1] == 2  # stride 32
 
 
+@pytest.mark.slow
 def test_custom_imports_in_a_config(tmp_path):
     """The documented config line imports us and makes IFormer buildable."""
     import subprocess

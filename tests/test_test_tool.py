@@ -139,6 +139,7 @@ def ckpts(tmp_path_factory):
     return tmp_path_factory.mktemp('ckpts')
 
 
+@pytest.mark.slow
 def test_cls_show_dir_out_metrics_then_tta_amp(ckpts, tmp_path):
     _need('cls')
     ckpt = make_checkpoint('cls', ckpts / 'cls.pth')
@@ -161,6 +162,7 @@ def test_cls_show_dir_out_metrics_then_tta_amp(ckpts, tmp_path):
     assert 'accuracy/top1' in out
 
 
+@pytest.mark.slow
 def test_seg_show_dir_all_images(ckpts, tmp_path):
     _need('seg')
     ckpt = make_checkpoint('seg', ckpts / 'seg.pth')
@@ -175,6 +177,7 @@ def test_seg_show_dir_all_images(ckpts, tmp_path):
     assert len(images_in(tmp_path / 'pred_png')) == len(names)
 
 
+@pytest.mark.slow
 def test_det_show_dir_interval(ckpts, tmp_path):
     _need('det')
     ckpt = make_checkpoint('det', ckpts / 'det.pth')

@@ -1,4 +1,4 @@
-"""Window rearrangement with no tensor above rank 5 (issue 10, item 1).
+"""Window rearrangement with no tensor above rank 5.
 
 The reference is the rank-6 ``view``/``permute`` implementation that the
 project used before, written out again here (not imported), together with the
@@ -75,13 +75,7 @@ def _map_sizes(size, arch):
 SIZES = [(224, 224), (512, 512), (511, 517), (800, 1333), (512, 683)]
 
 
-@pytest.fixture(autouse=True, scope='module')
-def one_thread():
-    # On shared cores a second intra-op thread costs far more than it gains.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # -- the functions, on every map shape that occurs --------------------------
@@ -134,9 +128,12 @@ def _old_vs_new(net, x, monkeypatch):
 
 
 LAYOUTS = ['global', 'window', 'hybrid', 'authors']
+#: every arch; the large ones (seconds each) with -m slow
+ARCHS = [a if a in ('t', 's', 'm') else pytest.param(a, marks=pytest.mark.slow)
+         for a in ARCH_ZOO]
 
 
-@pytest.mark.parametrize('arch', list(ARCH_ZOO))
+@pytest.mark.parametrize('arch', ARCHS)
 def test_network_bit_identical_every_arch(arch, monkeypatch):
     # 32x272: stage 3 is 2x17 -> two padded windows side by side, stage 4
     # one padded window (the skipped rearrangement). Every layout, chunk
@@ -161,7 +158,8 @@ def test_network_bit_identical_every_arch(arch, monkeypatch):
             _old_vs_new(model, x, monkeypatch)
 
 
-@pytest.mark.parametrize('size', SIZES)
+@pytest.mark.parametrize('size', SIZES[:3] + [pytest.param(
+    s, marks=pytest.mark.slow) for s in SIZES[3:]])
 def test_network_bit_identical_m_sizes(size, monkeypatch):
     # iFormer-M at the sizes of the issue, each layout and chunk count
     # spread over the sizes (one network forward pair per size).
@@ -199,7 +197,7 @@ def _meta_net(arch, attention, size=(512, 512)):
     return net, x
 
 
-@pytest.mark.parametrize('arch', list(ARCH_ZOO))
+@pytest.mark.parametrize('arch', ARCHS)
 def test_no_tensor_above_rank5_every_arch_and_layout(arch):
     # 512x512: stage 3 is 2x2 windows, stage 4 a single window; 511x517:
     # padded windows. On the meta device: shapes only.
@@ -220,6 +218,7 @@ def _export_max_rank(exported):
     return max(ranks)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('arch,attention', [('m', 'hybrid'), ('l', 'authors')])
 def test_export_graph_has_no_tensor_above_rank5(arch, attention):
     # The exported graph itself, for the latency tool's default layout and

@@ -131,10 +131,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     from iformer_mm.datasets.checks import DatasetNotFoundError
     from iformer_mm.errors import UserError
-    if not osp.isfile(args.config):
-        print(f'error: config file not found: {args.config}',
-              file=sys.stderr)
-        return 2
     if args.not_show and not args.output_dir:
         print('error: with --not-show and no --output-dir nothing would be '
               'shown or saved; add --output-dir DIR', file=sys.stderr)
@@ -142,11 +138,9 @@ def main(argv=None) -> int:
     if args.show_number < 1:
         print('error: --show-number must be at least 1', file=sys.stderr)
         return 2
-    from mmengine.config import Config
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options:
-        cfg.merge_from_dict(args.cfg_options)
+    from iformer_mm.config import load_config
     try:
+        cfg = load_config(args.config, args.cfg_options)
         files = browse(cfg, args.output_dir, show=not args.not_show,
                        wait=args.show_interval, number=args.show_number,
                        phase=args.phase)

@@ -12,7 +12,7 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import Config, DictAction
+from mmengine.config import DictAction
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
@@ -48,10 +48,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    import iformer_mm  # noqa: F401
+    from iformer_mm.config import load_config
     from iformer_mm.engine.config_check import ATTENTION_NAMES, check_config
-    from iformer_mm.errors import did_you_mean
-    from iformer_mm.errors import ConfigError
+    from iformer_mm.errors import ConfigError, did_you_mean
     from iformer_mm.models.backbones.iformer import ARCH_ZOO
     from iformer_mm.utils.complexity import (backbone_complexity,
                                              config_complexity)
@@ -75,9 +74,7 @@ def main(argv=None):
                 f'{args.target!r} is neither an iFormer arch'
                 f'{did_you_mean(args.target, ARCH_ZOO)} ('
                 f'{", ".join(ARCH_ZOO)}) nor an existing config file')
-        cfg = Config.fromfile(args.target)
-        if args.cfg_options:
-            cfg.merge_from_dict(args.cfg_options)
+        cfg = load_config(args.target, args.cfg_options)
         for warning in check_config(cfg):
             print(f'warning: {warning}', file=sys.stderr)
         scope = cfg.get('default_scope', '')

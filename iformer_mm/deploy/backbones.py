@@ -28,7 +28,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import SCOPES
+from ..config import SCOPES, load_config
+from ..errors import ConfigError
 
 # --------------------------------------------------------------------------
 # iFormer attention layouts (Table 17) and the paper's iPhone 13 figures.
@@ -465,10 +466,10 @@ _REGISTRY_RE = re.compile(r'^(?P<scope>mm\w+)\.(?P<type>\w+)(?P<kwargs>\{.*\})?$
 # Configs.
 # --------------------------------------------------------------------------
 def _config_spec(path: str) -> BackboneSpec:
-    if not os.path.isfile(path):
-        raise BackboneError(f'Config file not found: {path!r}.')
-    from mmengine.config import Config
-    cfg = Config.fromfile(path)
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        raise BackboneError(str(e)) from e
     model = cfg.get('model')
     backbone = model.get('backbone') if model is not None else None
     if backbone is None:

@@ -420,9 +420,10 @@ def show_dir_of(work_dir: str, show_dir: str, scope: str,
     """Where the upstream tool of ``scope`` painted the images of
     ``--show-dir`` (detection: the run's timestamp folder)."""
     if scope == 'mmseg':
-        return osp.join(show_dir, 'vis_data', 'vis_image')
+        return osp.abspath(osp.join(show_dir, 'vis_data', 'vis_image'))
     if scope == 'mmpretrain':
-        return show_dir
+        return osp.abspath(show_dir)
+    work_dir = osp.abspath(work_dir)
     runs = [d for d in glob.glob(osp.join(glob.escape(work_dir), '*',
                                           show_dir))
             if osp.isdir(d) and osp.getmtime(d) >= since - 1]
