@@ -86,7 +86,7 @@ def _load(config: str, work_dir: str, threads: int):
     from mmengine.config import Config
 
     import iformer_mm  # noqa: F401
-    from iformer_mm.apis._common import init_scope, strip_pretrained
+    from iformer_mm.config import init_scope, strip_pretrained
     torch.set_num_threads(threads)
     cfg = Config.fromfile(config)
     init_scope(cfg)

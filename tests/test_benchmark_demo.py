@@ -60,7 +60,7 @@ def _image(path, h=48, w=64, seed=0):
 # benchmark
 # --------------------------------------------------------------------------
 def test_test_input_shape_of_real_configs():
-    from iformer_mm.apis._common import load_config
+    from iformer_mm.config import load_config
     from iformer_mm.apis.benchmark import test_input_shape
     coco = osp.join(ROOT, 'configs/maskrcnn_iformer_t_coco.py')
     ade = osp.join(ROOT, 'configs/fpn_iformer_t_ade20k_40k.py')
@@ -221,7 +221,8 @@ def test_checkpoint_weights_and_classes():
     _needs(CLS)
     import torch
     from iformer_mm.apis import benchmark, run_demo
-    from iformer_mm.apis._common import build_model, load_config
+    from iformer_mm.apis.build import build_model
+    from iformer_mm.config import load_config
     model = build_model(load_config(CLS))
     names = ['a', 'b', 'c', 'd', 'e', 'f']
     torch.save({'state_dict': model.state_dict(),

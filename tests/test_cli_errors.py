@@ -109,9 +109,16 @@ def test_known_mistake_types_become_messages():
 
 
 def test_missing_dataset_message_is_folded_to_one_line():
-    from iformer_mm.datasets.checks import DatasetNotFoundError, _message
-    msg = user_error_message(DatasetNotFoundError(
-        _message('coco', 'data/coco/annotations/x.json', 'train')))
+    from mmengine.config import Config
+
+    from iformer_mm.datasets import DatasetNotFoundError, check_datasets
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(
+        type='CocoDataset', data_root='data/coco/',
+        ann_file='annotations/x.json', data_prefix=dict(img='train/')))))
+    with pytest.raises(DatasetNotFoundError) as info:
+        check_datasets(cfg, ('train', ))
+    assert '\n' in str(info.value)  # the layout is drawn over lines
+    msg = user_error_message(info.value)
     assert '\n' not in msg and '├' not in msg
     assert "'data/coco/annotations/x.json' does not exist" in msg
     assert 'docs/getting_started.md#coco-data-layout' in msg

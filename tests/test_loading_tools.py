@@ -48,7 +48,8 @@ def _model(config, seed, cfg_options=None):
     pytest.importorskip(LIBS[config])
     if config == DET:
         pytest.importorskip('mmcv.ops')  # RoIAlign, NMS
-    from iformer_mm.apis._common import build_model, load_config
+    from iformer_mm.apis.build import build_model
+    from iformer_mm.config import load_config
     model = build_model(load_config(config, cfg_options), init_weights=False)
     return randomize(model, seed)
 
@@ -106,7 +107,7 @@ def test_init_cfg_prefix_from_a_config(tmp_path):
     before)."""
     src = dict(_model(SEG, seed=1).state_dict())
     path = _save(_authors_names(src), str(tmp_path / 'authors_seg.pth'))
-    from iformer_mm.apis._common import init_scope, load_config
+    from iformer_mm.config import init_scope, load_config
     from mmengine.registry import MODELS
     cfg = load_config(SEG)
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=path,

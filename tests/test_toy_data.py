@@ -333,30 +333,30 @@ def _write_tiny(path):
 
 
 def test_a_copy_finished_meanwhile_by_another_process_is_kept(tmp_path):
-    from iformer_mm.datasets.toy import _generate_atomically
+    from iformer_mm.datasets.toy import generate_atomically
     root = str(tmp_path / 'toy')
     params = dict(kind='tiny', version=1)
 
     def slow_writer(path):
         # another process completes the same dataset while we write ours
-        _generate_atomically(root, params, _write_tiny)
+        generate_atomically(root, params, _write_tiny)
         _write_tiny(path)
         with open(os.path.join(path, 'a', 'x.txt'), 'w') as f:
             f.write('late')
-    assert _generate_atomically(root, params, slow_writer) == root
+    assert generate_atomically(root, params, slow_writer) == root
     assert _tree(root)['a/x.txt'] == b'data'  # the first copy, untouched
     assert sorted(os.listdir(tmp_path)) == ['toy']  # no temporary left
 
 
 def test_an_empty_directory_made_meanwhile_is_filled(tmp_path):
-    from iformer_mm.datasets.toy import _generate_atomically
+    from iformer_mm.datasets.toy import generate_atomically
     root = str(tmp_path / 'toy')
     params = dict(kind='tiny', version=1)
 
     def writer(path):
         os.makedirs(root)  # e.g. the user's mkdir, or a launcher's
         _write_tiny(path)
-    _generate_atomically(root, params, writer)
+    generate_atomically(root, params, writer)
     assert _tree(root)['a/x.txt'] == b'data'
     assert sorted(os.listdir(tmp_path)) == ['toy']
 
@@ -364,47 +364,47 @@ def test_an_empty_directory_made_meanwhile_is_filled(tmp_path):
 def test_an_old_own_copy_is_swapped_whole(tmp_path):
     """A copy of other params is moved aside and removed only after the new
     one is in place; nothing of it is left, nor any temporary."""
-    from iformer_mm.datasets.toy import _generate_atomically
+    from iformer_mm.datasets.toy import generate_atomically
     root = str(tmp_path / 'toy')
-    _generate_atomically(root, dict(kind='tiny', version=1), _write_tiny)
+    generate_atomically(root, dict(kind='tiny', version=1), _write_tiny)
 
     def other(path):
         os.makedirs(os.path.join(path, 'b'))
         with open(os.path.join(path, 'b', 'y.txt'), 'w') as f:
             f.write('new')
-    _generate_atomically(root, dict(kind='tiny', version=2), other)
+    generate_atomically(root, dict(kind='tiny', version=2), other)
     tree = _tree(root)
     assert tree['b/y.txt'] == b'new' and 'a/x.txt' not in tree
     assert sorted(os.listdir(tmp_path)) == ['toy']
 
 
 def test_a_failed_writer_leaves_the_old_copy_and_no_temporary(tmp_path):
-    from iformer_mm.datasets.toy import _generate_atomically
+    from iformer_mm.datasets.toy import generate_atomically
     root = str(tmp_path / 'toy')
-    _generate_atomically(root, dict(kind='tiny', version=1), _write_tiny)
+    generate_atomically(root, dict(kind='tiny', version=1), _write_tiny)
     before = _tree(root)
 
     def broken(path):
         _write_tiny(path)
         raise OSError('disk full')
     with pytest.raises(OSError, match='disk full'):
-        _generate_atomically(root, dict(kind='tiny', version=2), broken)
+        generate_atomically(root, dict(kind='tiny', version=2), broken)
     assert _tree(root) == before
     assert sorted(os.listdir(tmp_path)) == ['toy']
 
 
 def test_an_unreadable_stamp_means_regenerate(tmp_path):
-    from iformer_mm.datasets.toy import _STAMP, _generate_atomically
+    from iformer_mm.datasets.toy import STAMP, generate_atomically
     root = tmp_path / 'toy'
     params = dict(kind='tiny', version=1)
-    _generate_atomically(str(root), params, _write_tiny)
-    (root / _STAMP).write_text('{not json')
+    generate_atomically(str(root), params, _write_tiny)
+    (root / STAMP).write_text('{not json')
     (root / 'a' / 'x.txt').write_text('stale')
-    _generate_atomically(str(root), params, _write_tiny)
+    generate_atomically(str(root), params, _write_tiny)
     assert _tree(root)['a/x.txt'] == b'data'
-    (root / _STAMP).write_text('[1, 2]')  # JSON, but not a stamp
+    (root / STAMP).write_text('[1, 2]')  # JSON, but not a stamp
     (root / 'a' / 'x.txt').write_text('stale')
-    _generate_atomically(str(root), params, _write_tiny)
+    generate_atomically(str(root), params, _write_tiny)
     assert _tree(root)['a/x.txt'] == b'data'
 
 

@@ -148,7 +148,8 @@ def convert(args):
     reports = []
     if args.config:  # the config's model decides what is written
         target = 'model'
-        from iformer_mm.apis._common import build_model, load_config
+        from iformer_mm.apis.build import build_model
+        from iformer_mm.config import load_config
         model = build_model(load_config(args.config), init_weights=False)
         state, _ = state_dict_for_model(model, raw, prefix=args.prefix,
                                         key=args.key)

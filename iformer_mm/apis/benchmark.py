@@ -30,7 +30,8 @@ import torch
 from mmengine.config import Config
 
 from ..models.checkpoint import check_checkpoint_path
-from ._common import build_model, load_config, scope_of, task_of
+from ..config import load_config, scope_of, task_of
+from .build import build_model
 
 #: Transforms that read files; dropped for synthetic input.
 _LOADING = ('LoadImageFromFile', 'LoadAnnotations', 'LoadPanopticAnnotations',

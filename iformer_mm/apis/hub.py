@@ -131,7 +131,8 @@ def get_model(name: str, checkpoint: Optional[str] = None,
         mmpretrain ``ImageClassifier``), with the config as ``model.cfg``.
         Building it needs that task's library (mmdet, mmseg, mmpretrain).
     """
-    from ._common import build_model, load_config
+    from ..config import load_config
+    from .build import build_model
 
     cfg = load_config(get_config(name), cfg_options)
     return build_model(cfg, checkpoint=checkpoint, device=device)

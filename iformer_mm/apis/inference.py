@@ -34,8 +34,8 @@ from mmengine.config import Config
 
 from ..errors import InputError
 from ..models.checkpoint import check_checkpoint_path
-from ._common import (dataset_meta, init_scope, load_config, num_classes_of,
-                      strip_pretrained, task_of)
+from ..config import init_scope, load_config, strip_pretrained, task_of
+from .build import dataset_meta, num_classes_of
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 

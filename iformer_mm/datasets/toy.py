@@ -49,7 +49,7 @@ _CIRCLE_VERTICES = 24
 # Bumped whenever the generated content changes, so that an old copy on
 # disk is regenerated instead of silently reused.
 TOY_FORMAT_VERSION = 1
-_STAMP = '.toy_complete'
+STAMP = '.toy_complete'
 
 
 # --------------------------------------------------------------------------
@@ -114,7 +114,7 @@ def _place(rng, h, w, boxes,
 def _read_stamp(root: str):
     """The stamp of a generated directory: ``None`` if it has none, else a
     dict (``params`` and ``files``; ``{}`` for an unreadable stamp)."""
-    stamp = osp.join(root, _STAMP)
+    stamp = osp.join(root, STAMP)
     if not osp.isfile(stamp):
         return None
     try:
@@ -148,7 +148,7 @@ def _not_ours(root: str, why: str):
     from ..errors import UserError
     return UserError(
         f'toy data_root {root!r} {why}; the toy data generator only replaces '
-        f'folders it created itself (they carry a {_STAMP} file) and left '
+        f'folders it created itself (they carry a {STAMP} file) and left '
         f'it untouched: set data_root to a new or empty directory.')
 
 
@@ -160,16 +160,16 @@ def _check_replaceable(root: str) -> None:
     stamp = _read_stamp(root)
     if stamp is None:
         raise _not_ours(root, 'exists and was not created by the toy data '
-                        f'generator (no {_STAMP} file)')
+                        f'generator (no {STAMP} file)')
     listed = stamp.get('files')
     if listed is not None:
-        extra = sorted(set(_list_files(root)) - set(listed) - {_STAMP})
+        extra = sorted(set(_list_files(root)) - set(listed) - {STAMP})
         if extra:
             raise _not_ours(root, f'holds {len(extra)} file(s) the generator '
                             f'did not write (e.g. {extra[0]!r})')
 
 
-def _generate_atomically(root: str, params: dict,
+def generate_atomically(root: str, params: dict,
                          writer: Callable[[str], None]) -> str:
     """Make ``root`` hold the toy dataset ``params`` and return its path.
 
@@ -193,7 +193,7 @@ def _generate_atomically(root: str, params: dict,
     old = None
     try:
         writer(tmp)
-        with open(osp.join(tmp, _STAMP), 'w') as f:
+        with open(osp.join(tmp, STAMP), 'w') as f:
             json.dump(dict(params=params, files=_list_files(tmp)), f)
         if osp.lexists(root):
             if _is_complete(root, params):
@@ -291,7 +291,7 @@ def make_toy_coco(root: str = 'data/toy_coco', num_train: int = 32,
                                f'instances_{split}.json'), 'w') as f:
                 json.dump(coco, f)
 
-    return _generate_atomically(root, params, writer)
+    return generate_atomically(root, params, writer)
 
 
 # --------------------------------------------------------------------------
@@ -338,7 +338,7 @@ def make_toy_ade(root: str = 'data/toy_ade', num_train: int = 24,
                             [cv2.IMWRITE_JPEG_QUALITY, 95])
                 cv2.imwrite(osp.join(ann_dir, name + '.png'), label)
 
-    return _generate_atomically(root, params, writer)
+    return generate_atomically(root, params, writer)
 
 
 # --------------------------------------------------------------------------
@@ -388,7 +388,7 @@ def make_toy_imagenet(root: str = 'data/toy_imagenet',
                     cv2.imwrite(osp.join(d, f'{kind}_{i:04d}.png'),
                                 _draw_cls(rng, kind, size))
 
-    return _generate_atomically(root, params, writer)
+    return generate_atomically(root, params, writer)
 
 
 TOY_GENERATORS: Dict[str, Callable[..., str]] = dict(

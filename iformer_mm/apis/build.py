@@ -1,4 +1,4 @@
-"""Model building shared by the benchmark and demo tools.
+"""Building a whole model from a config, for the benchmark and demo tools.
 
 Everything here is light: the task library (mmdet, mmseg or mmpretrain) is
 imported only when a config that needs it is loaded, so ``import
@@ -13,8 +13,7 @@ from typing import Any, Dict, Optional
 
 from mmengine.config import Config
 
-from ..config import (init_scope, innermost_dataset, load_config,  # noqa
-                      scope_of, strip_pretrained, task_of)
+from ..config import init_scope, innermost_dataset, strip_pretrained
 
 
 def dataset_meta(cfg: Config) -> Dict[str, Any]:
