@@ -30,6 +30,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 
 def parse_args(argv=None):
+    from iformer_mm.engine.errors_cli import add_debug_argument
     p = argparse.ArgumentParser(
         description='Benchmark whole-model inference speed of a config.')
     p.add_argument('config', help='config file (its default_scope decides '
@@ -64,8 +65,7 @@ def parse_args(argv=None):
                    '(missing, unexpected or wrong-shape keys) as far as it '
                    'fits, with a warning; by default that is an error')
     p.add_argument('--quiet', action='store_true', help='no progress lines')
-    p.add_argument('--debug', action='store_true',
-                   help='show the full traceback of an error')
+    add_debug_argument(p)
     args = p.parse_args(argv)
     if args.shape is not None:
         if len(args.shape) == 1:

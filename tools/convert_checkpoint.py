@@ -41,6 +41,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def parse_args(argv=None):
+    from iformer_mm.engine.errors_cli import add_debug_argument
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('src', help='checkpoint of any supported layout (path or '
@@ -69,8 +70,7 @@ def parse_args(argv=None):
                    'the wrong shape (a warning counts them)')
     p.add_argument('--overwrite', action='store_true',
                    help='replace an existing output file (never the source)')
-    p.add_argument('--debug', action='store_true',
-                   help='show the full traceback of an error')
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 

@@ -28,6 +28,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 
 def parse_args(argv=None):
+    from iformer_mm.engine.errors_cli import add_debug_argument
     p = argparse.ArgumentParser(
         description='Draw predictions of a config on images.')
     p.add_argument('config', help='config file')
@@ -51,8 +52,7 @@ def parse_args(argv=None):
                    'fits, with a warning; by default that is an error')
     p.add_argument('--no-progress', action='store_true',
                    help='no progress bar over the images')
-    p.add_argument('--debug', action='store_true',
-                   help='show the full traceback of an error')
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 

@@ -2,13 +2,8 @@
 # Distributed testing with torchrun, one process per GPU (or per CPU worker
 # on a machine without CUDA, where the gloo backend is used).
 #   bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py options]
-# Several nodes: run the same command on every node with
-#   NNODES=<nodes> NODE_RANK=<0..NNODES-1> MASTER_ADDR=<node 0's address> \
-#   [PORT=29500] bash tools/dist_test.sh ...
-# The interpreter: $PYTHON if set, else the first `python` (or `python3`) on
-# PATH. Outside an activated virtual environment, point it at the one that
-# has torch and the OpenMMLab packages, e.g.
-#   PYTHON=/path/to/venv/bin/python bash tools/dist_test.sh ...
+# Several nodes, the port and the interpreter ($PYTHON): as for
+# tools/dist_train.sh, which this script runs for tools/test.py.
 set -e
 if [ $# -lt 3 ]; then
     echo "usage: bash tools/dist_test.sh CONFIG CHECKPOINT NPROC [test.py options]" >&2
@@ -18,22 +13,5 @@ CONFIG=$1
 CHECKPOINT=$2
 NPROC=$3
 shift 3
-NNODES=${NNODES:-1}
-NODE_RANK=${NODE_RANK:-0}
-PORT=${PORT:-29500}
-MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
-TOOLS_DIR=$(cd "$(dirname "$0")" && pwd)
-PYTHON=${PYTHON:-$(command -v python || command -v python3 || true)}
-if [ -z "$PYTHON" ]; then
-    echo "dist_test.sh: error: no python on PATH; set PYTHON=/path/to/python" >&2
-    exit 2
-fi
-
-PYTHONPATH="$TOOLS_DIR/..":$PYTHONPATH \
-"$PYTHON" -m torch.distributed.run \
-    --nnodes="$NNODES" \
-    --node_rank="$NODE_RANK" \
-    --master_addr="$MASTER_ADDR" \
-    --master_port="$PORT" \
-    --nproc_per_node="$NPROC" \
-    "$TOOLS_DIR/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "$@"
+TOOL=test.py NAME=dist_test.sh exec bash "$(dirname "$0")/dist_train.sh" \
+    "$CONFIG" "$NPROC" "$CHECKPOINT" "$@"

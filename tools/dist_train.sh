@@ -9,7 +9,10 @@
 # PATH. Outside an activated virtual environment, point it at the one that
 # has torch and the OpenMMLab packages, e.g.
 #   PYTHON=/path/to/venv/bin/python bash tools/dist_train.sh ...
+# tools/dist_test.sh runs this script with TOOL=test.py.
 set -e
+TOOL=${TOOL:-train.py}
+NAME=${NAME:-dist_train.sh}
 if [ $# -lt 2 ]; then
     echo "usage: bash tools/dist_train.sh CONFIG NPROC [train.py options]" >&2
     exit 2
@@ -24,7 +27,7 @@ MASTER_ADDR=${MASTER_ADDR:-"127.0.0.1"}
 TOOLS_DIR=$(cd "$(dirname "$0")" && pwd)
 PYTHON=${PYTHON:-$(command -v python || command -v python3 || true)}
 if [ -z "$PYTHON" ]; then
-    echo "dist_train.sh: error: no python on PATH; set PYTHON=/path/to/python" >&2
+    echo "$NAME: error: no python on PATH; set PYTHON=/path/to/python" >&2
     exit 2
 fi
 
@@ -35,4 +38,4 @@ PYTHONPATH="$TOOLS_DIR/..":$PYTHONPATH \
     --master_addr="$MASTER_ADDR" \
     --master_port="$PORT" \
     --nproc_per_node="$NPROC" \
-    "$TOOLS_DIR/train.py" "$CONFIG" --launcher pytorch "$@"
+    "$TOOLS_DIR/$TOOL" "$CONFIG" --launcher pytorch "$@"
