@@ -123,7 +123,7 @@ def _release_extras():
             'args': argparse.Namespace(model='iFormer_t', lr=4e-3)}
 
 
-def _authors_whole(state):
+def authors_whole(state):
     """A whole model as the authors' mmdet/mmseg Runner saved it: their
     backbone names under ``backbone.``, the rest as mmdet/mmseg name it."""
     backbone = to_release({k[len('backbone.'):]: v for k, v in state.items()
@@ -158,9 +158,9 @@ LAYOUTS = {
     'ddp': ('classifier', lambda s: {'state_dict': {
         'module.' + k: v for k, v in s.items()}}),
     'authors_mmdet': ('mmdet', lambda s: {
-        'meta': _runner_meta(), 'state_dict': _authors_whole(s)}),
+        'meta': _runner_meta(), 'state_dict': authors_whole(s)}),
     'authors_mmseg': ('mmseg', lambda s: {
-        'meta': _runner_meta(), 'state_dict': _authors_whole(s)}),
+        'meta': _runner_meta(), 'state_dict': authors_whole(s)}),
     'ours_backbone': ('backbone', lambda s: {'state_dict': {
         'backbone.' + k: v for k, v in _backbone_only(s).items()},
         'meta': {'converted_from': 'x.pth'}}),

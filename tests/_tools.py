@@ -8,6 +8,16 @@ import sys
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
 
+def load_tool(name):
+    """tools/<name>.py as a module (tools/ is not a package)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(
+        f'_iformer_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_tool(args, cwd, env=None, timeout=900):
     """Run ``args`` in ``cwd`` (on PYTHONPATH with the repository); fail the
     test with the output's tail unless it exits 0; return its output."""

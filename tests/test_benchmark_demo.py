@@ -4,7 +4,6 @@ Random-init models, tiny inputs, every test runs in its own temporary
 working directory (the toy configs generate their data under ``data/``
 relative to it).
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -12,17 +11,7 @@ import os.path as osp
 import numpy as np
 import pytest
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-
-
-def _tool(name):
-    """tools/<name>.py as a module (tools/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        f'_iformer_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from ._tools import ROOT, load_tool
 
 DET = osp.join(ROOT, 'configs/toy/maskrcnn_iformer_t_toy.py')
 SEG = osp.join(ROOT, 'configs/toy/fpn_iformer_t_toy.py')
@@ -76,7 +65,7 @@ def test_test_input_shape_of_real_configs():
 
 
 def test_benchmark_missing_config(capsys):
-    tool = _tool('benchmark')
+    tool = load_tool('benchmark')
     from iformer_mm.apis import benchmark
     with pytest.raises(FileNotFoundError, match='config file not found'):
         benchmark('no/such/config.py')
@@ -94,7 +83,7 @@ def test_benchmark_bad_arguments():
 
 def test_benchmark_detection_fused_and_unfused(capsys):
     _needs(DET)
-    tool = _tool('benchmark')
+    tool = load_tool('benchmark')
     out = 'bench.json'
     rc = tool.main([DET, '--fuse', 'both', '--num-images', '2', '--warmup',
                     '1', '--shape', '64', '96', '--data', 'synthetic',
@@ -153,7 +142,7 @@ def test_benchmark_seg_and_cls(config, task):
 def test_demo_writes_drawn_image(config, task, capsys):
     _needs(config)
     import cv2
-    tool = _tool('demo')
+    tool = load_tool('demo')
     img = _image('in/pic.jpg')
     rc = tool.main([config, img, '--out-dir', 'out', '--device', 'cpu',
                     '--score-thr', '0.0'] +
@@ -203,7 +192,7 @@ def test_detection_demo_shows_progress_on_a_folder(capsys):
     """mmdet's progress bar over a folder, as mmdet's image_demo shows it;
     --no-progress turns it off."""
     _needs(DET)
-    tool = _tool('demo')
+    tool = load_tool('demo')
     _image('imgs/a.png', seed=1)
     _image('imgs/b.jpg', seed=2)
     light = ['--cfg-options', *DET_LIGHT]
@@ -240,7 +229,7 @@ def test_checkpoint_weights_and_classes():
 
 
 def test_demo_bad_inputs(capsys):
-    tool = _tool('demo')
+    tool = load_tool('demo')
     from iformer_mm.apis import collect_images, run_demo
     from iformer_mm.errors import InputError
     with pytest.raises(InputError, match='not found'):

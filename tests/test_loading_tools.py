@@ -14,7 +14,6 @@ In process (no subprocess start-up); each test in its own working
 directory, where the toy configs generate their data.
 """
 import glob
-import importlib.util
 import os
 import os.path as osp
 
@@ -25,8 +24,8 @@ import torch
 import iformer_mm  # noqa: F401
 from iformer_mm.errors import CheckpointMismatchError
 
-from ._layouts import randomize, to_release
-from ._tools import runner_of
+from ._layouts import authors_whole, randomize, to_release
+from ._tools import load_tool, runner_of
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET = osp.join(ROOT, 'configs/toy/maskrcnn_iformer_t_toy.py')
@@ -54,16 +53,6 @@ def _model(config, seed, cfg_options=None):
     return randomize(model, seed)
 
 
-def _authors_names(state):
-    """A whole model as the authors' mmdet / mmseg Runner saved it."""
-    backbone = to_release({k[len('backbone.'):]: v for k, v in state.items()
-                           if k.startswith('backbone.')})
-    out = {'backbone.' + k: v for k, v in backbone.items()}
-    out.update((k, v) for k, v in state.items()
-               if not k.startswith('backbone.'))
-    return out
-
-
 def _save(state, path, meta=None):
     torch.save({'state_dict': dict(state), 'meta': meta or {}}, path)
     return path
@@ -76,14 +65,6 @@ def _assert_identical(model, expected):
         assert torch.equal(got[k], v), k
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(
-        f'_iformer_tool_{name}', osp.join(ROOT, 'tools', f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 # --------------------------------------------------------------------------
 # The authors' whole-model checkpoints into the configs' models
 # --------------------------------------------------------------------------
@@ -91,7 +72,7 @@ def _tool(name):
 def test_authors_runner_checkpoint_round_trip(config, tmp_path):
     from iformer_mm.models.checkpoint import load_model_checkpoint
     src = dict(_model(config, seed=1).state_dict())
-    path = _save(_authors_names(src), 'authors.pth',
+    path = _save(authors_whole(src), 'authors.pth',
                  meta={'dataset_meta': {'classes': ('x', )}})
     model = _model(config, seed=2)
     report = load_model_checkpoint(model, path)
@@ -106,7 +87,7 @@ def test_init_cfg_prefix_from_a_config(tmp_path):
     the authors' mmseg checkpoint fills the backbone (it loaded nothing
     before)."""
     src = dict(_model(SEG, seed=1).state_dict())
-    path = _save(_authors_names(src), str(tmp_path / 'authors_seg.pth'))
+    path = _save(authors_whole(src), str(tmp_path / 'authors_seg.pth'))
     from iformer_mm.config import init_scope, load_config
     from mmengine.registry import MODELS
     cfg = load_config(SEG)
@@ -143,7 +124,7 @@ def _run_test_main(argv, capsys):
 def test_test_tool_loads_every_layout_strictly(tmp_path, capsys):
     src = dict(_model(SEG, seed=1).state_dict())
     own = _save(src, 'own.pth')
-    authors = _save(_authors_names(src), 'authors.pth')
+    authors = _save(authors_whole(src), 'authors.pth')
     for path in (own, authors):
         runner = _test_runner([SEG, path, '--work-dir', 'w'])
         runner.load_or_resume()
@@ -243,11 +224,11 @@ def test_demo_and_benchmark_are_strict(capsys):
     capsys.readouterr()
 
     # the tools: one line, exit 2
-    assert _tool('demo').main([CLS, img, '--checkpoint', backbone_only,
+    assert load_tool('demo').main([CLS, img, '--checkpoint', backbone_only,
                                '--out-dir', 'o2']) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and 'head.head.l.weight' in err
-    assert _tool('benchmark').main([CLS, '--checkpoint', backbone_only,
+    assert load_tool('benchmark').main([CLS, '--checkpoint', backbone_only,
                                     '--num-images', '1', '--warmup', '0',
                                     '--data', 'synthetic']) == 2
     err = capsys.readouterr().err.strip()
@@ -261,8 +242,8 @@ def test_demo_and_benchmark_are_strict(capsys):
 def test_convert_against_a_config(capsys):
     from iformer_mm.models.checkpoint import load_model_checkpoint
     src = dict(_model(SEG, seed=1).state_dict())
-    authors = _save(_authors_names(src), 'authors.pth')
-    tool = _tool('convert_checkpoint')
+    authors = _save(authors_whole(src), 'authors.pth')
+    tool = load_tool('convert_checkpoint')
     assert tool.main([authors, 'out.pth', '--config', SEG]) == 0
     out = capsys.readouterr().out
     assert f'{len(src)} loaded, 0 missing, 0 unexpected' in out
