@@ -78,56 +78,33 @@ def _one_line(text: str) -> str:
     return ' '.join(kept) if kept else str(text).strip()
 
 
-def _registry_candidates(registry_name: str, scope: Optional[str]):
-    """Every name registered in mmengine's registry called
-    ``registry_name`` (all scopes), or ``[]`` if mmengine is unavailable."""
+def _registries(name: Optional[str] = None) -> List:
+    """Every mmengine registry (the roots and all their scopes' children),
+    or those called ``name``; ``[]`` without mmengine."""
     try:
         import mmengine.registry as mreg
-        from mmengine.registry import Registry
     except ImportError:  # pragma: no cover - light install without mmengine
         return []
-    roots = [v for v in vars(mreg).values()
-             if isinstance(v, Registry) and v.name == registry_name.strip()]
-    names: set = set()
+    found, stack = [], [v for v in vars(mreg).values()
+                        if isinstance(v, mreg.Registry)]
+    while stack:
+        reg = stack.pop()
+        if all(reg is not r for r in found):
+            found.append(reg)
+            stack.extend(reg.children.values())
+    return [r for r in found if name is None or r.name == name.strip()]
 
-    def walk(reg):
-        names.update(reg.module_dict)
-        for child in reg.children.values():
-            walk(child)
 
-    for root in roots:
-        walk(root)
-    return sorted(names)
+def _registry_candidates(registry_name: str) -> List[str]:
+    """Every name registered in the registries called ``registry_name``."""
+    return sorted({n for reg in _registries(registry_name)
+                   for n in reg.module_dict})
 
 
 def _class_from_registries(name: str):
-    """A class registered as ``name`` in any scope of any mmengine registry."""
-    try:
-        import mmengine.registry as mreg
-        from mmengine.registry import Registry
-    except ImportError:  # pragma: no cover
-        return None
-    seen = set()
-
-    def walk(reg):
-        if id(reg) in seen:
-            return None
-        seen.add(id(reg))
-        cls = reg.module_dict.get(name)
-        if cls is not None:
-            return cls
-        for child in reg.children.values():
-            found = walk(child)
-            if found is not None:
-                return found
-        return None
-
-    for value in vars(mreg).values():
-        if isinstance(value, Registry):
-            found = walk(value)
-            if found is not None:
-                return found
-    return None
+    """A class registered as ``name`` in any scope of any registry."""
+    return next((reg.module_dict[name] for reg in _registries()
+                 if name in reg.module_dict), None)
 
 
 def _config_syntax_error(exc: BaseException) -> bool:
@@ -165,7 +142,7 @@ def user_error_message(exc: BaseException) -> Optional[str]:
             where = (f"{m.group('scope')}::" if m.group('scope') else '') + \
                 m.group('registry')
             hint = did_you_mean(typ.split('.')[-1], _registry_candidates(
-                m.group('registry'), m.group('scope')))
+                m.group('registry')))
             return (f"config: type {typ!r} is not registered in the {where} "
                     f"registry{hint} (check the spelling, or the "
                     f"custom_imports that register it)")
