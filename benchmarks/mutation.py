@@ -80,14 +80,13 @@ GROUPS = {
                # done before the resume and kill -9 tests
                ['tests/test_engine.py', 'tests/test_loading*.py',
                 'tests/test_reliability.py']),
-    'runner': (['iformer_mm/engine/runner.py', 'iformer_mm/engine/cli.py'],
+    'runner': (['iformer_mm/engine/runner.py', 'iformer_mm/engine/cli.py',
+                'iformer_mm/config.py'],
                ['tests/test_configs.py', 'tests/test_cli_upstream.py',
                 'tests/test_engine.py::test_mmdets_own_train_script_runs_'
                 'our_config_as_ours',
                 'tests/test_reliability.py::test_train_tool_resume_errors_'
                 'and_lock',
-                'tests/test_reliability.py::test_train_tool_with_data_root_'
-                'on_user_data',
                 'tests/test_reliability.py::test_train_val_toy_cfg_'
                 'mismatch_is_a_config_error']),
     'predictor': (['iformer_mm/deploy/predictor*.py',
