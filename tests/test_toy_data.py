@@ -542,34 +542,3 @@ def test_content_changes_only_with_the_format_version(tmp_path, monkeypatch,
     assert got == pinned[kind], (
         f'toy {kind} content changed without a TOY_FORMAT_VERSION bump '
         f'(digest {got})')
-
-
-@pytest.mark.parametrize('kind', ['coco', 'ade'])
-def test_a_shape_without_room_is_skipped_alone(tmp_path, monkeypatch, kind):
-    """When a shape finds no free place, the image goes on with its next
-    shapes (it does not stop there): here the first placement of every image
-    fails, so images keep at most 2 of their 1-3 shapes, and some keep one."""
-    import iformer_mm.datasets.toy as toy
-    real = toy._place
-    images = []  # each image's list of boxes (kept alive: ids stay unique)
-
-    def first_fails(rng, h, w, boxes, r_range):
-        if not any(b is boxes for b in images):
-            images.append(boxes)
-            return None
-        return real(rng, h, w, boxes, r_range)
-    monkeypatch.setattr(toy, '_place', first_fails)
-    if kind == 'coco':
-        root = make_toy_coco(str(tmp_path / 'c'), num_train=8, num_val=1,
-                             size=128, seed=1)
-        anns = _load(root, 'train')['annotations']
-        per_image = [sum(a['image_id'] == i for a in anns)
-                     for i in range(1, 9)]
-    else:
-        root = make_toy_ade(str(tmp_path / 'a'), num_train=8, num_val=1,
-                            size=64, seed=1)
-        labels = sorted(glob.glob(osp.join(root, 'annotations', 'training',
-                                           '*.png')))
-        per_image = [int((cv2.imread(p, 0) > 1).any()) for p in labels]
-    assert len(images) == 9
-    assert max(per_image) <= 2 and sum(per_image) > 0, per_image
