@@ -15,35 +15,37 @@ Examples::
     python tools/benchmark.py CONFIG --checkpoint CKPT --data real \
         --device cuda --num-images 200
 
-What is timed is ``model.test_step`` per image: data preprocessor, network
-and post-processing; image loading and pipeline transforms are not. See
+What is timed (``model.test_step`` per image) and on which input: see
 ``iformer_mm/apis/benchmark.py``.
 """
 import argparse
-import os
+import json
+import os.path as osp
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
-from mmengine.config import DictAction  # noqa: E402
+from iformer_mm.apis.build import (add_model_arguments,  # noqa: E402
+                                   model_options)
+from iformer_mm.engine.errors_cli import (add_debug_argument,  # noqa: E402
+                                          run_tool)
+
+#: --fuse: the runs, unfused (False) and / or fused (True)
+FUSES = {'no': [False], 'yes': [True], 'both': [False, True]}
 
 
 def parse_args(argv=None):
-    from iformer_mm.engine.errors_cli import add_debug_argument
     p = argparse.ArgumentParser(
         description='Benchmark whole-model inference speed of a config.')
     p.add_argument('config', help='config file (its default_scope decides '
                    'mmdet / mmseg / mmpretrain)')
-    p.add_argument('--checkpoint', default=None,
-                   help='checkpoint to load; random-init weights otherwise')
-    p.add_argument('--device', default='cpu', help="'cpu', 'cuda', 'cuda:0'")
+    add_model_arguments(p)
     p.add_argument('--num-images', type=int, default=20,
                    help='timed images (default 20)')
     p.add_argument('--warmup', type=int, default=3,
                    help='untimed warm-up images (default 3)')
     p.add_argument('--fuse', nargs='?', const='yes', default='no',
-                   choices=['no', 'yes', 'both'],
+                   choices=list(FUSES),
                    help='fold BN of the iFormer parts (switch_to_deploy) '
                    'before timing; "--fuse both" runs unfused then fused')
     p.add_argument('--data', default='auto',
@@ -58,12 +60,6 @@ def parse_args(argv=None):
     p.add_argument('--num-workers', type=int, default=0,
                    help='dataloader workers for --data real')
     p.add_argument('--out', default=None, help='write results as JSON')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config entries, key=value')
-    p.add_argument('--allow-partial', action='store_true',
-                   help='load a checkpoint that does not fit the model '
-                   '(missing, unexpected or wrong-shape keys) as far as it '
-                   'fits, with a warning; by default that is an error')
     p.add_argument('--quiet', action='store_true', help='no progress lines')
     add_debug_argument(p)
     args = p.parse_args(argv)
@@ -75,42 +71,31 @@ def parse_args(argv=None):
     return args
 
 
-def main(argv=None) -> int:
+def _main(argv):
     args = parse_args(argv)
-    from iformer_mm.errors import UserError
-    from iformer_mm.apis.benchmark import benchmark, dump_json, \
-        format_results
-    fuses = {'no': [False], 'yes': [True], 'both': [False, True]}[args.fuse]
+    from iformer_mm.apis.benchmark import benchmark, format_results
     results = []
-    try:
-        for fuse in fuses:
-            r = benchmark(
-                args.config, checkpoint=args.checkpoint, device=args.device,
-                num_images=args.num_images, num_warmup=args.warmup,
-                fuse=fuse, shape=args.shape, data=args.data,
-                threads=args.threads, cfg_options=args.cfg_options,
-                num_workers=args.num_workers,
-                log=None if args.quiet else print,
-                allow_partial=args.allow_partial)
-            print(r.summary(), flush=True)
-            print()
-            results.append(r)
-    except (UserError, FileNotFoundError, ValueError, RuntimeError) as e:
-        from iformer_mm.engine.errors_cli import debug_requested
-        if debug_requested():
-            raise
-        print(f'benchmark.py: error: {e} (--debug for the traceback)',
-              file=sys.stderr)
-        return 2
+    for fuse in FUSES[args.fuse]:
+        result = benchmark(
+            args.config, **model_options(args), num_images=args.num_images,
+            num_warmup=args.warmup, fuse=fuse, shape=args.shape,
+            data=args.data, threads=args.threads,
+            num_workers=args.num_workers, log=None if args.quiet else print)
+        print(result.summary(), flush=True)
+        print()
+        results.append(result)
     if len(results) > 1:
         print(format_results(results))
     if args.out:
-        dump_json(results, args.out)
+        with open(args.out, 'w') as f:
+            json.dump([r.to_dict() for r in results], f, indent=2)
         print(f'results written to {args.out}')
-    return 0
+
+
+def main(argv=None) -> int:
+    """A user mistake: one line on stderr, exit code 2 (--debug: traceback)."""
+    return run_tool(_main, argv, prog='benchmark.py')
 
 
 if __name__ == '__main__':
-    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
-    from iformer_mm.engine.errors_cli import run_tool
-    sys.exit(run_tool(main, prog='benchmark.py'))
+    sys.exit(main())

@@ -20,9 +20,13 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from iformer_mm.apis.build import add_cfg_options  # noqa: E402
+from iformer_mm.engine.errors_cli import (add_debug_argument,  # noqa: E402
+                                          run_tool)
+from iformer_mm.errors import ConfigError  # noqa: E402
+
 
 def parse_args(argv=None):
-    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('config', help='config file')
     p.add_argument('--output-dir', default=None,
@@ -37,8 +41,8 @@ def parse_args(argv=None):
     p.add_argument('--phase', '-p', default='train',
                    choices=['train', 'val', 'test'],
                    help='which dataloader\'s dataset to browse')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config settings, key=value')
+    add_cfg_options(p)
+    add_debug_argument(p)
     return p.parse_args(argv)
 
 
@@ -97,8 +101,8 @@ def browse(cfg, output_dir=None, show=False, wait=2.0, number=None,
     scope = init_scope(cfg)
     loader = cfg.get(f'{phase}_dataloader', None)
     if not loader:
-        raise ValueError(f'the config has no {phase}_dataloader; try '
-                         '--phase train')
+        raise ConfigError(f'the config has no {phase}_dataloader; try '
+                          '--phase train')
     check_datasets(cfg, splits=(phase,))
     registry = importlib.import_module(f'{scope}.registry')
     dataset = registry.DATASETS.build(loader['dataset'])
@@ -127,29 +131,25 @@ def browse(cfg, output_dir=None, show=False, wait=2.0, number=None,
     return written
 
 
-def main(argv=None) -> int:
+def _main(argv):
     args = parse_args(argv)
-    from iformer_mm.datasets.checks import DatasetNotFoundError
-    from iformer_mm.errors import UserError
     if args.not_show and not args.output_dir:
-        print('error: with --not-show and no --output-dir nothing would be '
-              'shown or saved; add --output-dir DIR', file=sys.stderr)
-        return 2
+        raise ConfigError('with --not-show and no --output-dir nothing would '
+                          'be shown or saved; add --output-dir DIR')
     if args.show_number < 1:
-        print('error: --show-number must be at least 1', file=sys.stderr)
-        return 2
+        raise ConfigError('--show-number must be at least 1')
     from iformer_mm.config import load_config
-    try:
-        cfg = load_config(args.config, args.cfg_options)
-        files = browse(cfg, args.output_dir, show=not args.not_show,
-                       wait=args.show_interval, number=args.show_number,
-                       phase=args.phase)
-    except (DatasetNotFoundError, UserError, ValueError) as e:
-        print(f'error: {str(e).splitlines()[0]}', file=sys.stderr)
-        return 2
+    cfg = load_config(args.config, args.cfg_options)
+    files = browse(cfg, args.output_dir, show=not args.not_show,
+                   wait=args.show_interval, number=args.show_number,
+                   phase=args.phase)
     if files:
         print(f'wrote {len(files)} images to {args.output_dir}')
-    return 0
+
+
+def main(argv=None) -> int:
+    """A user mistake: one line on stderr, exit code 2 (--debug: traceback)."""
+    return run_tool(_main, argv, prog='browse_dataset.py')
 
 
 if __name__ == '__main__':

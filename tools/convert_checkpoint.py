@@ -21,8 +21,9 @@ own. Writes ``{'state_dict': ..., 'meta': ...}``:
 The backbone is checked against ``IFormer(arch)`` (``--arch``, found from
 the shapes by default), the classifier against the head it fills; with
 ``--config`` the whole converted file is checked against that config's
-model instead (and the file is written with that model's keys). It prints the counts (loaded / missing / unexpected / wrong
-shape) and refuses to write a partial match unless ``--allow-partial``.
+model instead (and the file is written with that model's keys). It prints
+the counts (loaded / missing / unexpected / wrong shape) and refuses to
+write a partial match unless ``--allow-partial``.
 It never overwrites its source (also through a symlink or hard link) nor,
 without ``--overwrite``, any existing file.
 
@@ -39,9 +40,11 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from iformer_mm.engine.errors_cli import (add_debug_argument,  # noqa: E402
+                                          run_tool)
+
 
 def parse_args(argv=None):
-    from iformer_mm.engine.errors_cli import add_debug_argument
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument('src', help='checkpoint of any supported layout (path or '
@@ -126,8 +129,8 @@ def _classifier_report(conv, dims, src):
 
 
 def convert(args):
-    """Convert and check without writing; returns ``(state, meta, target,
-    split checkpoint, reports)``."""
+    """Convert and check without writing; returns ``(state, meta, split
+    checkpoint, reports)`` (``meta['target']``: what was written)."""
     import torch
     from iformer_mm.errors import CheckpointError, ConfigError
     from iformer_mm.models.backbones import IFormer
@@ -145,42 +148,38 @@ def convert(args):
         raise CheckpointError(
             f'{args.src} ({conv.layout}) has no classifier: use --target '
             'backbone (or model for a whole detector/segmentor).')
-    reports = []
+    meta = dict(converted_from=osp.basename(args.src),
+                source_layout=conv.layout, target=target)
     if args.config:  # the config's model decides what is written
-        target = 'model'
+        meta['target'] = 'model'
         from iformer_mm.apis.build import build_model
         from iformer_mm.config import load_config
         model = build_model(load_config(args.config), init_weights=False)
         state, _ = state_dict_for_model(model, raw, prefix=args.prefix,
                                         key=args.key)
-        reports.append(compare_state(model, state, args.src, conv.layout,
-                                     f'{type(model).__name__} of '
-                                     f'{osp.basename(args.config)}'))
-        arch = None
+        reports = [compare_state(model, state, args.src, conv.layout,
+                                 f'{type(model).__name__} of '
+                                 f'{osp.basename(args.config)}')]
     else:
-        arch = args.arch or guess_arch(conv.backbone, IFormer)
-        if arch is None:
-            # no exact match: report against the arch closest in keys
-            arch = _closest_arch(conv.backbone)
+        # no --arch and no exact match: report against the closest arch
+        arch = args.arch or guess_arch(conv.backbone, IFormer) or \
+            _closest_arch(conv.backbone)
         if arch not in IFormer.arch_zoo:
             raise ConfigError(f'--arch {arch!r} is not one of '
                               f'{sorted(IFormer.arch_zoo)}.')
+        meta['arch'] = arch
         with torch.device('meta'):
             backbone = IFormer(arch)
-        reports.append(compare_state(backbone, conv.backbone, args.src,
-                                     conv.layout,
-                                     f"IFormer(arch='{arch}') backbone"))
+        reports = [compare_state(backbone, conv.backbone, args.src,
+                                 conv.layout,
+                                 f"IFormer(arch='{arch}') backbone")]
         if target in ('mmpretrain', 'model') and conv.classifier:
             reports.append(_classifier_report(
                 conv, IFormer.arch_zoo[arch]['dims'], args.src))
         state = _select(conv, target)
-    meta = dict(converted_from=osp.basename(args.src),
-                source_layout=conv.layout, target=target)
-    if arch:
-        meta['arch'] = arch
     if isinstance(conv.meta.get('dataset_meta'), dict):
         meta['dataset_meta'] = conv.meta['dataset_meta']
-    return state, meta, target, conv, reports
+    return state, meta, conv, reports
 
 
 def _select(conv, target):
@@ -204,52 +203,50 @@ def _closest_arch(backbone):
     return max(scores, key=scores.get)
 
 
-def main(argv=None) -> int:
+def _mismatch(args, conv, meta, report):
+    """The error for a partial match, with the arch the file holds when
+    that is not the one it was checked against."""
+    from iformer_mm.errors import CheckpointMismatchError
+    from iformer_mm.models.backbones import IFormer
+    from iformer_mm.models.checkpoint import guess_arch
+    found = guess_arch(conv.backbone, IFormer)
+    hint = f"its backbone is arch '{found}'; " if found and \
+        found != meta.get('arch') else ''
+    return CheckpointMismatchError(
+        f'{args.src} ({conv.layout}) does not fit {report.target}: '
+        f'{report.counts()}; {report.details()}. Nothing written; {hint}'
+        'check --arch/--config, or pass --allow-partial to write it anyway.',
+        missing=report.missing, unexpected=report.unexpected,
+        mismatched=report.mismatched)
+
+
+def _main(argv):
     args = parse_args(argv)
-    from iformer_mm.errors import CheckpointMismatchError, UserError
-    try:
-        _check_paths(args.src, args.dst, args.overwrite)
-        state, meta, target, conv, reports = convert(args)
-        partial = [r for r in reports if not r.complete]
-        if partial and not args.allow_partial:
-            r = partial[0]
-            from iformer_mm.models.backbones import IFormer
-            from iformer_mm.models.checkpoint import guess_arch
-            found = guess_arch(conv.backbone, IFormer)
-            hint = f"its backbone is arch '{found}'; " if found and \
-                found != meta.get('arch') else ''
-            raise CheckpointMismatchError(
-                f'{args.src} ({conv.layout}) does not fit {r.target}: '
-                f'{r.counts()}; {r.details()}. Nothing written; {hint}check '
-                '--arch/--config, or pass --allow-partial to write it '
-                'anyway.', missing=r.missing, unexpected=r.unexpected,
-                mismatched=r.mismatched)
-        _save_atomically(dict(state_dict=state, meta=meta), args.dst)
-    except UserError as e:
-        from iformer_mm.engine.errors_cli import debug_requested
-        if debug_requested():
-            raise
-        print(f'convert_checkpoint.py: error: {e} (--debug for the traceback)',
-              file=sys.stderr)
-        return 2
+    _check_paths(args.src, args.dst, args.overwrite)
+    state, meta, conv, reports = convert(args)
+    partial = [r for r in reports if not r.complete]
+    if partial and not args.allow_partial:
+        raise _mismatch(args, conv, meta, partial[0])
+    _save_atomically(dict(state_dict=state, meta=meta), args.dst)
     for r in reports:
         print(f'{r.target}: {r.counts()}')
-    kept = [k for k in conv.others] if target == 'model' else []
-    if kept and not args.config:
+    if meta['target'] == 'model' and conv.others and not args.config:
         from iformer_mm.models.checkpoint import key_prefixes
-        print(f'{len(kept)} other tensors kept unchecked '
-              f'({key_prefixes(kept)}); pass --config to check them against '
-              'a model')
+        print(f'{len(conv.others)} other tensors kept unchecked '
+              f'({key_prefixes(list(conv.others))}); pass --config to check '
+              'them against a model')
     for r in partial:
         print(f'warning: --allow-partial: {r.target}: {r.counts()}; '
               f'{r.details()}', file=sys.stderr)
     status = 'PARTIAL' if partial else 'complete'
-    print(f'{args.src} ({conv.layout}) -> {args.dst} (--target {target}): '
-          f'{len(state)} tensors written, match {status}')
-    return 0
+    print(f'{args.src} ({conv.layout}) -> {args.dst} (--target '
+          f'{meta["target"]}): {len(state)} tensors written, match {status}')
+
+
+def main(argv=None) -> int:
+    """A user mistake: one line on stderr, exit code 2 (--debug: traceback)."""
+    return run_tool(_main, argv, prog='convert_checkpoint.py')
 
 
 if __name__ == '__main__':
-    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
-    from iformer_mm.engine.errors_cli import run_tool
-    sys.exit(run_tool(main, prog='convert_checkpoint.py'))
+    sys.exit(main())

@@ -12,12 +12,15 @@ import argparse
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 
+from iformer_mm.apis.build import add_cfg_options  # noqa: E402
 from iformer_mm.engine.errors_cli import (add_debug_argument,  # noqa: E402
                                           run_tool)
+
+#: the input size a config is counted at unless --shape says otherwise
+CONFIG_SHAPES = {'detection': [800, 1333], 'segmentation': [512, 512],
+                 'classification': [224, 224]}
 
 
 def parse_args(argv=None):
@@ -40,52 +43,62 @@ def parse_args(argv=None):
     p.add_argument('--no-fuse', action='store_true',
                    help='count BatchNorm too (default: BN folded, as '
                    'deployed and as the paper counts)')
-    p.add_argument('--cfg-options', nargs='+', action=DictAction,
-                   help='override config settings, key=value')
+    add_cfg_options(p)
     add_debug_argument(p)
     return p.parse_args(argv)
 
 
-def main(argv=None):
+def _hw(shape):
+    """``[H, W]`` from ``[H, W]`` or ``[side]``."""
+    return shape * 2 if len(shape) == 1 else shape
+
+
+def _count_arch(args):
+    from iformer_mm.utils.complexity import backbone_complexity
+    shape = _hw(args.shape or [224])
+    res = backbone_complexity(args.target.lower(), shape,
+                              with_head=not args.no_head,
+                              attention=args.attention,
+                              window_chunks=args.window_chunks)
+    what = f'iFormer-{args.target.upper()}' + \
+        ('' if args.no_head else ' + 1000-class head')
+    return what, shape, res
+
+
+def _count_config(args):
+    from iformer_mm.config import load_config, task_of
+    from iformer_mm.engine.config_check import check_config
+    from iformer_mm.utils.complexity import config_complexity
+    cfg = load_config(args.target, args.cfg_options)
+    for warning in check_config(cfg):
+        print(f'warning: {warning}', file=sys.stderr)
+    shape = _hw(args.shape or CONFIG_SHAPES[task_of(cfg)])
+    res = config_complexity(cfg, shape, backbone_only=args.backbone_only,
+                            deploy=not args.no_fuse)
+    what = f'{osp.basename(args.target)} ' + \
+        ('backbone' if args.backbone_only else 'whole model')
+    return what, shape, res
+
+
+def _main(argv):
     args = parse_args(argv)
-    from iformer_mm.config import load_config
-    from iformer_mm.engine.config_check import ATTENTION_NAMES, check_config
+    from iformer_mm.engine.config_check import ATTENTION_NAMES
     from iformer_mm.errors import ConfigError, did_you_mean
     from iformer_mm.models.backbones.iformer import ARCH_ZOO
-    from iformer_mm.utils.complexity import (backbone_complexity,
-                                             config_complexity)
     if args.attention not in ATTENTION_NAMES:
         raise ConfigError(
             f'--attention {args.attention!r} is not an attention layout'
             f'{did_you_mean(args.attention, ATTENTION_NAMES)} (one of '
             f'{", ".join(repr(a) for a in ATTENTION_NAMES)})')
     if args.target.lower() in ARCH_ZOO:
-        shape = args.shape or [224]
-        shape = shape * 2 if len(shape) == 1 else shape
-        res = backbone_complexity(args.target.lower(), shape,
-                                  with_head=not args.no_head,
-                                  attention=args.attention,
-                                  window_chunks=args.window_chunks)
-        what = f'iFormer-{args.target.upper()}' + \
-            ('' if args.no_head else ' + 1000-class head')
+        what, shape, res = _count_arch(args)
+    elif osp.isfile(args.target):
+        what, shape, res = _count_config(args)
     else:
-        if not osp.isfile(args.target):
-            raise ConfigError(
-                f'{args.target!r} is neither an iFormer arch'
-                f'{did_you_mean(args.target, ARCH_ZOO)} ('
-                f'{", ".join(ARCH_ZOO)}) nor an existing config file')
-        cfg = load_config(args.target, args.cfg_options)
-        for warning in check_config(cfg):
-            print(f'warning: {warning}', file=sys.stderr)
-        scope = cfg.get('default_scope', '')
-        default = {'mmdet': [800, 1333], 'mmseg': [512, 512]}.get(
-            scope, [224, 224])
-        shape = args.shape or default
-        shape = shape * 2 if len(shape) == 1 else shape
-        res = config_complexity(cfg, shape, backbone_only=args.backbone_only,
-                                deploy=not args.no_fuse)
-        what = f'{osp.basename(args.target)} ' + \
-            ('backbone' if args.backbone_only else 'whole model')
+        raise ConfigError(
+            f'{args.target!r} is neither an iFormer arch'
+            f'{did_you_mean(args.target, ARCH_ZOO)} ('
+            f'{", ".join(ARCH_ZOO)}) nor an existing config file')
     split = '=' * 30
     print(f'{split}\nModel: {what}\nInput shape: (3, {shape[0]}, {shape[1]})'
           f'\nFlops: {res["macs"] / 1e9:.3f} GMACs'
@@ -95,8 +108,12 @@ def main(argv=None):
           'verify before citing them in a paper.')
 
 
+def main(argv=None) -> int:
+    """A user mistake: one line on stderr, exit code 2 (--debug: traceback)."""
+    return run_tool(_main, argv, prog='get_flops.py')
+
+
 if __name__ == '__main__':
-    # A user mistake: one line on stderr, exit code 2 (--debug: traceback).
-    code = run_tool(main, prog='get_flops.py')
+    code = main()
     if code:  # exit quietly on success (runpy callers keep running)
         sys.exit(code)

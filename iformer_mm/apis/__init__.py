@@ -1,7 +1,9 @@
-"""Tools' library code: whole-model benchmark and image demo.
+"""Whole models from configs: built (:mod:`.build`), found by name
+(:mod:`.hub`), timed (:mod:`.benchmark`) and run on images
+(:mod:`.inference`).
 
-Importing this package is cheap: mmdet / mmseg / mmpretrain are imported
-only when a config of theirs is run.
+mmdet / mmseg / mmpretrain are imported only when a config of theirs is
+run.
 """
 from .benchmark import BenchmarkResult, benchmark, format_results  # noqa
 from .inference import DemoResult, collect_images, run_demo  # noqa

@@ -1,38 +1,33 @@
 """Whole-model inference speed of a detection, segmentation or
-classification config.
+classification config: ``model.test_step(batch)``, one image at a time.
 
-What is timed: ``model.test_step(batch)`` for one image at a time (batch size
-1), i.e. the data preprocessor (normalise, pad, move to the device), the
-network and the task's post-processing (NMS, mask pasting, resizing the
-segmentation logits back, softmax). Loading and the test pipeline's
-transforms are not timed. ``num_warmup`` images run first and are not
-counted; the result is the mean and median over ``num_images`` timed images.
-
-Inputs come either from the config's test dataloader (``data='real'``, or
-``'auto'`` when its files exist) or from one synthetic image
-(``data='synthetic'``) pushed through the config's test pipeline. The
-synthetic image has the config's test size (see :func:`test_input_shape`);
-``shape=(H, W)`` instead feeds an image of exactly that size and skips the
-pipeline's resizes and crops.
+Timed: the data preprocessor, the network and the task's post-processing
+(NMS, mask pasting, the logits resized back, softmax); not timed: loading
+and the test pipeline's transforms. ``num_warmup`` images run first,
+untimed. The inputs come from the config's test dataloader
+(``data='real'``, or ``'auto'`` when its files exist) or are one random
+image pushed through the test pipeline (``data='synthetic'``), of the size
+:func:`test_input_shape` gives, or of exactly ``shape=(H, W)`` with the
+pipeline's resizes and crops left out.
 """
 from __future__ import annotations
 
 import copy
-import json
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, \
-    Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, \
+    Union
 
 import numpy as np
 import torch
 from mmengine.config import Config
 
-from ..models.checkpoint import check_checkpoint_path
-from ..config import load_config, scope_of, task_of
-from .build import build_model
+from ..config import task_of
+from ..errors import ConfigError
+from .build import build_model, load_checked
 
+DATA = ('auto', 'real', 'synthetic')
 #: Transforms that read files; dropped for synthetic input.
 _LOADING = ('LoadImageFromFile', 'LoadAnnotations', 'LoadPanopticAnnotations',
             'InferencerLoader', 'LoadImageFromNDArray', 'LoadImageFromWebcam')
@@ -70,8 +65,6 @@ class BenchmarkResult:
         return asdict(self)
 
     def summary(self) -> str:
-        shape = 'x'.join(map(str, self.input_shape)) if self.input_shape \
-            else '?'
         lines = [
             f'config      : {self.config}',
             f'task        : {self.task}   device: {self.device}   threads: '
@@ -79,7 +72,7 @@ class BenchmarkResult:
             f'weights     : '
             f'{"fused (switch_to_deploy)" if self.fused else "unfused"}'
             f'   params: {self.params_m:.2f} M   BN layers: {self.bn_layers}',
-            f'input       : {self.data}, network input {shape} (HxW), '
+            f'input       : {self.data}, network input {_hxw(self)} (HxW), '
             f'batch 1',
             f'images      : {self.num_images} timed after {self.num_warmup} '
             f'warm-up',
@@ -97,22 +90,39 @@ class BenchmarkResult:
         return '\n'.join(lines)
 
 
+def _hxw(result: BenchmarkResult) -> str:
+    shape = result.input_shape
+    return 'x'.join(map(str, shape)) if shape else '?'
+
+
 # --------------------------------------------------------------------------
-# Input size
+# The test pipeline and its input size
 # --------------------------------------------------------------------------
+def _test_loader(cfg: Config):
+    return cfg.get('test_dataloader', None) or cfg.get('val_dataloader',
+                                                       None)
+
+
 def _test_pipeline(cfg: Config) -> List[dict]:
-    loader = cfg.get('test_dataloader', None) or cfg.get('val_dataloader')
+    loader = _test_loader(cfg)
     if not loader:
-        raise ValueError('Config has no test_dataloader/val_dataloader, so '
-                         'there is no test pipeline to read the input size '
-                         'from; pass shape=(H, W).')
+        raise ConfigError('Config has no test_dataloader/val_dataloader, so '
+                          'there is no test pipeline to read the input size '
+                          'from; pass shape=(H, W).')
     ds = loader['dataset']
     while 'pipeline' not in ds and isinstance(ds.get('dataset'), dict):
         ds = ds['dataset']
     pipeline = ds.get('pipeline', None)
     if pipeline is None:
-        raise ValueError('Config test dataset has no pipeline.')
+        raise ConfigError('Config test dataset has no pipeline.')
     return [dict(t) for t in pipeline]
+
+
+def _type_name(transform: dict) -> str:
+    kind = transform.get('type', '')
+    if not isinstance(kind, str):
+        kind = getattr(kind, '__name__', '')
+    return kind.split('.')[-1]
 
 
 def _pair(value) -> Tuple[int, int]:
@@ -135,12 +145,9 @@ def test_input_shape(cfg: Config) -> Tuple[int, int]:
     * no resize: 224x224 for classification, 512x512 otherwise.
     """
     for t in _test_pipeline(cfg):
-        kind = t.get('type', '')
-        if not isinstance(kind, str):
-            kind = getattr(kind, '__name__', '')
-        kind = kind.split('.')[-1]
-        if kind in ('Resize', 'FixShapeResize') and t.get('scale') is not None:
-            w, h = _pair(t['scale'])
+        kind, scale = _type_name(t), t.get('scale')
+        if kind in ('Resize', 'FixShapeResize') and scale is not None:
+            w, h = _pair(scale)
             if not t.get('keep_ratio', False):
                 return h, w
             long_side, short_side = max(w, h), min(w, h)
@@ -148,31 +155,18 @@ def test_input_shape(cfg: Config) -> Tuple[int, int]:
         if kind == 'Resize' and t.get('scale_factor') is not None:
             break
         if kind in ('ResizeEdge', 'ResizeShortestEdge') and \
-                t.get('scale') is not None:
-            s = t['scale'] if isinstance(t['scale'], (int, float)) else \
-                min(t['scale'])
-            return int(s), int(s)
+                scale is not None:
+            side = scale if isinstance(scale, (int, float)) else min(scale)
+            return int(side), int(side)
     return (224, 224) if task_of(cfg) == 'classification' else (512, 512)
 
 
 # --------------------------------------------------------------------------
 # Inputs
 # --------------------------------------------------------------------------
-def _type_name(t: dict) -> str:
-    kind = t.get('type', '')
-    if not isinstance(kind, str):
-        kind = getattr(kind, '__name__', '')
-    return kind.split('.')[-1]
-
-
-def synthetic_batches(cfg: Config, shape: Optional[Tuple[int, int]] = None,
-                      seed: int = 0) -> Tuple[Callable[[], dict],
-                                              Tuple[int, int]]:
-    """A factory of batches made from one random image.
-
-    Returns ``(make_batch, image_shape)``; ``make_batch()`` returns a fresh
-    copy of the collated batch each call.
-    """
+def _synthetic_batch(cfg: Config, shape: Optional[Sequence[int]],
+                     seed: int) -> dict:
+    """One random image through the test pipeline, collated (batch 1)."""
     from mmengine.dataset import Compose, pseudo_collate
 
     pipeline = [t for t in _test_pipeline(cfg)
@@ -182,78 +176,97 @@ def synthetic_batches(cfg: Config, shape: Optional[Tuple[int, int]] = None,
         h, w = _pair(shape)
     else:
         h, w = test_input_shape(cfg)
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+    img = np.random.default_rng(seed).integers(0, 256, size=(h, w, 3),
+                                               dtype=np.uint8)
     results = dict(img=img, img_shape=(h, w), ori_shape=(h, w),
                    img_path='synthetic.jpg', img_id=0, sample_idx=0,
                    seg_fields=[], reduce_zero_label=False,
                    scale_factor=(1.0, 1.0))
-    packed = Compose(pipeline)(results)
-    batch = pseudo_collate([packed])
-    return (lambda: copy.deepcopy(batch)), (h, w)
+    return pseudo_collate([Compose(pipeline)(results)])
 
 
-def real_batches(cfg: Config, num_workers: int = 0) -> Iterator[dict]:
+def _why_no_test_data(cfg: Config) -> Optional[str]:
+    """Why the config's test dataset cannot be used (its files are
+    missing, ...), or None when it builds and is not empty."""
+    from mmengine.registry import DATASETS
+    loader = _test_loader(cfg)
+    if not loader:
+        return 'config has no test dataloader'
+    try:
+        if len(DATASETS.build(copy.deepcopy(loader['dataset']))) == 0:
+            return 'test dataset is empty'
+    except Exception as e:  # noqa: BLE001 - any failure means "not usable"
+        return f'{type(e).__name__}: {str(e)[:200]}'
+    return None
+
+
+def _real_batches(cfg: Config, num_workers: int):
     """Endless batches (batch size 1) of the config's test dataloader."""
     from mmengine.runner import Runner
 
-    loader_cfg = copy.deepcopy(cfg.get('test_dataloader', None)
-                               or cfg.val_dataloader)
+    loader_cfg = copy.deepcopy(_test_loader(cfg))
     loader_cfg.update(batch_size=1, num_workers=num_workers,
                       persistent_workers=False)
     if num_workers == 0:
         loader_cfg.pop('prefetch_factor', None)
     loader = Runner.build_dataloader(loader_cfg)
     if len(loader) == 0:
-        raise ValueError('The test dataloader is empty.')
-
-    def endless():
-        while True:
-            yield from loader
-
-    return endless()
-
-
-def _real_data_available(cfg: Config) -> Tuple[bool, str]:
-    """Whether the test dataset of ``cfg`` builds (its files exist)."""
-    from mmengine.registry import DATASETS
-    loader = cfg.get('test_dataloader', None) or cfg.get('val_dataloader')
-    if not loader:
-        return False, 'config has no test dataloader'
-    try:
-        dataset = DATASETS.build(copy.deepcopy(loader['dataset']))
-        if len(dataset) == 0:
-            return False, 'test dataset is empty'
-    except Exception as e:  # noqa: BLE001 - any failure means "not usable"
-        return False, f'{type(e).__name__}: {str(e)[:200]}'
-    return True, ''
+        raise ConfigError('The test dataloader is empty.')
+    while True:
+        yield from loader
 
 
 # --------------------------------------------------------------------------
-# Model helpers
+# The model
 # --------------------------------------------------------------------------
-def count_bn(model: torch.nn.Module) -> int:
+def _count_bn(model: torch.nn.Module) -> int:
     return sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
                for m in model.modules())
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def _backbone_input(model, batch) -> Optional[torch.Tensor]:
-    """The preprocessed image tensor ``model.backbone`` sees for ``batch``."""
-    with torch.no_grad():
-        data = model.data_preprocessor(copy.deepcopy(batch), False)
-    inputs = data['inputs'] if isinstance(data, dict) else data[0]
-    return inputs if isinstance(inputs, torch.Tensor) else None
 
 
 def _max_abs_diff(a, b) -> float:
     if isinstance(a, torch.Tensor):
         return float((a.float() - b.float()).abs().max())
     return max(_max_abs_diff(x, y) for x, y in zip(a, b))
+
+
+def _fuse(model, batch) -> Tuple[int, Optional[float]]:
+    """Fold the BatchNorms of every iFormer part (``switch_to_deploy_all``);
+    returns how many were folded and the largest change of the backbone's
+    output on ``batch`` (None without a backbone or an image tensor)."""
+    from iformer_mm.models.backbones import switch_to_deploy_all
+    backbone = getattr(model, 'backbone', None)
+    with torch.no_grad():
+        data = model.data_preprocessor(copy.deepcopy(batch), False)
+        x = data['inputs'] if isinstance(data, dict) else data[0]
+        ref = backbone(x) if isinstance(x, torch.Tensor) and \
+            backbone is not None else None
+    bn_before = _count_bn(model)
+    switch_to_deploy_all(model)
+    diff = None
+    if ref is not None:
+        with torch.no_grad():
+            diff = _max_abs_diff(backbone(x), ref)
+    return bn_before - _count_bn(model), diff
+
+
+def _network_input_shape(out, batch) -> Optional[Tuple[int, int]]:
+    """(H, W) the network saw: ``batch_input_shape`` or ``img_shape``."""
+    samples = out if isinstance(out, (list, tuple)) else []
+    for sample in samples[:1]:
+        meta = getattr(sample, 'metainfo', {}) or {}
+        for key in ('batch_input_shape', 'img_shape'):
+            if key in meta:
+                return tuple(int(v) for v in meta[key][:2])
+    inputs = batch.get('inputs') if isinstance(batch, dict) else None
+    if inputs:
+        return tuple(int(v) for v in inputs[0].shape[-2:])
+    return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
 
 
 # --------------------------------------------------------------------------
@@ -292,20 +305,15 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
             :class:`~iformer_mm.errors.CheckpointMismatchError`.
     """
     if num_images < 1 or num_warmup < 0:
-        raise ValueError('num_images must be >= 1 and num_warmup >= 0.')
-    if data not in ('auto', 'real', 'synthetic'):
-        raise ValueError(f"data must be 'auto', 'real' or 'synthetic', got "
-                         f'{data!r}.')
+        raise ConfigError('num_images must be >= 1 and num_warmup >= 0.')
+    if data not in DATA:
+        raise ConfigError(f"data must be 'auto', 'real' or 'synthetic', got "
+                          f'{data!r}.')
     if shape is not None and data == 'real':
-        raise ValueError('shape only applies to synthetic input.')
+        raise ConfigError('shape only applies to synthetic input.')
     log = log or (lambda msg: None)
-    cfg = load_config(config, cfg_options)
-    if checkpoint is not None:
-        check_checkpoint_path(checkpoint)  # before building anything
-    task = task_of(cfg)
+    cfg, task = load_checked(config, cfg_options, checkpoint, device)
     dev = torch.device(device)
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError(f'device={device!r} but CUDA is not available.')
     if threads:
         torch.set_num_threads(int(threads))
     torch.manual_seed(seed)
@@ -315,53 +323,33 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
                         allow_partial=allow_partial)
     params_m = sum(p.numel() for p in model.parameters()) / 1e6
 
-    # ---- inputs
     use_real = False
-    if data in ('auto', 'real') and shape is None:
-        ok, why = _real_data_available(cfg)
-        if ok:
-            use_real = True
-        elif data == 'real':
+    if data != 'synthetic' and shape is None:
+        why = _why_no_test_data(cfg)
+        use_real = why is None
+        if not use_real and data == 'real':
             raise FileNotFoundError(
                 f'data="real" but the test dataset cannot be built: {why}')
-        else:
+        if not use_real:
             notes.append(f'test data not available ({why}); synthetic input')
     if use_real:
-        batches = real_batches(cfg, num_workers)
+        batches = _real_batches(cfg, num_workers)
         next_batch = lambda: next(batches)  # noqa: E731
     else:
-        next_batch, _ = synthetic_batches(
-            cfg, None if shape is None else tuple(shape), seed)
+        synthetic = _synthetic_batch(cfg, shape, seed)
+        next_batch = lambda: copy.deepcopy(synthetic)  # noqa: E731
 
-    # ---- fuse (and check the backbone is numerically unchanged)
     fuse_diff = None
     if fuse:
-        from iformer_mm.models.backbones import switch_to_deploy_all
-        probe = next_batch()
-        x = _backbone_input(model, probe)
-        backbone = getattr(model, 'backbone', None)
-        ref = None
-        if x is not None and backbone is not None:
-            with torch.no_grad():
-                ref = backbone(x)
-        bn_before = count_bn(model)
-        switch_to_deploy_all(model)
-        if ref is not None:
-            with torch.no_grad():
-                fuse_diff = _max_abs_diff(backbone(x), ref)
-        folded = bn_before - count_bn(model)
-        if folded == 0:
-            notes.append('fuse: no BatchNorm was folded (no iFormer part?)')
-        else:
-            notes.append(f'fuse: folded {folded} BatchNorm layers')
+        folded, fuse_diff = _fuse(model, next_batch())
+        notes.append(f'fuse: folded {folded} BatchNorm layers' if folded else
+                     'fuse: no BatchNorm was folded (no iFormer part?)')
 
-    # ---- timing
     times: List[float] = []
     cpu_times: List[float] = []
     input_shape = None
-    total = num_warmup + num_images
     with torch.no_grad():
-        for i in range(total):
+        for i in range(num_warmup + num_images):
             batch = next_batch()
             _sync(dev)
             start, cpu_start = time.perf_counter(), time.process_time()
@@ -378,32 +366,18 @@ def benchmark(config: Union[str, Config], checkpoint: Optional[str] = None,
                 if n == num_images or n % max(1, num_images // 5) == 0:
                     log(f'[{n}/{num_images}] {elapsed:.1f} ms '
                         f'(mean {statistics.fmean(times):.1f} ms)')
-    mean = statistics.fmean(times)
     return BenchmarkResult(
         config=cfg.filename or '<Config>', task=task, device=str(dev),
         fused=fuse, data='real' if use_real else 'synthetic',
         input_shape=input_shape, num_images=num_images,
         num_warmup=num_warmup, threads=torch.get_num_threads(),
-        ms_per_img=mean, ms_median=statistics.median(times),
+        ms_per_img=statistics.fmean(times),
+        ms_median=statistics.median(times),
         ms_std=statistics.pstdev(times) if len(times) > 1 else 0.,
         ms_min=min(times), imgs_per_s=1000. * len(times) / sum(times),
-        params_m=params_m, bn_layers=count_bn(model),
+        params_m=params_m, bn_layers=_count_bn(model),
         cpu_ms_per_img=statistics.fmean(cpu_times),
         fuse_max_abs_diff=fuse_diff, notes=notes, times_ms=times)
-
-
-def _network_input_shape(out, batch) -> Optional[Tuple[int, int]]:
-    """(H, W) the network saw: ``batch_input_shape`` or ``img_shape``."""
-    samples = out if isinstance(out, (list, tuple)) else []
-    for sample in samples[:1]:
-        meta = getattr(sample, 'metainfo', {}) or {}
-        for key in ('batch_input_shape', 'img_shape'):
-            if key in meta:
-                return tuple(int(v) for v in meta[key][:2])
-    inputs = batch.get('inputs') if isinstance(batch, dict) else None
-    if inputs:
-        return tuple(int(v) for v in inputs[0].shape[-2:])
-    return None
 
 
 def format_results(results: Sequence[BenchmarkResult]) -> str:
@@ -412,9 +386,8 @@ def format_results(results: Sequence[BenchmarkResult]) -> str:
            f'{"median":>9} {"img/s":>8} {"BN":>5}'
     rows = [head, '-' * len(head)]
     for r in results:
-        shape = 'x'.join(map(str, r.input_shape)) if r.input_shape else '?'
         rows.append(f'{"fused" if r.fused else "unfused":<9} {r.data:<10} '
-                    f'{shape:>10} {r.ms_per_img:>9.2f} {r.ms_median:>9.2f} '
+                    f'{_hxw(r):>10} {r.ms_per_img:>9.2f} {r.ms_median:>9.2f} '
                     f'{r.imgs_per_s:>8.2f} {r.bn_layers:>5}')
     if len(results) == 2 and results[0].fused != results[1].fused:
         unfused, fused = sorted(results, key=lambda r: r.fused)
@@ -426,11 +399,5 @@ def format_results(results: Sequence[BenchmarkResult]) -> str:
     return '\n'.join(rows)
 
 
-def dump_json(results: Sequence[BenchmarkResult], path: str) -> None:
-    with open(path, 'w') as f:
-        json.dump([r.to_dict() for r in results], f, indent=2)
-
-
 __all__ = ['BenchmarkResult', 'benchmark', 'test_input_shape',
-           'synthetic_batches', 'real_batches', 'format_results', 'dump_json',
-           'count_bn', 'scope_of']
+           'format_results']

@@ -4,8 +4,8 @@
     >>> iformer_mm.list_models('mask-rcnn*')
     ['mask-rcnn_iformer-l2_fpn_1x_coco', ...]
     >>> model = iformer_mm.get_model('mask-rcnn_iformer-m_fpn_1x_coco')
-    >>> iformer_mm.get_config('mask-rcnn_iformer-m_fpn_1x_coco')
-    '.../configs/maskrcnn_iformer_m_coco.py'
+    >>> iformer_mm.get_config('maskrcnn_iformer_m_coco')  # its alias
+    '.../configs/mask-rcnn_iformer-m_fpn_1x_coco.py'
 
 A name is a model's ``Name`` in a ``configs/*/metafile.yml``, its
 ``Alias`` (the older config name) or the stem of a file in ``configs/``.

@@ -1,29 +1,25 @@
-"""Image demo: predictions of a detection, segmentation or classification
-config drawn on images, through the OpenMMLab inferencers.
+"""Image demo: a config's predictions drawn on images by the OpenMMLab
+inferencers of its task (``default_scope``): mmdet's ``DetInferencer``
+(boxes, masks, scores of at least ``score_thr``), mmseg's
+``MMSegInferencer`` (a colour overlay of ``opacity``) or mmpretrain's
+``ImageClassificationInferencer`` (the top-``topk`` classes).
 
-* detection: ``mmdet.apis.DetInferencer`` (boxes, masks when the model has a
-  mask head, class names and scores above ``score_thr``);
-* segmentation: ``mmseg.apis.MMSegInferencer`` (colour overlay of the
-  predicted classes with ``opacity``);
-* classification: ``mmpretrain.apis.ImageClassificationInferencer`` (the
-  top-``topk`` classes and scores written on the image).
-
-The task follows the config's ``default_scope``. Without a checkpoint the
-model is random-init (pretrained ``init_cfg`` entries are ignored, nothing is
-downloaded) and the predictions are meaningless but drawn all the same. Class
-names come from the checkpoint's meta when it has them, else from the
-config's test dataset.
-
-Every drawn image is written to ``<out_dir>/vis/`` and a JSON summary of the
-predictions to ``<out_dir>/predictions.json``.
+Each inferencer is built without weights (nothing is downloaded; without a
+checkpoint the model stays random-init and the pictures show only that the
+drawing works); a checkpoint is loaded by :func:`.build.load_weights`.
+Class names: the checkpoint's ``dataset_meta`` when it fits the model,
+else the config's test dataset. Outputs: ``<out_dir>/vis/`` and
+``<out_dir>/predictions.json``.
 """
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import os
+import os.path as osp
 import sys
 import warnings
-import os.path as osp
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
@@ -32,10 +28,9 @@ import cv2
 import numpy as np
 from mmengine.config import Config
 
-from ..errors import InputError
-from ..models.checkpoint import check_checkpoint_path
-from ..config import init_scope, load_config, strip_pretrained, task_of
-from .build import dataset_meta, num_classes_of
+from ..config import init_scope, innermost_dataset, strip_pretrained
+from ..errors import ConfigError, InputError
+from .build import load_checked, load_weights
 
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
@@ -49,6 +44,9 @@ class DemoResult:
     predictions: List[Dict[str, Any]] = field(default_factory=list)
 
 
+# --------------------------------------------------------------------------
+# Input images
+# --------------------------------------------------------------------------
 def _unreadable(path: str) -> Optional[str]:
     """Why ``path`` cannot be decoded as an image, or None if it can."""
     size = osp.getsize(path)
@@ -115,98 +113,98 @@ def collect_images(inputs: Union[str, Sequence[str]],
     return images
 
 
-def _palette(n: int, seed: int = 42) -> List[List[int]]:
-    rng = np.random.RandomState(seed)
-    return rng.randint(0, 256, size=(n, 3)).tolist()
+# --------------------------------------------------------------------------
+# Class names
+# --------------------------------------------------------------------------
+def _num_classes(cfg: Config) -> Optional[int]:
+    """``num_classes`` of the model's (first) head, if the config has one."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get('num_classes', None), int):
+                found.append(node['num_classes'])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(cfg.get('model', {}))
+    return found[0] if found else None
 
 
-def _config_meta(cfg: Config) -> Dict[str, Any]:
-    """Classes/palette of the config's test dataset, if they fit the model."""
-    meta = dataset_meta(cfg)
-    classes = meta.get('classes')
-    n = num_classes_of(cfg)
-    if not classes or (n is not None and len(classes) != n):
+def _test_dataset_meta(cfg: Config) -> Dict[str, Any]:
+    """Classes (and palette) of the config's test dataset: its ``metainfo``
+    in the config over its class's ``METAINFO``; when neither names the
+    classes (a dataset registered as a function, classes from folders), the
+    dataset's own, built lazily first. Call after :func:`init_scope`."""
+    from mmengine.registry import DATASETS
+    loader = cfg.get('test_dataloader', None) or cfg.get('val_dataloader',
+                                                         None)
+    if not loader or 'dataset' not in loader:
         return {}
+    ds_cfg = innermost_dataset(loader['dataset'])
+    meta: Dict[str, Any] = {}
+    try:
+        cls = DATASETS.get(ds_cfg.get('type'))
+        meta.update(copy.deepcopy(getattr(cls, 'METAINFO', {}) or {}))
+    except Exception:  # noqa: BLE001 - the type may be unknown here
+        pass
+    cfg_meta = dict(ds_cfg.get('metainfo', None) or {})
+    if 'classes' in cfg_meta and 'palette' not in cfg_meta and len(
+            meta.get('palette', []) or []) != len(cfg_meta['classes']):
+        meta.pop('palette', None)  # the class's colours, for other classes
+    meta.update(cfg_meta)
+    for lazy in (True, False):
+        if meta.get('classes'):
+            break
+        try:
+            built = DATASETS.build(dict(copy.deepcopy(ds_cfg),
+                                        lazy_init=lazy))
+            meta.update(copy.deepcopy(dict(built.metainfo)))
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    return meta
+
+
+def _fitting(meta: Dict[str, Any], num_classes: Optional[int]):
+    """``meta`` with its classes as a tuple and a palette of RGB tuples (a
+    seeded random one where it has none, or too few colours), or None when
+    it names no classes or not ``num_classes`` of them."""
+    classes = meta.get('classes')
+    if not classes or (num_classes is not None
+                       and len(classes) != num_classes):
+        return None
     palette = meta.get('palette')
-    if palette is None or len(palette) < len(classes):
-        palette = _palette(len(classes))
-    return dict(classes=tuple(classes),
+    if palette is None or isinstance(palette, str) or \
+            len(palette) < len(classes):
+        palette = np.random.RandomState(42).randint(
+            0, 256, size=(len(classes), 3)).tolist()
+    return dict(meta, classes=tuple(classes),
                 palette=[tuple(int(v) for v in c) for c in palette])
+
+
+def _class_meta(cfg: Config, ckpt_meta: Dict[str, Any]) -> Dict[str, Any]:
+    """The checkpoint's ``dataset_meta`` if its classes fit the model, else
+    the classes and palette of the config's test dataset, else ``{}``."""
+    n = _num_classes(cfg)
+    ckpt_meta = {str(k).lower(): v for k, v in ckpt_meta.items()}
+    meta = _fitting(ckpt_meta, n)
+    if meta is None:
+        config_meta = _test_dataset_meta(cfg)
+        meta = _fitting({k: config_meta[k] for k in ('classes', 'palette')
+                         if k in config_meta}, n)
+    return meta or {}
 
 
 # --------------------------------------------------------------------------
 # Inferencers
 # --------------------------------------------------------------------------
-# Every inferencer is built without weights (random init, no download) and
-# the checkpoint is then loaded by the project's one loader,
-# iformer_mm.models.checkpoint.load_model_checkpoint: strict unless
-# allow_partial, any layout. Class names: the checkpoint's dataset_meta when
-# it fits the model, else the config's test dataset.
-def _quiet_init(cls, **kwargs):
-    """``cls(weights=None, ...)`` without its 'randomly initialized model'
-    warnings (the weights are loaded next)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return cls(**kwargs)
-
-
-def _load_weights(model, checkpoint, allow_partial) -> Dict[str, Any]:
-    """Load ``checkpoint`` into ``model``; the file's ``dataset_meta``."""
-    if checkpoint is None:
-        return {}
-    from ..models.checkpoint import load_model_checkpoint
-    report = load_model_checkpoint(model, checkpoint,
-                                   strict=not allow_partial)
-    meta = report.meta.get('dataset_meta') or {}
-    return {str(k).lower(): v for k, v in dict(meta).items()}
-
-
-def _pick_meta(cfg, ckpt_meta: Dict[str, Any]) -> Dict[str, Any]:
-    """The checkpoint's classes if they fit the model, else the config's."""
-    n = num_classes_of(cfg)
-    classes = ckpt_meta.get('classes')
-    if classes and (n is None or len(classes) == n):
-        meta = dict(ckpt_meta, classes=tuple(classes))
-        palette = meta.get('palette')
-        if palette is None or isinstance(palette, str) or \
-                len(palette) < len(classes):
-            palette = _palette(len(classes))
-        meta['palette'] = [tuple(int(v) for v in c) for c in palette]
-        return meta
-    return _config_meta(cfg)
-
-
-def _det_inferencer(cfg, checkpoint, device, allow_partial=False):
-    from mmdet.apis import DetInferencer
-    inf = _quiet_init(DetInferencer, model=cfg, weights=None, device=device,
-                      scope='mmdet', show_progress=False)
-    meta = _pick_meta(cfg, _load_weights(inf.model, checkpoint,
-                                         allow_partial))
-    if meta:
-        inf.model.dataset_meta = dict(inf.model.dataset_meta, **meta)
-        inf.visualizer.dataset_meta = inf.model.dataset_meta
-    return inf
-
-
-def _seg_inferencer(cfg, checkpoint, device, allow_partial=False):
-    from mmseg.apis import MMSegInferencer
-    inf = _quiet_init(MMSegInferencer, model=cfg, weights=None,
-                      device=device, scope='mmseg')
-    meta = _pick_meta(cfg, _load_weights(inf.model, checkpoint,
-                                         allow_partial))
-    if meta:
-        inf.model.dataset_meta = meta
-    return inf
-
-
-_CLS_INFERENCER = None
-
-
-def _cls_inferencer_class():
-    """ImageClassificationInferencer that draws the top-k, not the top-1."""
-    global _CLS_INFERENCER
-    if _CLS_INFERENCER is not None:
-        return _CLS_INFERENCER
+@functools.lru_cache(maxsize=None)
+def _topk_classification_inferencer():
+    """mmpretrain's ImageClassificationInferencer drawing the top-k classes
+    (``self.topk``), not the top-1; tiny images are enlarged for the text."""
     import torch
     from mmpretrain.apis import ImageClassificationInferencer
 
@@ -241,44 +239,49 @@ def _cls_inferencer_class():
                 out += vis or []
             return out
 
-    _CLS_INFERENCER = TopKClassificationInferencer
-    return _CLS_INFERENCER
+    return TopKClassificationInferencer
 
 
-def _cls_inferencer(cfg, checkpoint, device, topk, allow_partial=False):
-    cls = _cls_inferencer_class()
-    inf = _quiet_init(cls, model=cfg, pretrained=False, device=device,
-                      classes=None)
-    meta = _pick_meta(cfg, _load_weights(inf.model, checkpoint,
-                                         allow_partial))
-    if meta:
-        inf.classes = meta['classes']
-    inf.topk = topk
-    return inf
+def _new_inferencer(task: str, cfg: Config, device: str):
+    """The task's inferencer without weights, quietly (its 'randomly
+    initialized' warnings do not apply: the weights are loaded next)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        if task == 'detection':
+            from mmdet.apis import DetInferencer
+            return DetInferencer(model=cfg, weights=None, device=device,
+                                 scope='mmdet', show_progress=False)
+        if task == 'segmentation':
+            from mmseg.apis import MMSegInferencer
+            return MMSegInferencer(model=cfg, weights=None, device=device,
+                                   scope='mmseg')
+        return _topk_classification_inferencer()(
+            model=cfg, pretrained=False, device=device, classes=None)
 
 
 def build_inferencer(config: Union[str, Config],
                      checkpoint: Optional[str] = None, device: str = 'cpu',
                      cfg_options: Optional[dict] = None, topk: int = 5,
                      allow_partial: bool = False):
-    """The OpenMMLab inferencer for a config's task (see module doc).
-
-    The checkpoint is loaded strictly (see
-    :func:`iformer_mm.models.checkpoint.load_model_checkpoint`) unless
-    ``allow_partial``.
-    """
-    cfg = load_config(config, cfg_options)
-    if checkpoint is not None:
-        check_checkpoint_path(checkpoint)  # before building anything
-    task = task_of(cfg)
+    """``(task, inferencer)`` for a config (see the module's doc); the
+    checkpoint is loaded strictly unless ``allow_partial``."""
+    cfg, task = load_checked(config, cfg_options, checkpoint, device)
     init_scope(cfg)
     strip_pretrained(cfg.model)
-    if task == 'detection':
-        return task, _det_inferencer(cfg, checkpoint, device, allow_partial)
-    if task == 'segmentation':
-        return task, _seg_inferencer(cfg, checkpoint, device, allow_partial)
-    return task, _cls_inferencer(cfg, checkpoint, device, topk,
-                                 allow_partial)
+    inf = _new_inferencer(task, cfg, device)
+    ckpt_meta = {} if checkpoint is None else \
+        load_weights(inf.model, checkpoint, allow_partial)
+    meta = _class_meta(cfg, ckpt_meta)
+    if task == 'classification':
+        inf.topk = topk
+        if meta:
+            inf.classes = meta['classes']
+    elif task == 'detection' and meta:
+        inf.model.dataset_meta = dict(inf.model.dataset_meta, **meta)
+        inf.visualizer.dataset_meta = inf.model.dataset_meta
+    elif meta:
+        inf.model.dataset_meta = meta
+    return task, inf
 
 
 # --------------------------------------------------------------------------
@@ -322,8 +325,7 @@ def _summarise_seg(sample, classes) -> Dict[str, Any]:
 def _summarise_cls(sample, classes, topk: int) -> Dict[str, Any]:
     import torch
     scores = sample.pred_score.detach().cpu()
-    k = min(topk, scores.numel())
-    values, indices = torch.topk(scores, k)
+    values, indices = torch.topk(scores, min(topk, scores.numel()))
     return dict(topk=[dict(label=int(i), class_name=_name(classes, int(i)),
                            score=round(float(v), 4))
                       for v, i in zip(values.tolist(), indices.tolist())])
@@ -359,9 +361,9 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
     """
     images = collect_images(inputs)  # check inputs before building a model
     if not 0 <= score_thr <= 1:
-        raise ValueError(f'score_thr must be in [0, 1], got {score_thr}.')
+        raise ConfigError(f'score_thr must be in [0, 1], got {score_thr}.')
     if topk < 1:
-        raise ValueError(f'topk must be >= 1, got {topk}.')
+        raise ConfigError(f'topk must be >= 1, got {topk}.')
     task, inf = build_inferencer(config, checkpoint, device, cfg_options,
                                  topk, allow_partial=allow_partial)
     if hasattr(inf, 'show_progress'):
@@ -370,14 +372,13 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
     vis_dir = osp.join(out_dir, 'vis')
     os.makedirs(vis_dir, exist_ok=True)
 
+    vis_files = [osp.join(vis_dir, osp.basename(p)) for p in images]
     if task == 'detection':
-        res = inf(images, batch_size=1, out_dir=out_dir,
-                  pred_score_thr=score_thr, return_datasamples=True,
-                  no_save_pred=True)
-        samples = res['predictions']
+        samples = inf(images, batch_size=1, out_dir=out_dir,
+                      pred_score_thr=score_thr, return_datasamples=True,
+                      no_save_pred=True)['predictions']
         classes = inf.model.dataset_meta.get('classes')
         summaries = [_summarise_det(s, classes, score_thr) for s in samples]
-        vis_files = [osp.join(vis_dir, osp.basename(p)) for p in images]
     elif task == 'segmentation':
         samples = inf(images, return_datasamples=True, batch_size=1,
                       out_dir=out_dir, img_out_dir='vis', opacity=opacity)
@@ -385,7 +386,6 @@ def run_demo(config: Union[str, Config], inputs: Union[str, Sequence[str]],
             samples = [samples]
         classes = inf.model.dataset_meta.get('classes')
         summaries = [_summarise_seg(s, classes) for s in samples]
-        vis_files = [osp.join(vis_dir, osp.basename(p)) for p in images]
     else:
         samples = inf(images, return_datasamples=True, batch_size=1,
                       show_dir=vis_dir)

@@ -2,8 +2,8 @@
 
 MACs are counted with mmengine's ``FlopAnalyzer`` (which reports MACs) on the
 BN-folded network: BatchNorm disappears into the convolutions at deployment,
-so it is not counted, which is also how the paper's Table 15 counts (our
-counts match it within 1.5% for every variant but L, see the README).
+so it is not counted, which is also how the paper's Table 15 counts (the
+comparison with the paper: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -58,46 +58,40 @@ def backbone_complexity(arch: str, shape: Sequence[int] = (224, 224),
 
 
 class _TensorForward(nn.Module):
-    """Make an OpenMMLab model a function of one image tensor."""
+    """An OpenMMLab model of ``scope`` as a function of one image tensor."""
 
-    def __init__(self, model: nn.Module, shape: Sequence[int]):
+    def __init__(self, model: nn.Module, shape: Sequence[int], scope: str):
         super().__init__()
         self.model = model
         self.shape = tuple(shape)
+        self.scope = scope
 
-    def _data_samples(self, batch: int):
-        scope = type(self.model).__module__.split('.')[0]
+    def forward(self, x):
+        if self.scope == 'mmdet':
+            from mmdet.structures import DetDataSample as Sample
+        elif self.scope == 'mmseg':
+            from mmseg.structures import SegDataSample as Sample
+        else:  # mmpretrain: no data samples needed
+            return self.model(x, mode='tensor')
         h, w = self.shape
         meta = dict(img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w),
                     batch_input_shape=(h, w), scale_factor=(1., 1.))
-        if scope == 'mmdet':
-            from mmdet.structures import DetDataSample as Sample
-        elif scope == 'mmseg':
-            from mmseg.structures import SegDataSample as Sample
-        else:
-            return None
-        samples = [Sample() for _ in range(batch)]
-        for s in samples:
-            s.set_metainfo(meta)
-        return samples
-
-    def forward(self, x):
-        samples = self._data_samples(x.shape[0])
-        if samples is None:
-            return self.model(x, mode='tensor')
+        samples = [Sample(metainfo=meta) for _ in range(x.shape[0])]
         return self.model._forward(x, samples)
 
 
 def config_complexity(cfg, shape: Sequence[int], backbone_only: bool = False,
                       deploy: bool = True) -> dict:
     """Params and MACs of a config's backbone or whole model."""
-    from mmengine.registry import MODELS, init_default_scope
-    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    from mmengine.registry import MODELS
+
+    from ..config import init_scope, strip_pretrained
+    scope = init_scope(cfg)
     model_cfg = copy.deepcopy(cfg.model)
-    backbone_cfg = model_cfg.get('backbone', model_cfg)
-    backbone_cfg.pop('init_cfg', None)  # weights do not change the count
-    model = MODELS.build(backbone_cfg if backbone_only else model_cfg).eval()
+    strip_pretrained(model_cfg)  # weights do not change the count
+    model = MODELS.build(model_cfg.get('backbone', model_cfg)
+                         if backbone_only else model_cfg).eval()
     x = torch.zeros(1, 3, *shape)
-    counted = model if backbone_only else _TensorForward(model, shape)
+    counted = model if backbone_only else _TensorForward(model, shape, scope)
     return dict(params=count_params(model),
                 macs=count_macs(counted, (x, ), deploy=deploy))
