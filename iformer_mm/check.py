@@ -1,15 +1,14 @@
 """Check that the iformer-mm stack is installed and works.
 
     python -m iformer_mm.check            # the whole stack (exit 1 if not)
-    python -m iformer_mm.check --deploy   # the light install: backbone,
-                                          # Core ML / ONNX, latency tool
+    python -m iformer_mm.check --deploy   # the light install
     python -m iformer_mm.check --json     # machine-readable
 
-It imports each part in this interpreter and runs what pip cannot vouch for:
-torchvision's and mmcv's compiled ops (NMS, RoIAlign) against hand-computed
-values, and the installed versions against ``constraints.txt``.
-``tools/install.py`` runs this file as its probe, before anything else is
-installed, so the module uses only the standard library at import time.
+Each part is imported in this interpreter; torchvision's and mmcv's compiled
+ops (NMS, RoIAlign) run against hand-computed values, and the installed
+versions are compared with ``constraints.txt``. ``tools/install.py`` runs
+this file as its probe before anything is installed, and loads it for the
+version helpers: standard library only at import time.
 """
 from __future__ import annotations
 
@@ -24,6 +23,8 @@ if __name__ == '__main__' and sys.path and sys.path[0] and \
     sys.path.pop(0)
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
+import importlib  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
@@ -39,14 +40,17 @@ DISTS = ['pip', 'setuptools', 'wheel', 'ninja', 'torch', 'torchvision', 'mmcv',
          'onnxruntime', 'pytest', 'timm', 'matplotlib', 'onedl-mim', 'scipy',
          'ftfy', 'regex', DIST_NAME]
 
-#: what each check covers (key, label)
+#: the checks of the whole stack and of the light install, in order
 FULL = ['build-tools', 'torch', 'torchvision', 'mmcv', 'openmmlab', 'tools',
         'package', 'pins']
 DEPLOY = ['torch', 'mmengine', 'backbone', 'export', 'pins']
 
+#: pins that matter only for building mmcv (not checked by ``--deploy``)
+BUILD_ONLY = ('setuptools', 'mmcv')
+
 
 # ---------------------------------------------------------------------------
-# constraints.txt
+# Versions and constraints.txt
 # ---------------------------------------------------------------------------
 def find_constraints() -> str | None:
     """``constraints.txt`` of a source checkout, or the packaged copy."""
@@ -58,7 +62,8 @@ def find_constraints() -> str | None:
 
 
 def read_constraints(path: str | None = None) -> dict:
-    """``{distribution: specifier}`` from a pip constraints file."""
+    """``{distribution: specifier}`` from a pip constraints or requirements
+    file (``''`` for a name without a version)."""
     path = path or find_constraints()
     if path is None:
         raise FileNotFoundError('constraints.txt not found next to the '
@@ -90,9 +95,10 @@ def _cmp(a: tuple, b: tuple) -> int:
 
 
 def spec_ok(version: str | None, spec: str) -> bool:
-    """Whether ``version`` satisfies a specifier such as ``>=1.26,<2.4``.
+    """Whether ``version`` is installed and satisfies a specifier such as
+    ``>=1.26,<2.4`` (``''``: any version).
 
-    Handles ``== != >= <= > <`` on release numbers (what constraints.txt
+    Handles ``== != >= <= > < ~=`` on release numbers (what constraints.txt
     uses); ``==X`` ignores a local suffix such as ``+cpu``.
     """
     if version is None:
@@ -112,11 +118,16 @@ def spec_ok(version: str | None, spec: str) -> bool:
     return True
 
 
-def pin_problems(versions: dict, constraints: dict) -> list:
-    """Installed distributions that violate ``constraints``."""
-    return [f'{d} {versions[d]} (wants {spec})'
-            for d, spec in constraints.items()
+def outside_constraints(versions: dict, constraints: dict) -> list:
+    """The installed distributions that violate ``constraints``."""
+    return [d for d, spec in constraints.items()
             if versions.get(d) is not None and not spec_ok(versions[d], spec)]
+
+
+def pin_problems(versions: dict, constraints: dict) -> list:
+    """``'<dist> <version> (wants <spec>)'`` for each violated pin."""
+    return [f'{d} {versions[d]} (wants {constraints[d]})'
+            for d in outside_constraints(versions, constraints)]
 
 
 def torchvision_for(torch_version: str) -> tuple:
@@ -126,13 +137,28 @@ def torchvision_for(torch_version: str) -> tuple:
 
 
 # ---------------------------------------------------------------------------
-# The checks (each imports what it needs)
+# The checks: each imports what it needs and raises if a part fails
 # ---------------------------------------------------------------------------
 def _ver(dist: str) -> str | None:
     try:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return None
+
+
+#: the parts that are checked by importing them
+IMPORTS = {
+    'openmmlab': ['mmdet', 'mmpretrain', 'mmpretrain.models', 'mmseg',
+                  'mmseg.models'],
+    'tools': ['coremltools', 'onnx', 'onnxruntime', 'pytest', 'timm'],
+    'mmengine': ['mmengine', 'mmengine.model'],
+    'export': ['coremltools', 'onnx', 'onnxruntime'],
+}
+
+
+def check_imports(modules, out):
+    for name in modules:
+        importlib.import_module(name)
 
 
 def _boxes():
@@ -190,27 +216,6 @@ def check_mmcv(out):
     assert torch.allclose(y.flatten(), torch.tensor([2.5, 4.5, 10.5, 12.5])), y
 
 
-def check_openmmlab(out):
-    import mmdet  # noqa: F401
-    import mmpretrain  # noqa: F401
-    import mmpretrain.models  # noqa: F401
-    import mmseg  # noqa: F401
-    import mmseg.models  # noqa: F401
-
-
-def check_tools(out):
-    import coremltools  # noqa: F401
-    import onnx  # noqa: F401
-    import onnxruntime  # noqa: F401
-    import pytest  # noqa: F401
-    import timm  # noqa: F401
-
-
-def check_mmengine(out):
-    import mmengine  # noqa: F401
-    from mmengine.model import BaseModule  # noqa: F401
-
-
 def check_backbone(out):
     import torch
 
@@ -219,12 +224,6 @@ def check_backbone(out):
     with torch.no_grad():
         feats = model(torch.zeros(1, 3, 64, 64))
     assert feats[-1].shape[-1] == 2, [tuple(f.shape) for f in feats]
-
-
-def check_export(out):
-    import coremltools  # noqa: F401
-    import onnx  # noqa: F401
-    import onnxruntime  # noqa: F401
 
 
 def check_package(out):
@@ -244,10 +243,6 @@ def check_package(out):
         'pip install -e . (or python tools/install.py) puts them there')
 
 
-#: pins that matter only for building mmcv (not checked by ``--deploy``)
-BUILD_ONLY = ('setuptools', 'mmcv')
-
-
 def check_pins(out):
     cons = out['constraints']
     if out.get('deploy'):
@@ -259,10 +254,9 @@ def check_pins(out):
 CHECKS = {
     'build-tools': check_build_tools, 'torch': check_torch,
     'torchvision': check_torchvision, 'mmcv': check_mmcv,
-    'openmmlab': check_openmmlab, 'tools': check_tools,
-    'package': check_package, 'pins': check_pins,
-    'mmengine': check_mmengine, 'backbone': check_backbone,
-    'export': check_export,
+    'package': check_package, 'pins': check_pins, 'backbone': check_backbone,
+    **{key: functools.partial(check_imports, modules)
+       for key, modules in IMPORTS.items()},
 }
 
 
@@ -296,6 +290,9 @@ def probe(keys=FULL, repo: str | None = None,
     return out
 
 
+# ---------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------
 def describe(key: str, st: dict) -> str:
     v = st['versions']
     return {
@@ -317,7 +314,9 @@ def describe(key: str, st: dict) -> str:
     }[key]
 
 
-def report(st: dict, keys) -> bool:
+def report(st: dict, keys, describe=describe) -> bool:
+    """Print one line per check (``describe(key, st)`` says what it covers)
+    and the error of each failed one; return whether all passed."""
     print(f'python {st["python"]} ({st["executable"]})')
     for key in keys:
         ok = st['ok'].get(key)

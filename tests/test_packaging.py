@@ -111,41 +111,124 @@ def test_opencv_pinned_below_5_everywhere():
     assert not runtime_cv.specifier.contains('5.0.0')
 
 
-def test_installer_takes_its_versions_from_the_files(tmp_path):
-    ins_mod = load_installer()
+FAKE_PIP = '''\
+"""Stands in for pip: says what it is asked and installs nothing."""
+import os
+import sys
+
+args = sys.argv[1:]
+print('fake pip:', *args)
+if args[:1] == ['wheel']:  # the mmcv build: leave a wheel to install
+    folder = args[args.index('-w') + 1]
+    open(os.path.join(folder, 'mmcv-0-py3-none-any.whl'), 'w').close()
+'''
+
+
+@pytest.mark.slow
+def test_installer_installs_what_the_files_pin(tmp_path):
+    """tools/install.py, run on a copy of the repository whose
+    constraints.txt asks for other versions than the installed ones, with
+    a stand-in pip: each step installs what constraints.txt and
+    requirements/*.txt name, under those pins plus the installed torch
+    pair, and the step that repairs pins names what stays outside them
+    (not setuptools, which step 1 sets)."""
+    from importlib import metadata
+    repo = tmp_path / 'repo'
+    for rel in ('tools/install.py', 'iformer_mm/check.py'):
+        (repo / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(osp.join(REPO, rel), str(repo / rel))
+    shutil.copytree(osp.join(REPO, 'requirements'), str(repo / 'requirements'))
     cons = check.read_constraints(osp.join(REPO, 'constraints.txt'))
-    assert ins_mod.PINS == cons
-    assert ins_mod.MMCV_VERSION == cons['mmcv'][2:]
-    assert ins_mod.OPENMMLAB == {d: cons[d][2:] for d in (
-        'mmdet', 'mmsegmentation', 'mmpretrain')}
-    assert ins_mod.COREMLTOOLS_VERSION == cons['coremltools'][2:]
-    torch_pair = {r.name: str(r.specifier)[2:] for r in requirements('torch')}
-    assert (ins_mod.TORCH_DEFAULT, ins_mod.TORCHVISION_DEFAULT) == (
-        torch_pair['torch'], torch_pair['torchvision'])
-    assert {'onnx', 'onnxruntime', 'pytest', 'timm'} <= set(ins_mod.TOOLS)
-    assert set(ins_mod.UNDECLARED) == {'ftfy', 'regex'}
+    cons['setuptools'] = '!=' + metadata.version('setuptools')
+    for dist in ('mmdet', 'coremltools'):
+        cons[dist] = f'=={metadata.version(dist)}.1'
+    (repo / 'constraints.txt').write_text(
+        ''.join(f'{d}{s}\n' for d, s in cons.items()))
+    # ``python -m pip`` runs in the repository: its pip/ comes first
+    (repo / 'pip').mkdir()
+    (repo / 'pip' / '__init__.py').write_text('')
+    (repo / 'pip' / '__main__.py').write_text(FAKE_PIP)
+    compiler = tmp_path / 'bin' / 'c++'  # mmcv's build looks for one
+    compiler.parent.mkdir()
+    compiler.write_text('#!/bin/sh\nexit 1\n')
+    compiler.chmod(0o755)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ('PYTHONPATH', 'PYTHONSAFEPATH')}
+    env['PATH'] = str(compiler.parent) + os.pathsep + env['PATH']
+    env['IFORMER_MM_CACHE'] = str(tmp_path / 'cache')
+    proc = subprocess.run([sys.executable, '-m', 'pip', 'list'],
+                          cwd=str(repo), env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.stdout.startswith('fake pip:'), 'pip is not the stand-in'
 
-    # the constraints it installs with: the file plus the installed torch
-    args = ins_mod.parse_args(['--log-dir', str(tmp_path)])
-    ins = ins_mod.Installer(args)
-    state = {'versions': {'torch': '2.13.0+cpu', 'torchvision': '0.28.0+cpu'}}
-    lines = open(ins.constraints(state)).read().split()
-    assert 'torch==2.13.0+cpu' in lines and 'torchvision==0.28.0+cpu' in lines
-    assert {f'{d}{s}' for d, s in cons.items()} <= set(lines)
+    logs = tmp_path / 'logs'
+    proc = subprocess.run(
+        [sys.executable, str(repo / 'tools' / 'install.py'),
+         '--reinstall-torch', '--rebuild-mmcv', '--log-dir', str(logs)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=1800)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr[-3000:]
+    pair = ' '.join(f'{r.name}==={str(r.specifier)[2:]}'
+                    for r in requirements('torch'))
+    mmcv = cons['mmcv'][2:]
+    tools = [r.name for r in requirements('deploy') + requirements('tests')
+             if r.name not in ('coremltools', 'numpy')]
+    expected = [
+        '[1/7] build tools (setuptools<81, wheel, ninja) ...',
+        f'pip install "setuptools{cons["setuptools"]}" wheel ninja',
+        '[2/7] torch + torchvision ...',
+        f'pip install --force-reinstall --no-deps {pair}',
+        f'pip install {pair}  (about 4.8 GB with its CUDA libraries; runs '
+        'on CPU too)',
+        f'[3/7] mmcv {mmcv} with ops ...',
+        f'MMCV_WITH_OPS=1 pip wheel --no-build-isolation mmcv=={mmcv}',
+        'pip install mmcv-0-py3-none-any.whl',
+        'pip install the dependencies of mmcv',
+        'built and installed; nms and RoIAlign run',
+        f'[4/7] mmengine, mmdet {cons["mmdet"][2:]}, mmseg '
+        f'{cons["mmsegmentation"][2:]}, mmpretrain {cons["mmpretrain"][2:]} '
+        '...',
+        'pip install ' + ' '.join(f'{d}{cons[d]}' for d in (
+            'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain'))
+        + ' ftfy regex',
+        '[5/7] ' + ', '.join(['coremltools', *tools]) + ' ...',
+        f'pip install coremltools{cons["coremltools"]} numpy{cons["numpy"]} '
+        + ' '.join(tools),
+        f'pip install "mmdet{cons["mmdet"]}" '
+        f'"coremltools{cons["coremltools"]}"  (back inside constraints.txt)',
+        'FAILED at step [5/7] ' + ', '.join(['coremltools', *tools]) + ':',
+        f'log: {logs / "5-tools.log"}',
+    ]
+    lines = [line.strip() for line in out.splitlines()]
+    at = 0
+    for want in expected:  # in this order, each at the start of a line
+        found = [i for i, line in enumerate(lines[at:], at)
+                 if line.startswith(want)]
+        assert found, f'{want!r} is missing after line {at}:\n{out}'
+        at = found[0] + 1
+    assert 'still outside constraints.txt: ' in out
+    assert sorted(os.listdir(logs)) == [
+        '1-build-tools.log', '2-torch.log', '3-mmcv.log', '4-openmmlab.log',
+        '5-tools.log', 'constraints-torch.txt', 'constraints.txt']
+    # torch installs under the build pins only, the rest under all pins
+    # and the installed torch pair
+    assert (logs / 'constraints-torch.txt').read_text().split() == [
+        'setuptools' + cons['setuptools'], 'numpy' + cons['numpy']]
+    assert set((logs / 'constraints.txt').read_text().split()) == {
+        f'{d}{s}' for d, s in cons.items()} | {
+        f'{d}=={metadata.version(d)}' for d in ('torch', 'torchvision')}
+    assert f'-c {logs / "constraints.txt"}' in \
+        (logs / '4-openmmlab.log').read_text()
 
-
-def test_installer_repairs_distributions_outside_constraints():
-    ins_mod = load_installer()
-    st = {'ok': {'pins': False}, 'versions': {
-        'opencv-python': '5.0.0', 'numpy': '2.3.5', 'mmcv': '2.2.0',
-        'setuptools': '84.0.0'}}
-    # mmcv is rebuilt by step 3 and setuptools set by step 1, not here
-    assert ins_mod.pin_violations(st) == ['opencv-python']
-    st['versions']['opencv-python'] = '4.12.0.88'
-    assert ins_mod.pin_violations(st) == []
-    st['ok']['pins'] = True
-    st['versions']['numpy'] = '2.4.0'
-    assert ins_mod.pin_violations(st) == []  # the probe said fine
+    proc = subprocess.run(
+        [sys.executable, str(repo / 'tools' / 'install.py'), '--check'],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr[-3000:]
+    assert '[BAD] pins' in proc.stdout
+    assert proc.stdout.rstrip().endswith(
+        'incomplete: run python tools/install.py')
 
 
 @pytest.mark.slow
