@@ -290,6 +290,8 @@ class Installer:
         setuptools = 'setuptools' + PINS['setuptools']
         self.pip(['install', setuptools, 'wheel', 'ninja'],
                  f'pip install "{setuptools}" wheel ninja')
+        # the final check reads the report: it must see the new build tools
+        self.probe_again('build-tools', 'installed but still wrong: {}')
         return 'installed'
 
     def install_default_torch(self, force: bool) -> None:
