@@ -164,8 +164,8 @@ def test_tool_end_to_end(tmp_path, capsys):
     from iformer_mm.deploy.benchmark import main
     out = tmp_path / 'lat'
     rc = main(['iformer-t', 'iformer-t:global', '--size', '64',
-               '--warmup', '1', '--runs', '2', '--out', str(out),
-               '--quiet'])
+               '--program', 'dense', '--warmup', '1', '--runs', '2',
+               '--out', str(out), '--quiet'])
     printed = capsys.readouterr().out
     assert rc == 0
     for name in ('latency.md', 'latency.json', 'latency.png'):
@@ -260,7 +260,8 @@ def test_peer_from_the_mmdet_registry(tmp_path):
     assert [f['iphone13_ms'] for f in spec.paper] == [2.85]
     cfg = BenchmarkConfig(backbones=['resnet18'], resolution=(64, 64),
                           warmup=0, runs=1, out_dir=str(tmp_path),
-                          chart=False, onnx=False, channels_last=False)
+                          chart=False, onnx=False, channels_last=False,
+                          program='dense')
     (r, ) = run_benchmark(cfg, show_progress=False)['results']
     assert r['status'] == 'ok', r.get('error')
     assert r['deploy'].startswith('eval mode')

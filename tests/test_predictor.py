@@ -399,56 +399,170 @@ def test_benchmark_rejects_bad_input(tmp_path):
 
 
 # ------------------------------------------------------- the tool column
-def test_tool_column_is_labelled_predicted_with_its_error():
-    from iformer_mm.deploy import report
-    from iformer_mm.deploy.report import PREDICTED_HEADER, predicted_cell
-    pred = dict(status='predicted', ms=4.123, failed=False,
-                heldout_median_pct=12.4, heldout_max_pct=41.0)
-    assert predicted_cell(pred) == \
-        '4.12 (predicted; held-out err 12% median, 41% max)'
-    assert predicted_cell(dict(pred, failed=True)).startswith(
-        'Failed (predicted;')
+def _tool_predictions(tmp_path, names, size, *extra):
+    """The latency tool's predicted column for ``names`` (no timing), read
+    back from the JSON it writes."""
+    from iformer_mm.deploy.benchmark import main
+    out = tmp_path / f'run{size}'
+    assert main(list(names) + ['--size', str(size), '--no-timing',
+                               '--no-onnx', '--no-chart', '--quiet',
+                               '--out', str(out), *extra]) == 0
+    with open(out / 'latency.json') as f:
+        results = json.load(f)['results']
+    return {r['key']: r['coreml']['predicted'] for r in results}
+
+
+@needs_ct
+@pytest.mark.parametrize('size,names', [
+    (224, ('efficientnet-b0', 'repvit-m1-1')),
+    pytest.param(512, ('efficientformer-l1', 'resnet18'),
+                 marks=pytest.mark.slow)])
+def test_tool_predicts_what_the_validated_path_predicts(
+        tmp_path, capsys, rows, shipped_features, size, names):
+    """The figure beside a Table 5 peer is the validated path's prediction
+    (the reference classifier, converted as the validation converted it),
+    and the error printed beside it is the one measured for that path: the
+    held-out Table 5 errors at 512x512, leave-one-family-out at a fit
+    resolution."""
+    from iformer_mm.deploy.predictor.extract import row_id
+    params = M.load_params()
+    got = _tool_predictions(tmp_path, names, size)
+    stored = params['validation']
+    network = {r['key']: r['network'] for r in rows}
+    for key in names:
+        pred = got[key]
+        want = M.predict(params, shipped_features[row_id(key, size)][
+            'features'])
+        assert pred['ms'] == pytest.approx(float(want), rel=1e-6), key
+        if size == 512:
+            assert pred['ms'] == pytest.approx(
+                stored['heldout_rows'][network[key]]['ms'], rel=1e-6)
+        scope = 'heldout' if size == 512 else 'lofo'
+        assert pred['validation']['scope'] == scope
+        assert pred['validation']['max_abs_pct'] == \
+            stored[scope]['max_abs_pct']
+    table = capsys.readouterr().out
+    assert f"{stored[scope]['max_abs_pct']:.0f}% max" in table
+
+
+def test_only_the_validated_path_carries_a_measured_error():
+    """A dense backbone, a network outside the reference set, another
+    conversion or an unvalidated size get "not validated", never another
+    path's error; the cell shows which error it carries."""
+    from iformer_mm.deploy.predictor import Program, validation_for
+    from iformer_mm.deploy.report import predicted_cell
+    params = M.load_params()
+    val = params['validation']
+    ok = Program('classifier', None, (512, 512))
+    assert validation_for(params, ok)['max_abs_pct'] == \
+        val['heldout']['max_abs_pct']
+    assert validation_for(params, Program('classifier', None, (224, 224))
+                          )['median_abs_pct'] == val['lofo']['median_abs_pct']
+    for program in (Program('dense', None, (512, 512), outputs=4),
+                    Program('classifier', 'parameters differ', (512, 512)),
+                    Program('classifier', None, (512, 512), precision='fp32'),
+                    Program('classifier', None, (512, 512), ios_target='iOS16'),
+                    Program('classifier', None, (512, 512),
+                            input_type='image'),
+                    Program('classifier', None, (640, 640)),
+                    Program('classifier', None, (224, 448))):
+        v = validation_for(params, program)
+        assert v['scope'] is None
+        cell = predicted_cell(dict(status='predicted', ms=4.2, failed=False,
+                                   validation=v))
+        assert 'not validated for this kind of network' in cell
+        assert '%' not in cell
+    cell = predicted_cell(dict(status='predicted', ms=4.2, failed=False,
+                               validation=validation_for(params, ok)))
+    assert cell.startswith('4.20 (predicted;')
+    assert f"{val['heldout']['median_abs_pct']:.0f}% median" in cell
+    assert predicted_cell(dict(status='predicted', ms=4.2, failed=True,
+                               validation=v)).startswith('Failed')
     assert predicted_cell(None) == '–'
     assert 'no prediction' in predicted_cell(dict(status='unavailable',
                                                   error='boom'))
-    results = [dict(key='x', label='Net', status='ok', params_m=1.0,
-                    coreml=dict(status='validated', predicted=pred)),
-               dict(key='y', label='Broken', status='failed',
-                    failed_stage='export', error='bad')]
-    table = report.latency_table(results, dict(threads=2))
-    head, sep, row, broken = table.splitlines()
-    cells = [c.strip() for c in head.strip('|').split('|')]
-    assert PREDICTED_HEADER in cells and 'predicted' in PREDICTED_HEADER
-    col = cells.index(PREDICTED_HEADER)
-    assert cells[col - 1].startswith('PyTorch eager CPU channels_last')
-    assert [c.strip() for c in row.strip('|').split('|')][col] == \
-        predicted_cell(pred)
-    ncols = len(cells)
-    assert sep.count('---') == ncols
-    assert len(broken.strip('|').split('|')) == ncols
+
+
+@needs_ct
+def test_dense_program_and_classifier_only_peers(tmp_path, capsys):
+    """``--program dense`` converts the four-output backbone and says its
+    prediction is not validated; a peer that exists only as a classifier
+    is skipped there with a line, and the run exits 0."""
+    from iformer_mm.deploy.benchmark import main
+    out = tmp_path / 'dense'
+    assert main(['iformer-t', 'repvit-m1-1', '--program', 'dense',
+                 '--size', '64', '--no-timing', '--no-onnx', '--no-chart',
+                 '--quiet', '--out', str(out)]) == 0
+    text = capsys.readouterr().out
+    with open(out / 'latency.json') as f:
+        results = {r['key']: r for r in json.load(f)['results']}
+    dense = results['iformer-t:cc-hybrid']
+    assert len(dense['output_shapes']) == 4
+    assert dense['program']['kind'] == 'dense'
+    assert dense['coreml']['predicted']['validation']['scope'] is None
+    assert results['repvit-m1-1']['status'] == 'skipped'
+    assert 'skipped RepViT-M1.1' in text
+    assert 'not validated for this kind of network' in text
+
+
+def test_a_device_without_fitted_parameters_is_one_line(tmp_path, capsys):
+    from iformer_mm.deploy.benchmark import main
+    for flag in ('--device', '--predict-device'):
+        rc = main(['iformer-t', '--size', '64', flag, 'iPhone 99',
+                   '--no-timing', '--quiet', '--out', str(tmp_path / 'x')])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1
+        assert 'iPhone 99' in err
+    assert not (tmp_path / 'x').exists()
+
+
+def _scores(median, mx, rho):
+    return dict(median_abs_pct=median, max_abs_pct=mx, spearman=rho)
+
+
+def test_the_summary_names_a_proxy_that_beats_the_predictor():
+    from iformer_mm.deploy.predictor import (PREDICTOR, proxy_verdict,
+                                             rank_methods)
+    methods = {PREDICTOR: _scores(26, 270, 0.73),
+               'ONNX Runtime CPU': _scores(20, 73, 0.84),
+               'PyTorch eager CPU': _scores(40, 300, 0.2)}
+    assert rank_methods(methods) == ['ONNX Runtime CPU', PREDICTOR,
+                                     'PyTorch eager CPU']
+    line = proxy_verdict(dict(validation=dict(proxies=methods)))
+    assert 'ONNX Runtime CPU beats the predictor' in line
+    assert 'PyTorch eager CPU beats' not in line
+    assert line.index('ONNX Runtime CPU') < line.index(PREDICTOR)
+    # one score better is not enough to rank first, but it is said
+    methods['ONNX Runtime CPU'] = _scores(30, 73, 0.5)
+    assert rank_methods(methods)[0] == PREDICTOR
+    assert 'ONNX Runtime CPU beats the predictor on max error' in \
+        proxy_verdict(dict(validation=dict(proxies=methods)))
+    methods['ONNX Runtime CPU'] = _scores(30, 300, 0.5)
+    assert 'beats every proxy' in proxy_verdict(
+        dict(validation=dict(proxies=methods)))
+    assert proxy_verdict(dict(validation={})) is None
 
 
 @needs_ct
 def test_tool_prediction_uses_the_stored_fit():
     from iformer_mm.deploy.predictor.extract import convert_spec
-    from iformer_mm.deploy.predictor import predict_for_tool
+    from iformer_mm.deploy.predictor import Program, predict_for_tool
     from iformer_mm.deploy.predictor.features import program_features
     from iformer_mm.deploy.report import predicted_cell
     spec = convert_spec(_ConvNet().eval(), 16)
-    pred = predict_for_tool(spec)
+    program = Program('dense', None, (16, 16), outputs=1)
+    pred = predict_for_tool(spec, program)
     params = M.load_params()
     assert pred['status'] == 'predicted'
     assert pred['ms'] == pytest.approx(
         M.predict_ms(params['coef'], program_features(spec)))
-    assert pred['heldout_median_pct'] == \
-        params['validation']['heldout']['median_abs_pct']
-    assert predict_for_tool(object())['status'] == 'unavailable'
+    assert predict_for_tool(object(), program)['status'] == 'unavailable'
 
     class Broken:
         def get_spec(self):
             raise RuntimeError('x' * 500)
     assert predicted_cell(dict(error='no spec')) == 'no prediction (no spec)'
-    failed = predict_for_tool(Broken())
+    failed = predict_for_tool(Broken(), program)
     # the error names what failed and, as it goes into a JSON report and a
     # table cell, is kept short
     assert failed['status'] == 'unavailable'

@@ -8,7 +8,17 @@ A backbone is named in one of three ways:
 * an iFormer-mm / OpenMMLab config file (its ``model.backbone`` is built);
 * a peer: a preset from :data:`PEERS` (``resnet18``, ``swin-t``, ...) or any
   backbone of the OpenMMLab registries as ``SCOPE.Type`` with optional JSON
-  keyword arguments, e.g. ``mmpretrain.ConvNeXt{"arch": "small"}``.
+  keyword arguments, e.g. ``mmpretrain.ConvNeXt{"arch": "small"}``; or a
+  reference network of the latency predictor that OpenMMLab lacks
+  (``fastvit-sa12``, ``repvit-m1-1``, ...: its classifier only).
+
+Two programs can be converted and timed (``--program``): the whole
+classifier, head included, with one output -- what the authors'
+``export_coreml.py`` converts (``create_model(..., num_classes=1000)``,
+traced, one ``ImageType`` input) and so, most likely, what the paper's
+Table 5 timed at 512x512 -- or the dense backbone with its four feature
+maps, what a detector or segmentor runs. Configs and registry names have
+only the dense backbone.
 
 Weights are random (latency and the op graph do not depend on them); a
 config's ``init_cfg`` is dropped so that nothing is downloaded.
@@ -331,6 +341,29 @@ class BackboneSpec:
     # Why this backbone cannot be built here (its library is not installed,
     # e.g. a peer from mmdet on the light install); None: it can.
     unavailable: Optional[str] = None
+    # The latency predictor's reference network of this backbone: a key of
+    # ``predictor.references.REFERENCES`` and keyword overrides. Its whole
+    # classifier (head included, one output) is the program that
+    # ``--program classifier`` converts. None: no classifier is known
+    # (configs, registry names), only the dense backbone.
+    reference: Optional[Tuple[str, Dict[str, Any]]] = None
+    # False for a peer that exists here only as a classifier (timm or
+    # torchvision), with no OpenMMLab backbone to build.
+    dense: bool = True
+
+    def build_classifier(self, size: Tuple[int, int]
+                         ) -> Tuple[nn.Module, Dict[str, Any]]:
+        """The deploy-ready reference classifier at ``size`` and what
+        :func:`.predictor.references.build_reference` says of it (its
+        parameter count before reparameterisation, how it was folded)."""
+        from .predictor.references import build_reference
+        height, width = size
+        if height != width:
+            raise BackboneError(
+                f'{self.label}: the classifier program is built for square '
+                f'inputs, got {height}x{width}; use --program dense.')
+        key, overrides = self.reference
+        return build_reference(key, height, **overrides)
 
     def check_size(self, height: int, width: int) -> None:
         check_resolution(height, width, self.size_divisor, self.label)
@@ -394,7 +427,8 @@ def _iformer_spec(arch: str, layout: str, extra: Optional[dict] = None
     return BackboneSpec(key=key, label=f'iFormer-{arch.upper()} '
                         f'({layout_label})', family='iformer', build=build,
                         size_divisor=32, source='iformer_mm IFormer',
-                        paper=_paper(key))
+                        paper=_paper(key),
+                        reference=(f'iformer-{arch}', kwargs))
 
 
 # --------------------------------------------------------------------------
@@ -500,6 +534,25 @@ def _config_spec(path: str) -> BackboneSpec:
         source=f'{path} [{scope or "root"}.{btype}]', paper=paper)
 
 
+def _classifier_only_spec(key: str) -> Optional[BackboneSpec]:
+    """A network of the predictor's reference set (FastViT, RepViT, ...)
+    that has no OpenMMLab backbone here: its classifier program only."""
+    from .predictor.data import load_measurements
+    from .predictor.references import REFERENCES
+    ref = REFERENCES.get(key)
+    if ref is None or ref.library == 'iformer_mm':
+        return None
+    names = [r['network'] for r in load_measurements() if r['key'] == key]
+    label = names[0] if names else key
+
+    def build() -> nn.Module:
+        raise BackboneError(f'{label} has no OpenMMLab backbone here, only '
+                            'its classifier (--program classifier).')
+    return BackboneSpec(key=key, label=label, family='peer', build=build,
+                        size_divisor=32, source=f'{ref.library}.{ref.name}',
+                        paper=_paper(key), reference=(key, {}), dense=False)
+
+
 # --------------------------------------------------------------------------
 # Entry point.
 # --------------------------------------------------------------------------
@@ -516,9 +569,13 @@ def resolve_backbone(name: str) -> BackboneSpec:
         key = text.lower()
         label, scope, cfg = PEERS[key]
         spec = _registry_spec(scope, cfg, key, label, 32)
+        spec.reference = (key, {})
         if cfg['type'] == 'EfficientFormer':
             spec.adapt = resize_attention_biases
         return spec
+    classifier = _classifier_only_spec(text.lower())
+    if classifier is not None:
+        return classifier
     match = _REGISTRY_RE.match(text)
     if match:
         kwargs: Dict[str, Any] = {}
@@ -534,7 +591,8 @@ def resolve_backbone(name: str) -> BackboneSpec:
         f'Unknown backbone {name!r}. Use an iFormer arch '
         f'({", ".join("iformer-" + a for a in IFORMER_ARCHS)}, optionally '
         f'":LAYOUT" with LAYOUT in {sorted(IFORMER_LAYOUTS)}), a config '
-        f'file (.py), a peer preset ({", ".join(sorted(PEERS))}) or '
+        f'file (.py), a peer preset ({", ".join(sorted(PEERS))}), a '
+        'reference network of the latency predictor (e.g. fastvit-sa12) or '
         'SCOPE.Type from the mmdet/mmseg/mmpretrain registries.')
 
 

@@ -12,7 +12,7 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -33,10 +33,15 @@ from .export import (ImageInput, TupleOutputs, export_onnx, export_program,
                      prepare_for_deploy)
 from .latency import (count_flops, gemm_fraction, max_abs_diff,
                       measure_gemm_rate, time_onnxruntime, time_torch)
-from .predictor import predict_for_tool
+from .predictor import (DEFAULT_DEVICE, Program, excluded_reason,
+                        predict_for_tool)
 
 DEFAULT_BACKBONES = ('iformer-m', )
 DEFAULT_OUT = os.path.join('work_dirs', 'latency')
+#: What is converted and timed: the whole classifier with one output (what
+#: the authors' export_coreml.py converts; the default) or the dense
+#: backbone with its feature maps (what a detector or segmentor runs).
+PROGRAMS = ('classifier', 'dense')
 
 
 @dataclass
@@ -62,6 +67,10 @@ class BenchmarkConfig:
     timing: bool = True
     chart: bool = True
     seed: int = 0
+    program: str = 'classifier'
+    # whose fitted latency model predicts the "predicted" column (None: the
+    # --device being timed, else the iPhone 13 of the paper)
+    predict_device: Optional[str] = None
     specs: List[BackboneSpec] = field(default_factory=list, repr=False)
 
 
@@ -196,6 +205,10 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                                   status='ok', input_shape=list(shape))
     stage = 'build'
     done_steps = 0
+    if cfg.program == 'dense' and not spec.dense:
+        spec.unavailable = (f'{spec.label} has no OpenMMLab dense backbone '
+                            'here, only its classifier (--program '
+                            'classifier)')
     if spec.unavailable:
         # Reported once, in main()'s summary: one line per skipped peer.
         result.update(status='skipped', reason=spec.unavailable)
@@ -216,22 +229,26 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
     try:
         step('build', 'building')
         torch.manual_seed(cfg.seed)
-        raw = spec.build()
-        result['params_m'] = count_params(raw) / 1e6
+        raw, program = build_program(spec, cfg.program, (h, w))
+        result['program'] = program
+        result['params_m'] = program['params'] / 1e6
+        if program.get('adapted'):
+            result['adapted'] = program['adapted']
         raw.eval()
-        if spec.adapt is not None:
-            result['adapted'] = spec.adapt(raw, (h, w))
         example = make_example(shape, cfg.seed, cfg.input_type, image)
         raw.eval()
         with torch.inference_mode():
             before = [t.numpy().copy() for t in flatten_outputs(raw(example))]
         model, fold = prepare_for_deploy(raw)
+        if program['kind'] == 'classifier':
+            fold = program['built']  # folded as the predictor's references
         model = TupleOutputs(model).eval()
         with torch.inference_mode():
             reference = [t.numpy().copy() for t in model(example)]
         result['deploy'] = fold
         result['fold_max_abs_diff'] = max_abs_diff(reference, before)
         result['output_shapes'] = [list(r.shape) for r in reference]
+        program['outputs'] = len(reference)
         advance()
 
         step('export', 'torch.export')
@@ -278,7 +295,10 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 coreml['census'] = check.pop('census')
                 coreml['validation'] = check
                 coreml['status'] = 'validated'
-                coreml['predicted'] = predict_for_tool(mlmodel)
+                coreml['predicted'] = predict_for_tool(mlmodel, Program(
+                    program['kind'], program['excluded'], (h, w),
+                    cfg.precision, cfg.ios_target, cfg.input_type,
+                    len(reference)), cfg.predict_device)
             except Exception as exc:  # noqa: BLE001  (reported, run goes on)
                 coreml['error'] = f'{type(exc).__name__}: {exc}'
                 coreml['traceback'] = traceback.format_exc(limit=6)
@@ -376,6 +396,31 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
     return result
 
 
+def build_program(spec: BackboneSpec, program: str,
+                  size: Tuple[int, int]) -> Tuple[torch.nn.Module,
+                                                  Dict[str, Any]]:
+    """The network to convert and time, and what it is: the reference
+    classifier of ``spec`` for ``program='classifier'`` (the dense backbone
+    when it has none, with a note), else the dense backbone, adapted to
+    ``size`` where it needs it."""
+    if program == 'classifier' and spec.reference is not None:
+        model, info = spec.build_classifier(size)
+        return model, dict(kind='classifier',
+                           excluded=excluded_reason(spec.reference[0]),
+                           params=info['params'],
+                           built=f"{info['library']} {info['model']}, "
+                           f"{info['deploy']}")
+    model = spec.build()
+    info = dict(kind='dense', excluded=None, params=count_params(model),
+                built=spec.source)
+    if program == 'classifier':
+        info['note'] = ('no classifier is known for this network: its '
+                        'dense backbone was converted')
+    if spec.adapt is not None:
+        info['adapted'] = spec.adapt(model.eval(), size)
+    return model, info
+
+
 def _time_coreml(coreml: Dict[str, Any], example: torch.Tensor,
                  reference, image, cfg: BenchmarkConfig, device) -> None:
     """macOS: check one Core ML prediction against PyTorch, then time the
@@ -432,6 +477,22 @@ def collect_specs(cfg: BenchmarkConfig) -> List[BackboneSpec]:
     return unique
 
 
+def check_predict_device(cfg: BenchmarkConfig) -> str:
+    """The device whose fitted parameters predict the "predicted" column
+    (``--predict-device``, else the ``--device`` timed, else the paper's
+    iPhone 13); :class:`BackboneError` when it has no fitted parameters."""
+    from .predictor.model import load_params
+    device = cfg.predict_device or cfg.device or DEFAULT_DEVICE
+    try:
+        load_params(device)
+    except (OSError, ValueError) as exc:
+        raise BackboneError(
+            f'no fitted latency model for {device!r}; fit one with `python benchmarks/latency_predictor.py fit '
+            f'--measurements YOUR.csv --device "{device}"`, or pass '
+            f'--predict-device "{DEFAULT_DEVICE}".') from exc
+    return device
+
+
 def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
                   ) -> Dict[str, Any]:
     """Run the benchmark and write ``latency.md``, ``latency.json`` and
@@ -464,6 +525,11 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     if cfg.device is not None and not cfg.device.strip():
         raise ValueError('--device needs a device name (as Xcode / '
                          'devicectl lists it).')
+    if cfg.program not in PROGRAMS:
+        raise ValueError(f'Unknown program {cfg.program!r}; choose one of '
+                         f'{PROGRAMS}.')
+    if cfg.coreml:
+        cfg.predict_device = check_predict_device(cfg)
     specs = collect_specs(cfg)
     if not specs:
         raise BackboneError('No backbone to benchmark.')
@@ -514,7 +580,14 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     config['backbones'] = [s.key for s in specs]
     config['batch'] = 1
     config['protocol'] = cfg.protocol.as_dict()
+    predictor = None
+    if cfg.coreml:
+        from .predictor import proxy_verdict
+        from .predictor.model import load_params
+        predictor = dict(device=cfg.predict_device, verdict=proxy_verdict(
+            load_params(cfg.predict_device)))
     run = dict(config=config, environment=environment(threads),
+               predictor=predictor,
                coreml_runtime=runtime, coreml_line=line, macos_notes=notes,
                gemm=gemm, results=results,
                wall_s=time.perf_counter() - started)
@@ -563,6 +636,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--authors', action='store_true',
                    help="add the released code's layouts (authors: explicit "
                    'attention, authors-fa: SDPA) for iFormer-M, L and L2')
+    p.add_argument('--program', default='classifier', choices=PROGRAMS,
+                   help='what is converted and timed: the whole classifier '
+                   "(one output; what the authors' export_coreml.py converts "
+                   'and, most likely, what Table 5 timed) or the dense '
+                   'backbone with its feature maps (what a detector or '
+                   'segmentor runs; configs and registry names have only '
+                   'this)')
+    p.add_argument('--predict-device', default=None, metavar='DEVICE',
+                   help='whose fitted latency model predicts the predicted '
+                   'column (default: the --device timed, else iPhone 13)')
     p.add_argument('--no-channels-last', action='store_true',
                    help='skip the channels_last PyTorch timing')
     p.add_argument('--warmup', type=int, default=3)
@@ -644,7 +727,8 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         channels_last=not args.no_channels_last,
         threads=args.threads, coreml=not args.no_coreml,
         onnx=not args.no_onnx, timing=not args.no_timing,
-        chart=not args.no_chart, seed=args.seed, specs=specs)
+        chart=not args.no_chart, seed=args.seed, program=args.program,
+        predict_device=args.predict_device, specs=specs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

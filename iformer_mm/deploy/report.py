@@ -9,8 +9,8 @@ from .macos import placement_lines
 
 ONNX_TOLERANCE = 1e-3
 #: Column header of the predicted latency: never mistaken for a measurement.
-PREDICTED_HEADER = ('predicted iPhone 13 (Core ML) ms, not measured '
-                    '(held-out error of the predictor)')
+PREDICTED_HEADER = ('predicted {device} (Core ML) ms, not measured '
+                    '(the error measured for programs of its kind)')
 
 
 def _ms(value: Optional[float]) -> str:
@@ -43,16 +43,35 @@ def _paper_cell(paper: Optional[List[Dict[str, Any]]]) -> str:
 
 
 def predicted_cell(pred: Optional[Dict[str, Any]]) -> str:
-    """The prediction with the stored fit's held-out error, e.g. ``4.12
-    (predicted; held-out err 9% median, 30% max)``."""
+    """The prediction with the error measured for programs of its kind,
+    e.g. ``4.12 (predicted; held-out err 14% median, 243% max: held-out,
+    Table 5 at 512x512)``, or with "not validated for this kind of
+    network (why)" when no error was measured for it."""
     if not pred:
         return '–'
     if pred.get('status') != 'predicted':
         return f"no prediction ({pred.get('error', 'not converted')[:60]})"
-    med, mx = pred.get('heldout_median_pct'), pred.get('heldout_max_pct')
-    note = ('predicted; held-out error unknown' if med is None or mx is None
-            else f'predicted; held-out err {med:.0f}% median, {mx:.0f}% max')
+    val = pred.get('validation') or {}
+    if val.get('scope'):
+        note = (f"predicted; err {val['median_abs_pct']:.0f}% median, "
+                f"{val['max_abs_pct']:.0f}% max ({val['about']})")
+    else:
+        note = f"predicted; {val.get('reason', 'not validated')}"
     return f"{'Failed' if pred['failed'] else _ms(pred['ms'])} ({note})"
+
+
+def program_line(results: List[Dict[str, Any]]) -> str:
+    """What was converted and timed, per kind of program."""
+    kinds: Dict[str, List[str]] = {}
+    for r in results:
+        program = r.get('program')
+        if program:
+            text = ('classifier (whole network, head included, one output)'
+                    if program['kind'] == 'classifier' else
+                    f"dense backbone ({program.get('outputs', '?')} "
+                    'feature maps)')
+            kinds.setdefault(text, []).append(r['label'])
+    return '; '.join(f"{k}: {', '.join(v)}" for k, v in kinds.items())
 
 
 def _pct(value: Optional[float]) -> str:
@@ -82,6 +101,14 @@ def coreml_cell(result: Dict[str, Any]) -> str:
     return 'skipped'
 
 
+def predicted_header(results: List[Dict[str, Any]]) -> str:
+    devices = [p['device'] for r in results
+               for p in [(r.get('coreml') or {}).get('predicted') or {}]
+               if p.get('device')]
+    return PREDICTED_HEADER.format(device=devices[0] if devices
+                                   else 'iPhone 13')
+
+
 def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
                   size: str = '512x512') -> str:
     threads = env.get('threads', '?')
@@ -89,7 +116,7 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
             f'ONNX Runtime CPU, {threads} thr, proxy ms | '
             f'PyTorch eager CPU NCHW, {threads} thr, proxy ms | '
             'PyTorch eager CPU channels_last, proxy ms | '
-            f'{PREDICTED_HEADER} | BN fold (eager) | '
+            f'{predicted_header(results)} | BN fold (eager) | '
             'share of measured fp32 GEMM rate (ORT / NCHW / NHWC) | '
             'ONNX vs PyTorch max abs diff | '
             f'Published iPhone 13 Core ML ms at {size} (source) |')
@@ -232,7 +259,14 @@ def markdown_report(run: Dict[str, Any]) -> str:
         '',
         latency_table(run['results'], env, f'{h}x{w}'),
         '',
+        f"Programs: {program_line(run['results'])}.",
+        '',
     ]
+    verdict = (run.get('predictor') or {}).get('verdict')
+    if verdict:
+        parts += [f'**Predicted column vs the CPU proxies** (each proxy with '
+                  f'one fitted scale; benchmarks/latency_predictor.py, stored '
+                  f'with the fit): {verdict}', '']
     if run['coreml_runtime']:
         parts += [f"Core ML timing protocol: "
                   f"{cfg['protocol']['description']}.", '', *timing_lines,

@@ -96,6 +96,7 @@ REFERENCES: Dict[str, Reference] = {
     'iformer-m': Reference('iformer_mm', 'm', dict(attention='global')),
     'iformer-l': Reference('iformer_mm', 'l'),
     'iformer-l2': Reference('iformer_mm', 'l2'),
+    'iformer-h': Reference('iformer_mm', 'h'),
     'iformer-m-global-shma': Reference('iformer_mm', 'm',
                                        dict(attention='global')),
     'iformer-m-hybrid-shma': Reference('iformer_mm', 'm',
@@ -185,16 +186,18 @@ def library_version(library: str) -> str:
     return str(module.__version__)
 
 
-def build_reference(key: str, resolution: int
+def build_reference(key: str, resolution: int, **overrides
                     ) -> Tuple[nn.Module, Dict[str, Any]]:
     """Build the eval-mode, deploy-ready network of ``key`` (random weights).
 
-    Returns ``(model, info)``; ``info`` records the library, model name,
-    version, keyword arguments and the parameter count *before* any
-    reparameterisation (the count the papers publish).
+    ``overrides`` update the reference's keyword arguments (the latency
+    tool passes an iFormer attention layout). Returns ``(model, info)``;
+    ``info`` records the library, model name, version, keyword arguments
+    and the parameter count *before* any reparameterisation (the count the
+    papers publish).
     """
     ref = reference_for(key)
-    kwargs = dict(ref.kwargs)
+    kwargs = dict(ref.kwargs, **overrides)
     torch.manual_seed(0)
     if ref.library == 'timm':
         import timm
