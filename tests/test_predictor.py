@@ -507,9 +507,10 @@ def test_dense_program_and_classifier_only_peers(tmp_path, capsys):
 
 def test_a_device_without_fitted_parameters_is_one_line(tmp_path, capsys):
     from iformer_mm.deploy.benchmark import main
-    for flag in ('--device', '--predict-device'):
-        rc = main(['iformer-t', '--size', '64', flag, 'iPhone 99',
-                   '--no-timing', '--quiet', '--out', str(tmp_path / 'x')])
+    for flags in (['--device', 'iPhone 99', '--device-team', 'ABCDE12345'],
+                  ['--predict-device', 'iPhone 99']):
+        rc = main(['iformer-t', '--size', '64', *flags, '--no-timing',
+                   '--quiet', '--out', str(tmp_path / 'x')])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1
         assert 'iPhone 99' in err

@@ -6,13 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import os
 import platform
 import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,11 +57,12 @@ class BenchmarkConfig:
     ios_target: str = DEFAULT_IOS_TARGET
     precision: str = 'fp16'
     input_type: str = 'tensor'
-    protocol: macos.TimingProtocol = field(
-        default_factory=macos.TimingProtocol)
+    #: None: macos.MAC_PROTOCOL, or macos.DEVICE_PROTOCOL with a device.
+    protocol: Optional[macos.TimingProtocol] = None
     placement: bool = True
     device: Optional[str] = None
     device_team: Optional[str] = None
+    device_bundle_id: Optional[str] = None
     channels_last: bool = True
     threads: Optional[int] = None
     coreml: bool = True
@@ -374,10 +377,9 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 result['gemm_fraction'] = shares
             coreml = result.get('coreml') or {}
             if coreml_runtime and coreml.get('status') == 'validated':
-                progress.step(f'{spec.label}: timing Core ML '
-                              f'({cfg.compute_unit}, '
-                              f'{getattr(device, "name", "this Mac")})')
-                _time_coreml(coreml, example, reference, image, cfg, device)
+                _time_coreml(coreml, example, reference, image, cfg, device,
+                             lambda text: progress.step(f'{spec.label}: '
+                                                        f'{text}'))
         elif cfg.onnx and onnx_path:
             # Still check ONNX against PyTorch, once, without timing.
             timing = time_onnxruntime(onnx_path, example.numpy(),
@@ -422,27 +424,28 @@ def build_program(spec: BackboneSpec, program: str,
 
 
 def _time_coreml(coreml: Dict[str, Any], example: torch.Tensor,
-                 reference, image, cfg: BenchmarkConfig, device) -> None:
-    """macOS: check one Core ML prediction against PyTorch, then time the
-    package by the protocol and read its op placement."""
-    ct = import_coremltools()
+                 reference, image, cfg: BenchmarkConfig, device,
+                 say: Callable[[str], None]) -> None:
+    """macOS: time the package by the protocol, on this Mac or the device,
+    after checking its first prediction against PyTorch, and read its op
+    placement; the progress display counts the predictions."""
+    where = f'{cfg.compute_unit}, {getattr(device, "name", "this Mac")}'
     feed = coreml_inputs(example.numpy(), image)
+    expected = {f'out{i}': ref for i, ref in enumerate(reference)}
+    say(f'timing Core ML ({where})')
     try:
-        if device is None:
-            model = ct.models.MLModel(
-                coreml['package'],
-                compute_units=getattr(ct.ComputeUnit, cfg.compute_unit))
-            first = model.predict(feed)
-            outs = [np.asarray(first[f'out{i}'])
-                    for i in range(len(reference))]
-            coreml['max_abs_diff'] = max_abs_diff(outs, reference)
         timing = macos.benchmark_package(
             coreml['package'], feed, cfg.compute_unit, cfg.protocol,
-            device=device, placement=cfg.placement)
+            device=device, placement=cfg.placement, reference=expected,
+            progress=lambda done, total: say(
+                f'Core ML ({where}): {done}/{total} predictions'))
     except Exception as exc:  # noqa: BLE001  (reported, run goes on)
         coreml['timing_error'] = f'{type(exc).__name__}: {exc}'
         return
+    coreml['max_abs_diff'] = timing.pop('max_abs_diff', None)
     coreml['placement'] = timing.pop('placement', None)
+    if 'placement_error' in timing:
+        coreml['placement_error'] = timing.pop('placement_error')
     coreml.update(status='timed', timing=timing,
                   backend=f'Core ML ({cfg.compute_unit}, '
                   f'{timing["device"]})')
@@ -464,6 +467,45 @@ def macos_notes(cfg: BenchmarkConfig) -> List[str]:
     if cfg.device:
         wanted.append('device')
     return [line for line in map(macos.macos_only, wanted) if line]
+
+
+def check_device_request(cfg: BenchmarkConfig) -> None:
+    """``--device`` needs a name and a signing team, and a tensor input:
+    coremltools 9.0 cannot send an image to a device. Checked on every OS,
+    before anything runs; a bundle id is derived from the team when not
+    given."""
+    if cfg.device is None:
+        return
+    if not cfg.device.strip():
+        raise ValueError('--device needs a device name (as Xcode / '
+                         'devicectl lists it).')
+    cfg.device_bundle_id = macos.check_signing(cfg.device_team,
+                                               cfg.device_bundle_id)
+    if cfg.input_type == 'image':
+        raise macos.DeviceSetupError(
+            '--input-type image cannot be timed on a device: coremltools '
+            '9.0 sends an image as uint8, which its device transfer '
+            'rejects; use --input-type tensor with --device, or time the '
+            'image input on this Mac without --device.')
+
+
+def attach_device(cfg: BenchmarkConfig, stack: contextlib.ExitStack,
+                  progress: Progress, notes: List[str]):
+    """Build, sign, install and launch the runner app on ``cfg.device``
+    for the rest of the run (``stack`` stops its session and deletes its
+    files); a :class:`macos.DeviceSetupError` stops the run."""
+    for note in macos.check_device_tools():
+        notes.append(note)
+        progress.log(note)
+    progress.log(f'Preparing {cfg.device}: building, signing '
+                 f'({cfg.device_team}, {cfg.device_bundle_id}) and '
+                 "installing coremltools' model-runner app (minutes) ...")
+    device = stack.enter_context(macos.device_session(
+        cfg.device, cfg.device_team, cfg.device_bundle_id))
+    p = cfg.protocol
+    progress.log(f'{device.name}: each prediction is a devicectl round '
+                 f'trip; about {p.predictions + p.warmup + 5} per backbone.')
+    return device
 
 
 def collect_specs(cfg: BenchmarkConfig) -> List[BackboneSpec]:
@@ -498,9 +540,10 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     """Run the benchmark and write ``latency.md``, ``latency.json`` and
     ``latency.png`` to ``cfg.out_dir``. Returns the JSON-able run record.
 
-    Raises :class:`BackboneError` for bad names, configs and resolutions and
+    Raises :class:`BackboneError` for bad names, configs and resolutions,
     :class:`CoreMLToolsMissing` when conversion is asked for without
-    coremltools, before anything is built.
+    coremltools, and :class:`macos.DeviceSetupError` when ``--device``
+    cannot be used, before anything is built.
     """
     if len(cfg.resolution) != 2:
         raise BackboneError(f'Resolution must be (height, width), got '
@@ -522,9 +565,9 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     if cfg.input_type not in INPUT_TYPES:
         raise ValueError(f'Unknown input type {cfg.input_type!r}; choose one '
                          f'of {INPUT_TYPES}.')
-    if cfg.device is not None and not cfg.device.strip():
-        raise ValueError('--device needs a device name (as Xcode / '
-                         'devicectl lists it).')
+    check_device_request(cfg)
+    if cfg.protocol is None:
+        cfg.protocol = macos.default_protocol(on_device=bool(cfg.device))
     if cfg.program not in PROGRAMS:
         raise ValueError(f'Unknown program {cfg.program!r}; choose one of '
                          f'{PROGRAMS}.')
@@ -546,35 +589,26 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     threads = torch.get_num_threads()
-    os.makedirs(cfg.out_dir, exist_ok=True)
 
-    progress = Progress(len(specs) * len(_STEPS), enabled=show_progress)
-    progress.log(f'Core ML: {line}')
-    for note in notes:
-        progress.log(note)
-    device = None
-    if cfg.device and runtime and cfg.coreml:
-        progress.log(f'Preparing {cfg.device} (builds and installs '
-                     "coremltools' model-runner app) ...")
-        try:
-            device = macos.prepare_device(cfg.device, cfg.device_team)
-        except Exception as exc:  # noqa: BLE001  (said, run goes on)
-            notes.append(f'--device {cfg.device}: could not be prepared '
-                         f'({type(exc).__name__}: {exc}); Core ML is timed '
-                         'on this Mac instead.')
-            progress.log(notes[-1])
-    gemm = None
-    if cfg.timing:
-        progress.log('Measuring this machine\'s fp32 matmul rate ...')
-        gemm = measure_gemm_rate()
     results = []
-    started = time.perf_counter()
-    try:
+    with contextlib.ExitStack() as stack:
+        progress = Progress(len(specs) * len(_STEPS), enabled=show_progress)
+        stack.callback(progress.close)
+        progress.log(f'Core ML: {line}')
+        for note in notes:
+            progress.log(note)
+        device = None
+        if cfg.device and runtime and cfg.coreml and cfg.timing:
+            device = attach_device(cfg, stack, progress, notes)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        gemm = None
+        if cfg.timing:
+            progress.log('Measuring this machine\'s fp32 matmul rate ...')
+            gemm = measure_gemm_rate()
+        started = time.perf_counter()
         for spec in specs:
             results.append(benchmark_one(spec, cfg, runtime, progress,
                                          gemm=gemm, device=device))
-    finally:
-        progress.close()
 
     config = {k: v for k, v in asdict(cfg).items() if k != 'specs'}
     config['backbones'] = [s.key for s in specs]
@@ -667,23 +701,40 @@ def build_parser() -> argparse.ArgumentParser:
                      help='package input: an FP32 tensor, or an RGB image '
                      '(ct.ImageType, ImageNet normalisation folded into '
                      'its scale and bias)')
-    mac.add_argument('--rounds', type=int, default=20,
-                     help='Core ML timing: rounds of predictions')
-    mac.add_argument('--per-round', type=int, default=50,
-                     help='Core ML timing: predictions per round')
-    mac.add_argument('--warmup-predictions', type=int, default=10,
-                     help='Core ML timing: untimed predictions first')
-    mac.add_argument('--trim', type=float, default=0.1,
-                     help='Core ML timing: fraction of the rounds dropped at '
-                     'each end for the trimmed mean')
+    mac_p, dev_p = macos.MAC_PROTOCOL, macos.DEVICE_PROTOCOL
+    mac.add_argument('--rounds', type=int, default=argparse.SUPPRESS,
+                     help='Core ML timing: rounds of --per-round timed '
+                     'predictions (one progress step each; default '
+                     f'{mac_p.rounds} on this Mac, {dev_p.rounds} with '
+                     '--device)')
+    mac.add_argument('--per-round', type=int, default=argparse.SUPPRESS,
+                     help='Core ML timing: timed predictions per round '
+                     f'(default {mac_p.per_round} on this Mac, '
+                     f'{dev_p.per_round} with --device, where each is a '
+                     'devicectl round trip of a few seconds)')
+    mac.add_argument('--warmup-predictions', type=int, default=argparse.SUPPRESS,
+                     help='Core ML timing: untimed predictions first '
+                     f'(default {mac_p.warmup} on this Mac, {dev_p.warmup} '
+                     'with --device)')
+    mac.add_argument('--trim', type=float, default=mac_p.trim,
+                     help='Core ML timing: fraction of the timed predictions '
+                     'dropped at each end for the trimmed mean (min, median, '
+                     'mean, std and max use them all)')
     mac.add_argument('--no-placement', action='store_true',
-                     help='skip the per-op placement (MLComputePlan)')
+                     help='skip the per-op placement (MLComputePlan, macOS '
+                     '14.4+ / iOS 17.4+; one more prediction)')
     mac.add_argument('--device', default=None, metavar='NAME',
-                     help='time on an attached iPhone/iPad (name, identifier '
-                     "or UDID) through coremltools' remote-device API")
+                     help='time on an attached, connected iPhone/iPad (name, '
+                     "identifier or UDID) through coremltools' remote-device "
+                     'API; needs --device-team and a tensor input '
+                     '(docs/macos.md)')
     mac.add_argument('--device-team', default=None, metavar='TEAM',
-                     help='Apple development team that signs the '
-                     'model-runner app for --device')
+                     help='Apple development team id (10 characters) that '
+                     'signs the model-runner app; required with --device')
+    mac.add_argument('--device-bundle-id', default=None, metavar='ID',
+                     help='bundle id of the model-runner app; None: '
+                     'com.<team>.iformer-mm.modelrunner, derived from '
+                     '--device-team')
     p.add_argument('--threads', type=int, default=None,
                    help='CPU threads for the proxies (default: torch\'s)')
     p.add_argument('--no-coreml', action='store_true',
@@ -695,6 +746,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--quiet', action='store_true', help='no progress display')
     p.add_argument('--seed', type=int, default=0)
     return p
+
+
+def protocol_from_args(args: argparse.Namespace) -> macos.TimingProtocol:
+    """The default protocol of this Mac or of a device, with the values
+    given on the command line."""
+    given = dict(warmup=getattr(args, 'warmup_predictions', None),
+                 rounds=getattr(args, 'rounds', None),
+                 per_round=getattr(args, 'per_round', None), trim=args.trim)
+    return dataclasses.replace(
+        macos.default_protocol(on_device=args.device is not None),
+        **{k: v for k, v in given.items() if v is not None})
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
@@ -719,11 +781,9 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         backbones=[], resolution=res, warmup=args.warmup,
         runs=args.runs, out_dir=args.out, compute_unit=args.compute_unit,
         ios_target=args.ios_target, precision=args.precision,
-        input_type=args.input_type, protocol=macos.TimingProtocol(
-            warmup=args.warmup_predictions, rounds=args.rounds,
-            per_round=args.per_round, trim=args.trim),
+        input_type=args.input_type, protocol=protocol_from_args(args),
         placement=not args.no_placement, device=args.device,
-        device_team=args.device_team,
+        device_team=args.device_team, device_bundle_id=args.device_bundle_id,
         channels_last=not args.no_channels_last,
         threads=args.threads, coreml=not args.no_coreml,
         onnx=not args.no_onnx, timing=not args.no_timing,

@@ -33,6 +33,8 @@ INPUT_TYPES = ('tensor', 'image')
 #: 0-255 pixels), as in the configs' data preprocessors.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+#: MLComputePlan (op placement) needs macOS 14.4 (API_AVAILABLE macos(14.4)).
+PLACEMENT_MACOS = (14, 4)
 
 
 class ImageNormalisation:
@@ -128,8 +130,25 @@ def import_coremltools():
     return ct
 
 
+def version_tuple(text: str) -> Tuple[int, ...]:
+    """``'14.2.1'`` -> ``(14, 2, 1)``; the leading numeric parts only."""
+    parts = []
+    for part in text.split('.'):
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    return tuple(parts)
+
+
+def macos_version() -> Tuple[int, ...]:
+    """This Mac's macOS version, ``()`` on another OS."""
+    return version_tuple(platform.mac_ver()[0])
+
+
 def coreml_runtime_status() -> Tuple[bool, str]:
-    """``(available, reason)``: can this machine run Core ML ``predict``?"""
+    """``(available, reason)``: can this machine run Core ML ``predict``?
+    Below macOS 14.4 the runtime times but cannot read op placement, and
+    the reason says so."""
     system = platform.system()
     if system != 'Darwin':
         return False, (f'Core ML cannot run on {system}: the Core ML runtime '
@@ -147,7 +166,11 @@ def coreml_runtime_status() -> Tuple[bool, str]:
     except ImportError as exc:
         return False, (f'Core ML runtime bindings of coremltools '
                        f'{ct.__version__} are unavailable on this Mac: {exc}.')
-    return True, f'Core ML runtime available (macOS {platform.mac_ver()[0]}).'
+    line = f'Core ML runtime available (macOS {platform.mac_ver()[0]}).'
+    if macos_version() < PLACEMENT_MACOS:
+        line += (' Op placement needs macOS 14.4 or later (MLComputePlan): '
+                 'it is skipped here, the timing is not.')
+    return True, line
 
 
 def _target(ct, name: str):

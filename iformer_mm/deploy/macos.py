@@ -1,33 +1,53 @@
 """The macOS side of the latency tool: Core ML timing, op placement and
-attached devices, through coremltools 9's own APIs.
+attached devices, through coremltools 9.0's own APIs.
 
 * Timing: ``coremltools.models.ml_program.experimental.perf_utils.
-  MLModelBenchmarker`` (Core ML's own per-prediction durations), run as a
-  protocol of warm-up then rounds of predictions; the report gives the
-  median and the trimmed mean of the round means (:func:`summarize_rounds`).
-* Placement: ``coremltools.models.compute_plan.MLComputePlan`` (the device
-  Core ML prefers for each op and its estimated share of the cost), summed
-  per device by :func:`placement_summary`.
+  MLModelBenchmarker`` (Core ML's own per-prediction durations). One load,
+  one prediction checked against PyTorch, warm-up predictions, then the
+  timed ones; the statistics are over every timed prediction, as
+  ``MLModelBenchmarker`` and Xcode give them (:func:`summarize_samples`).
+* Placement: the compute plan of the same loaded model
+  (``benchmark_operation_execution``, one prediction; ``MLComputePlan``
+  needs macOS 14.4, iOS 17.4 on a device). A failed placement leaves the
+  timing and says why it is missing.
 * Devices: ``coremltools.models.ml_program.experimental.remote_device``
   (an iPhone/iPad attached to the Mac, through Xcode's ``devicectl``).
+  Every device prediction is a ``devicectl`` file round trip of a few
+  seconds, so the device protocol is short (:data:`DEVICE_PROTOCOL`).
+
+What coremltools 9.0 does not do by itself, this module does: it unloads
+the model in the event loop that loaded it, deletes the files 9.0 leaves
+behind, runs from inside a running loop (Jupyter), puts ``devicectl`` on
+PATH, signs the runner app with a team and a bundle id of its own, and
+refuses image inputs on a device (9.0's transfer rejects uint8 arrays).
 
 Everything that needs the Core ML runtime is behind :func:`macos_only`: on
 another OS each feature says in one line that it needs macOS and what the
-user gets instead. The arithmetic and the report are plain Python and are
-tested everywhere against result objects shaped like coremltools'.
+user gets instead. The arithmetic and the report are plain Python.
 """
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import math
+import os
 import platform
+import re
+import shutil
+import subprocess
+import tempfile
+import types
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from pathlib import Path
+from typing import (Any, Callable, Dict, Iterator, List, Optional, Sequence,
+                    Tuple)
 
 import numpy as np
 
-from .census import walk_operations
+from .coreml import PLACEMENT_MACOS, macos_version, version_tuple
 
 #: Core ML device names used in the reports, by coremltools class name.
 DEVICE_NAMES = {
@@ -36,6 +56,10 @@ DEVICE_NAMES = {
     'MLCPUComputeDevice': 'CPU',
 }
 DEVICE_ORDER = ('Neural Engine', 'GPU', 'CPU')
+#: MLComputePlan on a device (API_AVAILABLE ios(17.4)).
+PLACEMENT_IOS = (17, 4)
+#: The arrays coremltools 9.0 can send to a device.
+DEVICE_DTYPES = (np.float16, np.float32, np.float64, np.int32)
 
 #: What each macOS-only feature gives on another OS (one line each).
 NOT_ON_THIS_OS = {
@@ -66,15 +90,22 @@ def macos_only(feature: str) -> Optional[str]:
     return None if on_macos() else NOT_ON_THIS_OS[feature]
 
 
+def one_line(exc: BaseException) -> str:
+    """``Type: first line of the message``."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200] if text else ''}"
+
+
 # --------------------------------------------------------------------------
 # The timing protocol and its arithmetic.
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class TimingProtocol:
-    """Warm-up predictions, then ``rounds`` rounds of ``per_round``
-    predictions; each round gives its mean; the report gives the median of
-    the round means and their mean with ``trim`` of the rounds dropped at
-    each end (the fastest and the slowest)."""
+    """``warmup`` untimed predictions, then ``rounds`` x ``per_round``
+    timed ones (a round is one ``benchmark_predict`` call and one step of
+    the progress display). The statistics are over all timed predictions:
+    min, median, mean, std and max (as ``MLModelBenchmarker``), and the
+    mean without the ``trim`` fraction of fastest and of slowest ones."""
     warmup: int = 10
     rounds: int = 20
     per_round: int = 50
@@ -89,21 +120,42 @@ class TimingProtocol:
                              f'0 <= trim < 0.5, got {self.trim}.')
 
     @property
+    def predictions(self) -> int:
+        return self.rounds * self.per_round
+
+    @property
     def trimmed_each_side(self) -> int:
-        return int(math.floor(self.rounds * self.trim))
+        return int(math.floor(self.predictions * self.trim))
 
     def describe(self) -> str:
         k = self.trimmed_each_side
-        return (f'{self.warmup} warm-up predictions, then {self.rounds} '
-                f'rounds x {self.per_round} predictions (Core ML\'s own '
-                'per-prediction durations, MLModelBenchmarker); per-round '
-                f'mean; reported: median of the {self.rounds} round means '
-                f'and their mean with the {k} fastest and {k} slowest rounds '
-                'dropped')
+        return (f'one prediction checked against PyTorch, {self.warmup} '
+                f'warm-up predictions, then {self.rounds} x '
+                f'{self.per_round} timed predictions (Core ML\'s own '
+                'per-prediction durations, MLModelBenchmarker); reported '
+                f'over the {self.predictions} timed predictions: min, '
+                f'median, mean, std and max, and the mean without the {k} '
+                f'fastest and {k} slowest; load: the first load of the '
+                'compiled model in this run (compilation excluded; Core '
+                'ML may reuse its cache from an earlier run, so not a cold '
+                'load)')
 
     def as_dict(self) -> Dict[str, Any]:
         """The settings and their description, as runs record them."""
-        return dict(asdict(self), description=self.describe())
+        return dict(asdict(self), predictions=self.predictions,
+                    description=self.describe())
+
+
+#: The default on this Mac: predictions are cheap, keep many samples.
+MAC_PROTOCOL = TimingProtocol()
+#: The default on a device: each prediction is a devicectl round trip of a
+#: few seconds; with the check, the placement, the load and the unload
+#: about 40 round trips, a few minutes per backbone.
+DEVICE_PROTOCOL = TimingProtocol(warmup=3, rounds=3, per_round=10)
+
+
+def default_protocol(on_device: bool) -> TimingProtocol:
+    return DEVICE_PROTOCOL if on_device else MAC_PROTOCOL
 
 
 def trimmed_mean(values: Sequence[float], each_side: int) -> float:
@@ -116,56 +168,32 @@ def trimmed_mean(values: Sequence[float], each_side: int) -> float:
     return sum(kept) / len(kept)
 
 
-def summarize_rounds(rounds: Sequence[Sequence[float]],
-                     protocol: TimingProtocol) -> Dict[str, Any]:
-    """Median and trimmed mean of the per-round means (ms)."""
-    if len(rounds) != protocol.rounds:
-        raise ValueError(f'Expected {protocol.rounds} rounds, got '
-                         f'{len(rounds)}.')
-    for i, samples in enumerate(rounds):
-        if len(samples) != protocol.per_round:
-            raise ValueError(f'Round {i} has {len(samples)} predictions, '
-                             f'expected {protocol.per_round}.')
-    means = [float(np.mean(samples)) for samples in rounds]
-    each = protocol.trimmed_each_side
-    return dict(median_ms=float(np.median(means)),
-                trimmed_mean_ms=trimmed_mean(means, each),
-                min_round_ms=min(means), max_round_ms=max(means),
-                round_means_ms=means, rounds=protocol.rounds,
-                per_round=protocol.per_round, trimmed_each_side=each,
-                predictions=protocol.rounds * protocol.per_round)
-
-
-async def run_protocol(benchmarker, inputs: Optional[Dict[str, Any]],
-                       protocol: TimingProtocol) -> Dict[str, Any]:
-    """Time a ``MLModelBenchmarker`` (or an object with its
-    ``benchmark_load`` / ``benchmark_predict`` coroutines) by ``protocol``.
-    A coroutine: a remote device's connection belongs to the event loop
-    that opened it, so the caller runs the whole session in one loop."""
-    load = await benchmarker.benchmark_load(iterations=1)
-    if protocol.warmup:
-        await benchmarker.benchmark_predict(inputs=inputs,
-                                            iterations=protocol.warmup)
-    rounds = []
-    for _ in range(protocol.rounds):
-        measurement = await benchmarker.benchmark_predict(
-            inputs=inputs, iterations=protocol.per_round)
-        rounds.append(list(measurement.samples))
-    result = summarize_rounds(rounds, protocol)
-    result.update(load_ms=float(load.samples[0]),
-                  protocol=protocol.as_dict())
-    return result
+def summarize_samples(samples: Sequence[float],
+                      protocol: TimingProtocol) -> Dict[str, Any]:
+    """Per-prediction statistics (ms) of the timed predictions, with the
+    raw samples."""
+    if len(samples) != protocol.predictions:
+        raise ValueError(f'Expected {protocol.predictions} timed '
+                         f'predictions, got {len(samples)}.')
+    values = np.asarray(samples, dtype=np.float64)
+    return dict(min_ms=float(values.min()), median_ms=float(np.median(values)),
+                mean_ms=float(values.mean()), std_ms=float(values.std()),
+                max_ms=float(values.max()),
+                trimmed_mean_ms=trimmed_mean(values,
+                                             protocol.trimmed_each_side),
+                predictions=protocol.predictions,
+                samples_ms=[float(v) for v in values])
 
 
 # --------------------------------------------------------------------------
-# Op placement (MLComputePlan).
+# Op placement.
 # --------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OpPlacement:
     """Where Core ML plans to run one op: ``device`` is the preferred one
     (None when the plan does not say), ``supported`` the devices that could
-    run it, ``cost`` its estimated share of the model's work (0..1, None
-    when unknown)."""
+    run it, ``cost`` its estimated share of the model's work (None when
+    unknown)."""
     op_type: str
     device: Optional[str]
     supported: Tuple[str, ...]
@@ -180,50 +208,33 @@ def device_name(device: Any) -> str:
     return type(device).__name__
 
 
-def _placement(op_type: str, usage, cost: Optional[float]) -> OpPlacement:
-    """An :class:`OpPlacement` from an ``MLComputePlanDeviceUsage`` (None:
-    the plan does not place the op)."""
-    return OpPlacement(
-        op_type=op_type,
-        device=None if usage is None else
-        device_name(usage.preferred_compute_device),
-        supported=() if usage is None else tuple(
-            device_name(d) for d in usage.supported_compute_devices),
-        cost=cost)
-
-
-def placements_from_plan(plan, function: str = 'main') -> List[OpPlacement]:
-    """Read an ``MLComputePlan`` of an ML program into :class:`OpPlacement`
-    records (``const`` ops are data and are left out)."""
-    program = plan.model_structure.program
-    if program is None:
-        raise ValueError('The compute plan is not an ML program\'s.')
-    if function not in program.functions:
-        raise ValueError(f'No function {function!r} in the program; it has '
-                         f'{sorted(program.functions)}.')
-    records = []
-    for op in walk_operations(program.functions[function].block):
-        if op.operator_name == 'const':
-            continue
-        cost = plan.get_estimated_cost_for_mlprogram_operation(op)
-        records.append(_placement(
-            op.operator_name,
-            plan.get_compute_device_usage_for_mlprogram_operation(op),
-            None if cost is None else float(cost.weight)))
-    return records
+def _op_key(info) -> Tuple[Any, ...]:
+    """One key per op: 9.0 makes one record per op *output*, whose
+    ``ModelStructurePath`` ends with that output's name; the op is the path
+    without it, plus all the op's output names."""
+    return (info.path.components[:-1],
+            tuple(output.name for output in info.spec.outputs))
 
 
 def placements_from_execution_infos(infos) -> List[OpPlacement]:
-    """Read ``MLModelBenchmarker.benchmark_operation_execution`` results (the
-    remote-device path) into :class:`OpPlacement` records; the cost is the
-    op's estimated median time."""
-    records = []
+    """``MLModelBenchmarker.benchmark_operation_execution`` results as one
+    :class:`OpPlacement` per op (``const`` ops are data and are left out);
+    the cost is the op's estimated median time."""
+    records, seen = [], set()
     for info in infos:
-        stats = info.measurement.statistics
-        records.append(_placement(
-            info.spec.type, info.compute_device_usage,
-            None if stats is None else float(stats.median)))
-    return [r for r in records if r.op_type != 'const']
+        key = _op_key(info)
+        if key in seen or info.spec.type == 'const':
+            continue
+        seen.add(key)
+        usage, stats = info.compute_device_usage, info.measurement.statistics
+        records.append(OpPlacement(
+            op_type=info.spec.type,
+            device=None if usage is None else
+            device_name(usage.preferred_compute_device),
+            supported=() if usage is None else tuple(
+                device_name(d) for d in usage.supported_compute_devices),
+            cost=None if stats is None else float(stats.median)))
+    return records
 
 
 def placement_summary(records: Sequence[OpPlacement]) -> Dict[str, Any]:
@@ -282,73 +293,340 @@ def placement_lines(summary: Dict[str, Any], top: int = 8) -> List[str]:
     return lines
 
 
+def placement_unavailable(device=None) -> Optional[str]:
+    """Why the compute plan cannot be read here, or None: it needs macOS
+    14.4 on this Mac and, on a device, iOS 17.4 there."""
+    host = macos_version()
+    if host < PLACEMENT_MACOS:
+        return (f'op placement needs macOS 14.4 or later (MLComputePlan); '
+                f'this Mac runs macOS {platform.mac_ver()[0] or "?"}')
+    ios = str(getattr(device, 'os_version', '') or '')
+    if device is not None and ios and version_tuple(ios) < PLACEMENT_IOS:
+        return (f'op placement on a device needs iOS 17.4 or later '
+                f'(MLComputePlan); {device.name} runs iOS {ios}')
+    return None
+
+
 # --------------------------------------------------------------------------
 # Attached devices.
 # --------------------------------------------------------------------------
+class DeviceSetupError(ValueError):
+    """The attached device cannot be used: one line with why and what to
+    do (the tool exits with status 2)."""
+
+
+def _state(device: Any) -> str:
+    return str(getattr(device.state, 'value', device.state)).lower()
+
+
 def find_device(name: str, devices: Sequence[Any]):
-    """The device called ``name`` (or with that identifier / UDID), case
-    insensitive; a ``ValueError`` lists the ones there are."""
+    """The *connected* device called ``name`` (or with that identifier /
+    UDID), case insensitive; a :class:`DeviceSetupError` otherwise."""
     wanted = name.strip().lower()
-    for device in devices:
-        if wanted in (str(getattr(device, 'name', '')).lower(),
-                      str(getattr(device, 'identifier', '')).lower(),
-                      str(getattr(device, 'udid', '')).lower()):
+    matches = [d for d in devices if wanted in (
+        str(getattr(d, 'name', '')).lower(),
+        str(getattr(d, 'identifier', '')).lower(),
+        str(getattr(d, 'udid', '')).lower())]
+    for device in matches:
+        if _state(device) == 'connected':
             return device
+    if matches:
+        raise DeviceSetupError(
+            f'{matches[0].name} is {_state(matches[0])}, not connected: '
+            'unlock it, trust this Mac, enable Developer Mode, and check '
+            'that `xcrun devicectl list devices` shows it connected.')
     known = ', '.join(f'{d.name} ({getattr(d.type, "value", d.type)}, '
-                      f'{getattr(d.state, "value", d.state)})'
-                      for d in devices) or 'none'
-    raise ValueError(f'No device named {name!r}; devicectl lists: {known}.')
+                      f'{_state(d)})' for d in devices) or 'none'
+    raise DeviceSetupError(f'No device named {name!r}; devicectl lists: '
+                           f'{known}.')
 
 
-def prepare_device(name: str, team: Optional[str] = None):
-    """Find the attached device ``name`` and build, install and launch
-    coremltools' model-runner app on it (macOS with Xcode)."""
+def _xcrun_find(tool: str) -> Optional[str]:
+    try:
+        found = subprocess.run(['xcrun', '--find', tool], capture_output=True,
+                               text=True, timeout=120)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    path = found.stdout.strip()
+    return path if found.returncode == 0 and os.path.isfile(path) else None
+
+
+def check_device_tools() -> List[str]:
+    """Make sure Xcode's tools are there: ``xcodebuild``, and ``devicectl``
+    on PATH (coremltools 9.0 runs it by its bare name; when only ``xcrun``
+    finds it, its folder is put on PATH for this process). Returns a note
+    for each change; raises :class:`DeviceSetupError` when one is missing."""
+    if shutil.which('xcodebuild') is None:
+        raise DeviceSetupError(
+            'xcodebuild was not found: install Xcode 15 or later (not only '
+            'the Command Line Tools) and select it with `sudo xcode-select '
+            '-s /Applications/Xcode.app` (docs/macos.md).')
+    if shutil.which('devicectl') is not None:
+        return []
+    found = _xcrun_find('devicectl')
+    if found is None:
+        raise DeviceSetupError(
+            'devicectl was not found, and coremltools 9.0 runs it by its '
+            'bare name: install Xcode 15 or later and check that `xcrun '
+            '--find devicectl` prints a path (docs/macos.md).')
+    folder = os.path.dirname(found)
+    os.environ['PATH'] = folder + os.pathsep + os.environ.get('PATH', '')
+    return [f'devicectl was not on PATH; {folder} was added to PATH for this '
+            'run (coremltools 9.0 runs it by its bare name).']
+
+
+def check_signing(team: Optional[str], bundle_id: Optional[str]) -> str:
+    """The bundle id the runner app is signed with, after checking the
+    team: without one coremltools 9.0 signs the app ad hoc and iOS refuses
+    to install it. The default id is derived from the team, because 9.0's
+    own (``com.coremltools.modelrunnerd``) belongs to another team."""
+    if not team:
+        raise DeviceSetupError(
+            '--device needs --device-team TEAMID, the 10-character Apple '
+            'development team that signs the model-runner app (coremltools '
+            '9.0 signs it ad hoc otherwise, and iOS will not install it; '
+            'docs/macos.md says where to find it).')
+    if not re.fullmatch(r'[A-Z0-9]{10}', team):
+        raise DeviceSetupError(
+            f'--device-team {team!r} is not a team id: 10 capital letters '
+            'and digits, as Xcode > Settings > Accounts shows it.')
+    bundle_id = bundle_id or f'com.{team.lower()}.iformer-mm.modelrunner'
+    if not re.fullmatch(r'[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+', bundle_id):
+        raise DeviceSetupError(
+            f'--device-bundle-id {bundle_id!r} is not a bundle id: '
+            'reverse-DNS parts of letters, digits and hyphens, e.g. '
+            'com.example.modelrunner.')
+    return bundle_id
+
+
+def prepare_device(name: str, team: Optional[str], working_directory: str,
+                   bundle_id: Optional[str] = None):
+    """Find the connected device ``name`` and build, sign (``team``,
+    ``bundle_id``), install and launch coremltools' model-runner app on it;
+    the build and the session's files go in ``working_directory``, which
+    the caller owns. Returns the device with its session. Every failure is
+    a :class:`DeviceSetupError`."""
+    bundle_id = check_signing(team, bundle_id)
+    check_device_tools()
     from coremltools.models.ml_program.experimental.remote_device import (
         AppSigningCredentials, Device)
-    device = find_device(name, Device.get_devices())
-    credentials = AppSigningCredentials(development_team=team or '')
-    return asyncio.run(device.prepare_for_model_debugging(
-        credentials=credentials))
+    try:
+        device = find_device(name, Device.get_devices())
+    except DeviceSetupError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (devicectl failed)
+        raise DeviceSetupError(f'`xcrun devicectl list devices` failed '
+                               f'({one_line(exc)}).') from exc
+    credentials = AppSigningCredentials(development_team=team,
+                                        bundle_identifier=bundle_id)
+    try:
+        return run_async(device.prepare_for_model_debugging(
+            credentials=credentials,
+            working_directory=Path(working_directory)))
+    except Exception as exc:  # noqa: BLE001  (build, signing, install)
+        raise DeviceSetupError(
+            f"Could not build, install or launch coremltools' model-runner "
+            f'app on {device.name} as {bundle_id} for team {team} '
+            f'({one_line(exc)}); docs/macos.md lists what to check.') from exc
+
+
+@contextlib.contextmanager
+def device_session(name: str, team: Optional[str],
+                   bundle_id: Optional[str] = None) -> Iterator[Any]:
+    """:func:`prepare_device` in a folder of our own; on exit the runner
+    app's session is stopped and the folder (the app build, the request and
+    response files) deleted."""
+    with tempfile.TemporaryDirectory(prefix='iformer-mm-device-') as work:
+        device = prepare_device(name, team, work, bundle_id)
+        try:
+            yield device
+        finally:
+            if device.session is not None:
+                device.session.stop()
+
+
+def check_device_inputs(inputs: Dict[str, Any]) -> None:
+    """coremltools 9.0 sends numeric arrays to a device, not images (an
+    image becomes a uint8 array, which its transfer rejects): refuse those
+    before anything is sent."""
+    for name, value in inputs.items():
+        dtype = getattr(value, 'dtype', None)
+        if not isinstance(value, np.ndarray) or dtype not in DEVICE_DTYPES:
+            raise ValueError(
+                f'Input {name!r} ({type(value).__name__}) cannot be sent to '
+                'a device with coremltools 9.0, which sends float16/32/64 '
+                'and int32 arrays only: use a tensor input (--input-type '
+                'tensor).')
 
 
 # --------------------------------------------------------------------------
 # One package on this Mac or an attached device.
 # --------------------------------------------------------------------------
+def run_async(coroutine):
+    """Run ``coroutine`` in an event loop of its own: in this thread, or in
+    a worker thread when this one already runs a loop (Jupyter)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+@contextlib.contextmanager
+def _files_cleaned_up(device) -> Iterator[None]:
+    """Delete what coremltools writes for one package: its temporary files
+    (a copy of the package, the compiled model, one input file per device
+    prediction, never deleted by 9.0) go to a folder of our own, and the
+    request/response folders that appear in the device session's folder."""
+    session = getattr(device, 'session', None)
+    exchange = Path(session.working_directory) if session else None
+    before = set(os.listdir(exchange)) if exchange and exchange.is_dir() \
+        else set()
+    folder = tempfile.mkdtemp(prefix='iformer-mm-coreml-')
+    saved, tempfile.tempdir = tempfile.tempdir, folder
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
+        shutil.rmtree(folder, ignore_errors=True)
+        if exchange is not None and exchange.is_dir():
+            for name in set(os.listdir(exchange)) - before:
+                shutil.rmtree(exchange / name, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _quiet_transfers() -> Iterator[None]:
+    """9.0 draws two tqdm bars per device round trip; the tool shows its
+    own progress."""
+    from coremltools.models.ml_program.experimental import remote_device
+    bars = remote_device._tqdm
+    remote_device._tqdm = types.SimpleNamespace(
+        tqdm=functools.partial(bars.tqdm, disable=True))
+    try:
+        yield
+    finally:
+        remote_device._tqdm = bars
+
+
+def _loaded_model(benchmarker):
+    """The model ``benchmark_load`` loaded: 9.0 keeps it here and has no
+    public way to predict with it or unload it."""
+    return benchmarker._loaded_model
+
+
+def _max_abs_diff(outputs: Dict[str, Any],
+                  reference: Dict[str, np.ndarray]) -> float:
+    worst = 0.
+    for name, ref in reference.items():
+        ref = np.asarray(ref, np.float64)
+        out = np.asarray(outputs[name], np.float64).reshape(ref.shape)
+        worst = max(worst, float(np.max(np.abs(out - ref))))
+    return worst
+
+
+async def _placement(benchmarker, inputs) -> Dict[str, Any]:
+    """The placement read on the loaded model (one prediction), or why it
+    could not be."""
+    try:
+        infos = await benchmarker.benchmark_operation_execution(
+            inputs=inputs, iterations=1)
+        return dict(placement=placement_summary(
+            placements_from_execution_infos(infos)))
+    except Exception as exc:  # noqa: BLE001  (the timing stands)
+        return dict(placement=None, placement_error=one_line(exc))
+
+
+async def _measure(benchmarker, inputs, protocol: TimingProtocol,
+                   reference, placement: bool,
+                   tick: Callable[[int], None]) -> Dict[str, Any]:
+    result: Dict[str, Any] = {}
+    if reference:
+        outputs = await _loaded_model(benchmarker).predict(inputs, state=None)
+        result['max_abs_diff'] = _max_abs_diff(outputs, reference)
+        tick(1)
+    if protocol.warmup:
+        await benchmarker.benchmark_predict(inputs=inputs,
+                                            iterations=protocol.warmup)
+        tick(protocol.warmup)
+    samples: List[float] = []
+    for _ in range(protocol.rounds):
+        measurement = await benchmarker.benchmark_predict(
+            inputs=inputs, iterations=protocol.per_round)
+        samples += measurement.samples
+        tick(protocol.per_round)
+    result.update(summarize_samples(samples, protocol))
+    if placement:
+        result.update(await _placement(benchmarker, inputs))
+        tick(1)
+    return result
+
+
+async def _session(benchmarker, inputs, protocol: TimingProtocol,
+                   reference, placement: bool,
+                   tick: Callable[[int], None]) -> Dict[str, Any]:
+    """Load once, measure, unload in this same event loop (a device model
+    left loaded stays in the runner app: 9.0 would unload it from a loop
+    that is closed by then)."""
+    load = await benchmarker.benchmark_load(iterations=1)
+    unload_error = None
+    try:
+        result = await _measure(benchmarker, inputs, protocol, reference,
+                                placement, tick)
+    finally:
+        try:
+            await _loaded_model(benchmarker).unload()
+        except Exception as exc:  # noqa: BLE001  (said in the result)
+            unload_error = one_line(exc)
+    result['first_load_ms'] = float(load.samples[0])
+    if unload_error:
+        result['unload_error'] = unload_error
+    return result
+
+
 def benchmark_package(path: str, inputs: Dict[str, Any], compute_unit: str,
                       protocol: TimingProtocol, device=None,
-                      placement: bool = True) -> Dict[str, Any]:
-    """Time ``path`` by ``protocol`` through ``MLModelBenchmarker`` and read
-    its op placement. macOS only (raises ``RuntimeError`` elsewhere)."""
+                      placement: bool = True,
+                      reference: Optional[Dict[str, np.ndarray]] = None,
+                      progress: Optional[Callable[[int, int], None]] = None
+                      ) -> Dict[str, Any]:
+    """Time ``path`` on this Mac or on ``device`` (from
+    :func:`prepare_device`) by ``protocol`` and read its op placement.
+
+    The model is loaded once; with ``reference`` (output name -> array)
+    its first prediction is checked (``max_abs_diff``). ``progress(done,
+    total)`` is called as predictions complete. A placement that cannot be
+    read gives ``placement=None`` and ``placement_error``; the timing
+    stays. macOS only (raises ``RuntimeError`` elsewhere)."""
     line = macos_only('timing')
     if line:
         raise RuntimeError(line)
+    if device is not None:
+        check_device_inputs(inputs)
     import coremltools as ct
     from coremltools.models.ml_program.experimental.perf_utils import \
         MLModelBenchmarker
-    units = getattr(ct.ComputeUnit, compute_unit)
-    model = ct.models.MLModel(path, compute_units=units)
+    model = ct.models.MLModel(
+        path, compute_units=getattr(ct.ComputeUnit, compute_unit),
+        skip_model_load=True)
     benchmarker = MLModelBenchmarker(model=model, device=device)
+    unavailable = placement_unavailable(device) if placement else None
+    reads_placement = placement and unavailable is None
+    total = (int(bool(reference)) + protocol.warmup + protocol.predictions
+             + int(reads_placement))
+    done = 0
 
-    async def everything():
-        timing = await run_protocol(benchmarker, inputs, protocol)
-        infos = None
-        if placement and device is not None:
-            infos = await benchmarker.benchmark_operation_execution(
-                inputs=inputs, iterations=protocol.per_round)
-        return timing, infos
+    def tick(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
 
-    # One event loop for the whole session (a remote device's connection
-    # belongs to the loop that opened it).
-    result, infos = asyncio.run(everything())
-    result['compute_unit'] = compute_unit
-    result['device'] = getattr(device, 'name', None) or 'this Mac'
-    if placement:
-        if device is None:
-            from coremltools.models.compute_plan import MLComputePlan
-            plan = MLComputePlan.load_from_path(
-                path=model.get_compiled_model_path(), compute_units=units)
-            records = placements_from_plan(plan)
-        else:
-            records = placements_from_execution_infos(infos)
-        result['placement'] = placement_summary(records)
+    with _files_cleaned_up(device), _quiet_transfers():
+        result = run_async(_session(benchmarker, inputs, protocol, reference,
+                                    reads_placement, tick))
+    if unavailable:
+        result.update(placement=None, placement_error=unavailable)
+    result.update(compute_unit=compute_unit,
+                  device=getattr(device, 'name', None) or 'this Mac')
     return result

@@ -93,7 +93,8 @@ def coreml_cell(result: Dict[str, Any]) -> str:
     if status == 'timed':
         timing = coreml['timing']
         return (f"{_ms(timing['median_ms'])} median / "
-                f"{_ms(timing['trimmed_mean_ms'])} trimmed mean")
+                f"{_ms(timing['mean_ms'])} ± {_ms(timing['std_ms'])} mean "
+                f"({timing['predictions']} predictions)")
     if status in ('converted', 'validated'):
         return 'not timed (no Core ML runtime)'
     if status == 'failed':
@@ -179,26 +180,42 @@ def published_notes(results: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def _timing_line(label: str, coreml: Dict[str, Any]) -> str:
+    """One backbone's Core ML statistics: per prediction, as Core ML's
+    MLModelBenchmarker and Xcode give them."""
+    t = coreml['timing']
+    diff = coreml.get('max_abs_diff')
+    return (f"- {label} on {t['device']} ({t['compute_unit']}), "
+            f"{t['predictions']} predictions: median {t['median_ms']:.2f} ms, "
+            f"mean {t['mean_ms']:.2f} ± {t['std_ms']:.2f} ms, min "
+            f"{t['min_ms']:.2f}, max {t['max_ms']:.2f}, trimmed mean "
+            f"{t['trimmed_mean_ms']:.2f} ms; first load in this run "
+            f"{t['first_load_ms']:.0f} ms (not a cold load)"
+            + ('' if diff is None else
+               f'; max abs diff vs PyTorch {diff:.1e}') + '.')
+
+
 def coreml_timing_lines(results: List[Dict[str, Any]]) -> List[str]:
-    """Per-backbone Core ML protocol results and op placement (macOS)."""
+    """Per-backbone Core ML statistics and op placement (macOS); the raw
+    samples are in the JSON."""
     lines = []
     for r in results:
         coreml = r.get('coreml') or {}
-        timing = coreml.get('timing')
         if coreml.get('timing_error'):
             lines.append(f"- {r['label']}: Core ML timing failed: "
                          f"{coreml['timing_error'][:160]}")
-        if not timing:
+        if not coreml.get('timing'):
             continue
-        lines.append(
-            f"- {r['label']} on {timing['device']} ({timing['compute_unit']})"
-            f": median {timing['median_ms']:.2f} ms, trimmed mean "
-            f"{timing['trimmed_mean_ms']:.2f} ms (rounds "
-            f"{timing['min_round_ms']:.2f}-{timing['max_round_ms']:.2f} ms), "
-            f"load {timing['load_ms']:.0f} ms.")
+        lines.append(_timing_line(r['label'], coreml))
         if coreml.get('placement'):
             lines += ['  ' + line for line in
                       placement_lines(coreml['placement'])]
+        elif coreml.get('placement_error'):
+            lines.append('  Op placement not read: '
+                         f"{coreml['placement_error'][:200]}.")
+        if coreml['timing'].get('unload_error'):
+            lines.append('  The model could not be unloaded: '
+                         f"{coreml['timing']['unload_error'][:200]}.")
     return lines
 
 
