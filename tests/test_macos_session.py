@@ -470,7 +470,8 @@ def test_the_tool_times_on_the_device_and_reports_it(apple, xcode, tmp_path,
     cfg = BenchmarkConfig(backbones=[], specs=[tiny], resolution=(32, 32),
                           out_dir=str(tmp_path / 'out'), onnx=False,
                           chart=False, channels_last=False, warmup=0, runs=1,
-                          device="Ana's iPhone", device_team=TEAM)
+                          device="Ana's iPhone", device_team=TEAM,
+                          predict_device='iPhone 13')
     run = run_benchmark(cfg, show_progress=False)
     coreml = run['results'][0]['coreml']
     assert coreml['status'] == 'timed', coreml.get('timing_error')
