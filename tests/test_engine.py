@@ -434,7 +434,8 @@ def test_load_from_is_strict_when_testing_and_a_summary_when_training(
         tmp_path):
     """``default_hooks.strict_load``: a checkpoint that does not fit the
     model is an error naming the keys when testing, unless strict=False;
-    fine-tuning loads what fits. Resuming leaves it to mmengine (the resume
+    fine-tuning loads what fits. ``default_hooks.dump_metrics`` writes a
+    test's metrics. Resuming leaves it to mmengine (the resume
     tests of test_reliability.py run with this hook)."""
     ref = RUNNERS.build(Config(tiny_cfg(str(tmp_path / 'ref'))))
     state = {k: torch.full_like(v, 0.5)
@@ -447,6 +448,8 @@ def test_load_from_is_strict_when_testing_and_a_summary_when_training(
         cfg = Config(dict(tiny_cfg(str(tmp_path / name), iters=1), **cfg,
                           load_from=str(path)))
         cfg.default_hooks.strict_load.strict = strict
+        cfg.default_hooks.dump_metrics = dict(
+            type='DumpMetricsHook', out_file=str(tmp_path / f'{name}.json'))
         cfg.test_dataloader = cfg.val_dataloader
         cfg.test_evaluator = cfg.val_evaluator
         cfg.test_cfg = dict()
@@ -454,7 +457,12 @@ def test_load_from_is_strict_when_testing_and_a_summary_when_training(
     with pytest.raises(CheckpointMismatchError, match='extra.weight'):
         runner('strict').test()
     partial = runner('partial', strict=False)
-    partial.test()
+    metrics = partial.test()
+    # default_hooks.dump_metrics (tools/test.py --out-item metrics) writes
+    # what the test returned
+    with open(tmp_path / 'partial.json') as f:
+        assert json.load(f) == pytest.approx(dict(metrics))
+    assert not (tmp_path / 'strict.json').exists()
     assert torch.equal(partial.model.fc1.weight, state['fc1.weight'])
     tune = runner('tune', train_cfg=dict(
         type='ResumableEpochBasedTrainLoop', max_epochs=1))
