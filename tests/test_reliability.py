@@ -188,6 +188,22 @@ def test_iter_based_resume_is_exact(case, tmp_path, uninterrupted):
     _interrupt_and_resume(tmp_path, uninterrupted, False, *ITER_CASES[case])
 
 
+def test_resume_after_the_dataset_changed_size_restarts_the_epoch(
+        tmp_path, capfd):
+    """A checkpoint whose iteration does not fall in its epoch any more
+    (the dataset or batch size changed) resumes that epoch from its first
+    batch, and the warning names the iteration and the epoch."""
+    cfg = tiny_cfg(str(tmp_path / 'work'), True)
+    with pytest.raises(Interrupted):  # iter_12.pth: epoch 3, 2 batches in
+        build(cfg, [InterruptHook(at_iter=13)]).train()
+    cfg['train_dataloader']['dataset']['num'] = 14  # 7 batches an epoch
+    counter = CountIters()
+    build(cfg, [counter], resume=True).train()
+    assert len(counter.iters) == 7  # all of epoch 3, nothing skipped
+    out, err = capfd.readouterr()
+    assert 'iteration 12 is not in epoch 3 of 7 batches' in out + err
+
+
 # --------------------------------------------------------------------------
 # Atomic checkpoint writes
 # --------------------------------------------------------------------------
