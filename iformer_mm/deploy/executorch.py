@@ -79,9 +79,10 @@ def runtime_status(delegate: str) -> Tuple[bool, str]:
     if _runtime().backend_registry.is_available(backend):
         return True, (f'ExecuTorch runtime with {backend}: the .pte is '
                       'checked against PyTorch and timed here.')
-    return False, (f'this ExecuTorch runtime has no {backend} (the Core ML '
-                   'delegate runs on macOS and iOS only): the .pte is '
-                   'written, but not checked or timed here.')
+    where = (' (the Core ML delegate runs on macOS and iOS)'
+             if delegate == 'coreml' else '')
+    return False, (f'this ExecuTorch runtime has no {backend}{where}: the '
+                   '.pte is written, but not checked or timed here.')
 
 
 def check_delegate(delegate: str) -> None:
