@@ -9,6 +9,8 @@ Dependencies live in ``requirements/*.txt``; the versions tested together in
   these need mmcv with compiled ops, which pip cannot build against your
   torch: ``python tools/install.py`` does (and installs all of the above).
 * ``.[tests]``, ``.[mim]``
+* ``.[executorch]``  ExecuTorch .pte export and runtime (not in ``all``:
+  ``python tools/install.py --with executorch`` adds it to the stack)
 
 As the upstream OpenMMLab packages do, the configs, tools and model index
 are packaged under ``iformer_mm/.mim`` (symlinks for an editable install,
@@ -112,6 +114,7 @@ if __name__ == '__main__':
             'tests': parse_requirements('tests'),
             'mim': parse_requirements('mim'),
             'predictor': parse_requirements('predictor'),
+            'executorch': parse_requirements('executorch'),
             'all': (parse_requirements('det') + parse_requirements('seg') +
                     parse_requirements('cls') +
                     parse_requirements('deploy') +

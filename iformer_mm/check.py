@@ -4,6 +4,9 @@
     python -m iformer_mm.check --deploy   # the light install
     python -m iformer_mm.check --json     # machine-readable
 
+The optional extras (``executorch``) are reported too, as installed and
+working or not, without counting against the stack.
+
 Each part is imported in this interpreter; torchvision's and mmcv's compiled
 ops (NMS, RoIAlign) run against hand-computed values, and the installed
 versions are compared with ``constraints.txt``. ``tools/install.py`` runs
@@ -38,12 +41,15 @@ DISTS = ['pip', 'setuptools', 'wheel', 'ninja', 'torch', 'torchvision', 'mmcv',
          'mmengine', 'mmdet', 'mmsegmentation', 'mmpretrain', 'numpy',
          'opencv-python', 'opencv-python-headless', 'coremltools', 'onnx',
          'onnxruntime', 'pytest', 'timm', 'matplotlib', 'onedl-mim', 'scipy',
-         'ftfy', 'regex', DIST_NAME]
+         'ftfy', 'regex', 'executorch', 'torchao', 'ruamel.yaml', DIST_NAME]
 
 #: the checks of the whole stack and of the light install, in order
 FULL = ['build-tools', 'torch', 'torchvision', 'mmcv', 'openmmlab', 'tools',
         'package', 'pins']
 DEPLOY = ['torch', 'mmengine', 'backbone', 'export', 'pins']
+#: optional extras (a distribution each): reported, never required; the
+#: installer adds one with ``--with NAME``
+EXTRAS = ['executorch']
 
 #: pins that matter only for building mmcv (not checked by ``--deploy``)
 BUILD_ONLY = ('setuptools', 'mmcv')
@@ -243,6 +249,14 @@ def check_package(out):
         'pip install -e . (or python tools/install.py) puts them there')
 
 
+def check_executorch(out):
+    import executorch.exir  # noqa: F401  (the exporter)
+    from executorch.runtime import Runtime
+    backends = Runtime.get().backend_registry.registered_backend_names
+    assert 'XnnpackBackend' in backends, \
+        f'the runtime has no XnnpackBackend ({backends})'
+
+
 def check_pins(out):
     cons = out['constraints']
     if out.get('deploy'):
@@ -255,6 +269,7 @@ CHECKS = {
     'build-tools': check_build_tools, 'torch': check_torch,
     'torchvision': check_torchvision, 'mmcv': check_mmcv,
     'package': check_package, 'pins': check_pins, 'backbone': check_backbone,
+    'executorch': check_executorch,
     **{key: functools.partial(check_imports, modules)
        for key, modules in IMPORTS.items()},
 }
@@ -279,6 +294,8 @@ def probe(keys=FULL, repo: str | None = None,
         if key not in ('build-tools', 'torch', 'pins') and \
                 out['ok'].get('torch') is False:
             continue
+        if key in EXTRAS and out['versions'].get(key) is None:
+            continue  # an extra not installed: reported as such
         t = time.time()
         try:
             CHECKS[key](out)
@@ -311,6 +328,8 @@ def describe(key: str, st: dict) -> str:
         'backbone': 'IFormer-T forward',
         'export': ', '.join(f'{d} {v.get(d)}' for d in (
             'coremltools', 'onnx', 'onnxruntime')),
+        'executorch': f'executorch {v.get("executorch")}: .pte export, '
+        'runtime with XNNPACK',
     }[key]
 
 
@@ -325,6 +344,20 @@ def report(st: dict, keys, describe=describe) -> bool:
         if ok is False:
             print('        ' + st['err'].get(key, '')[:300])
     return all(st['ok'].get(k) for k in keys)
+
+
+def report_extras(st: dict) -> None:
+    """One line per optional extra: working, broken or not installed."""
+    for key in EXTRAS:
+        if st['versions'].get(key) is None:
+            print(f'  [-- ] {key:<12} optional extra, not installed: '
+                  f'pip install -e ".[{key}]"')
+            continue
+        ok = st['ok'].get(key)
+        print(f'  [{"ok " if ok else "BAD"}] {key:<12} {describe(key, st)} '
+              '(optional extra)')
+        if ok is False:
+            print('        ' + st['err'].get(key, '')[:300])
 
 
 def main(argv=None) -> int:
@@ -344,11 +377,12 @@ def main(argv=None) -> int:
                    'constraints.txt)')
     args = p.parse_args(argv)
     keys = DEPLOY if args.deploy else FULL
-    st = probe(keys, repo=args.repo, constraints=args.constraints)
+    st = probe(keys + EXTRAS, repo=args.repo, constraints=args.constraints)
     if args.json:
         print('@@PROBE@@' + json.dumps(st))
         return 0 if all(st['ok'].get(k) for k in keys) else 1
     good = report(st, keys)
+    report_extras(st)
     print('everything works' if good else
           'incomplete: python tools/install.py installs and repairs the '
           'stack (README, Installation)')

@@ -22,7 +22,7 @@ def pytest_report_header(config):
     parts = []
     for dist in ('torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet',
                  'mmsegmentation', 'mmpretrain', 'numpy', 'coremltools',
-                 'timm', 'onnxruntime'):
+                 'timm', 'onnxruntime', 'executorch'):
         try:
             parts.append(f'{dist} {metadata.version(dist)}')
         except metadata.PackageNotFoundError:

@@ -131,6 +131,7 @@ def test_check_deploy(light_env, tmp_path):
     proc = run(light_env, ['-m', 'iformer_mm.check', '--deploy'], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
     assert 'everything works' in proc.stdout
+    assert 'executorch' in proc.stdout  # the optional extra's status
     proc = run(light_env, ['-m', 'iformer_mm.check'], tmp_path)
     assert proc.returncode == 1
     assert '[BAD] mmcv' in proc.stdout and 'blocked' in proc.stdout

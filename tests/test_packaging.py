@@ -254,6 +254,21 @@ def test_check_probe_reports_pins_outside_constraints(tmp_path):
     assert st['ok']['torch'] is True
 
 
+@pytest.mark.slow
+def test_installer_counts_an_extra_only_when_asked(tmp_path):
+    """``--check`` judges the executorch extra with ``--with executorch``
+    only (the default install leaves it out)."""
+    def check(*extra):
+        proc = subprocess.run(
+            [sys.executable, osp.join(REPO, 'tools', 'install.py'), '--check',
+             '--log-dir', str(tmp_path), *extra], cwd=str(tmp_path),
+            capture_output=True, text=True, timeout=900)
+        return proc.stdout
+    row = re.compile(r'^\s*\[(ok |BAD|-- )\] executorch\b', re.M)
+    assert not row.search(check())
+    assert row.search(check('--with', 'executorch'))
+
+
 # --------------------------------------------------------------------------
 # the wheel: dependencies and .mim
 # --------------------------------------------------------------------------
@@ -303,6 +318,13 @@ def test_wheel_declares_dependencies(wheel):
     assert {'pytest', 'timm'} <= set(extra('tests'))
     assert 'coremltools' in extra('deploy') and 'onnxruntime' in \
         extra('deploy')
+    # ExecuTorch is an extra of its own, in neither the light nor the
+    # default install (tools/install.py --with executorch adds it)
+    assert extra('executorch') == {r.name: str(r.specifier)
+                                   for r in requirements('executorch')}
+    for name in ('deploy', 'tests', 'all'):
+        assert 'executorch' not in extra(name), name
+    assert 'executorch' not in base
 
 
 def test_wheel_packages_configs_tools_and_index(wheel):

@@ -4,6 +4,7 @@
     python tools/benchmark_latency.py                      # iFormer-M, 512x512
     python tools/benchmark_latency.py --table17 --peers    # the paper's comparison
     python tools/benchmark_latency.py iformer-l:hybrid resnet50 --size 640
+    python tools/benchmark_latency.py iformer-m --backend executorch  # .pte, ExecuTorch runtime
 
 Everything lives in :mod:`iformer_mm.deploy.benchmark`; see ``--help``.
 """

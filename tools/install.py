@@ -3,12 +3,14 @@
 
     python tools/install.py            # install / repair what is missing
     python tools/install.py --check    # only report, exit 1 if incomplete
+    python tools/install.py --with executorch   # the stack and an extra
 
 Seven steps, into the interpreter that runs this script: build tools, torch
 + torchvision, mmcv built against that torch, the OpenMMLab libraries, the
 export and test tools, this package (editable), a final check. A step runs
 only when the probe (iformer_mm/check.py, in a fresh interpreter) finds its
-part missing; each logs to work_dirs/install/<n>-<step>.log. What each
+part missing; each logs to work_dirs/install/<n>-<step>.log. An optional
+extra named by ``--with`` is one more step before the final check. What each
 installs and why: docs/installation.md. The versions come from
 constraints.txt and requirements/*.txt. Standard library only: it runs
 before anything is installed.
@@ -76,6 +78,10 @@ for _dist in [*requirements('deploy'), *requirements('tests')]:
     TOOLS.setdefault(_dist, '')
 
 
+#: what each optional extra installs (requirements/<extra>.txt)
+EXTRAS = {name: requirements(name) for name in check.EXTRAS}
+
+
 def requirement_list(reqs: dict) -> list:
     return [dist + spec for dist, spec in reqs.items()]
 
@@ -102,10 +108,11 @@ def probe() -> dict:
                        (proc.stderr or proc.stdout)[-3000:])
 
 
-def complete(st: dict) -> bool:
-    return (all(st['ok'].get(k) for k in check.FULL)
-            and all(satisfied(st, reqs)
-                    for reqs in (BUILD_TOOLS, OPENMMLAB, TOOLS)))
+def complete(st: dict, extras=()) -> bool:
+    return (all(st['ok'].get(k) for k in [*check.FULL, *extras])
+            and all(satisfied(st, reqs) for reqs in (
+                BUILD_TOOLS, OPENMMLAB, TOOLS,
+                *(EXTRAS[e] for e in extras))))
 
 
 # ---------------------------------------------------------------------------
@@ -438,8 +445,15 @@ class Installer:
                          'installed but `import iformer_mm` fails: {}')
         return 'installed'
 
+    def extra(self, name: str) -> str:
+        if self.in_place(name, EXTRAS[name]):
+            return f'in place ({check.describe(name, self.st)})'
+        self.install(requirement_list(EXTRAS[name]), name)
+        return 'installed'
+
     def verify(self) -> str:
-        bad = [k for k in check.FULL if not self.st['ok'].get(k)]
+        bad = [k for k in [*check.FULL, *self.args.extras]
+               if not self.st['ok'].get(k)]
         if bad:
             raise StepFailed('still not working: ' + '; '.join(
                 f'{k}: {self.st["err"].get(k, "not checked")}' for k in bad))
@@ -464,6 +478,13 @@ STEPS = [  # (key: the log's name, title, method)
 # ---------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------
+def steps(extras) -> list:
+    """STEPS with one step per extra before the final check."""
+    added = [(name, f'{name} (optional extra)',
+              lambda ins, name=name: ins.extra(name)) for name in extras]
+    return STEPS[:-1] + added + STEPS[-1:]
+
+
 def summary(st: dict) -> str:
     parts = []
     for name in ['torch', 'torchvision', 'mmcv', 'mmengine', 'mmdet',
@@ -509,6 +530,11 @@ def parse_args(argv=None):
     p.add_argument('--rebuild-mmcv', action='store_true',
                    help='rebuild mmcv even if a working or cached build '
                    'exists')
+    p.add_argument('--with', dest='extras', action='append', default=[],
+                   choices=sorted(EXTRAS), metavar='EXTRA',
+                   help='also install an optional extra ('
+                   + ', '.join(sorted(EXTRAS)) + '; requirements/EXTRA.txt)'
+                   ' and count it in --check')
     p.add_argument('--log-dir', default=osp.join(REPO, 'work_dirs',
                                                  'install'),
                    help='where each step writes its log '
@@ -530,25 +556,27 @@ def main(argv=None) -> int:
         print(str(e))
         return 1
     if args.check:
-        check.report(st, check.FULL, describe=check_row)
-        done = complete(st)
+        check.report(st, [*check.FULL, *args.extras], describe=check_row)
+        done = complete(st, args.extras)
         print('everything in place' if done else
               'incomplete: run python tools/install.py')
         return 0 if done else 1
-    if complete(st) and not (args.reinstall_torch or args.rebuild_mmcv):
+    if complete(st, args.extras) and not (args.reinstall_torch or
+                                          args.rebuild_mmcv):
         print(f'everything in place ({summary(st)}); nothing to do '
               f'({fmt_s(time.time() - t0)})')
         return 0
 
     ins = Installer(args, st)
-    for number, (key, title, step) in enumerate(STEPS, 1):
-        print(f'[{number}/{len(STEPS)}] {title} ...', flush=True)
+    todo = steps(args.extras)
+    for number, (key, title, step) in enumerate(todo, 1):
+        print(f'[{number}/{len(todo)}] {title} ...', flush=True)
         ins.log = osp.join(ins.log_dir, f'{number}-{key}.log')
         t_step = time.time()
         try:
             result = step(ins)
         except StepFailed as e:
-            print(f'\nFAILED at step [{number}/{len(STEPS)}] {title}:\n{e}',
+            print(f'\nFAILED at step [{number}/{len(todo)}] {title}:\n{e}',
                   flush=True)
             if e.log:
                 print(f'\nlog: {e.log}\n--- last lines of the log ---\n'

@@ -1,4 +1,5 @@
-"""Deployment: Core ML / ONNX export, op census and the latency benchmark.
+"""Deployment: Core ML / ONNX / ExecuTorch export, op census and the
+latency benchmark.
 
 Modules (import them directly; nothing heavy is imported here):
 
@@ -8,6 +9,8 @@ Modules (import them directly; nothing heavy is imported here):
 * :mod:`.census` reads a converted program: its op census and the check of
   a saved package;
 * :mod:`.latency` times callables and the CPU proxies;
+* :mod:`.executorch` exports an ExecuTorch program (.pte; XNNPACK or Core
+  ML delegate), checks it against PyTorch and times it with the runtime;
 * :mod:`.macos` times a package on macOS and reads its op placement;
 * :mod:`.report` writes the markdown, JSON and chart;
 * :mod:`.predictor` predicts the iPhone 13 latency of a converted program;

@@ -30,6 +30,10 @@ from .coreml import (COMPUTE_UNITS, DEFAULT_IOS_TARGET, INPUT_TYPES,
                      coreml_inputs, coreml_runtime_status,
                      convert_exported_program, import_coremltools,
                      save_package)
+from .executorch import (DELEGATES, ExecuTorchMissing, LoweringError,
+                         backend_label, check_delegate, check_pte,
+                         export_pte, import_executorch, runtime_status,
+                         time_executorch)
 from .export import (ImageInput, TupleOutputs, export_onnx, export_program,
                      flatten_outputs, fold_conv_bn_fx, fold_label,
                      prepare_for_deploy)
@@ -39,6 +43,9 @@ from .predictor import (DEFAULT_DEVICE, Program, excluded_reason,
                         predict_for_tool)
 
 DEFAULT_BACKBONES = ('iformer-m', )
+#: What --backend chooses from, and what runs without it.
+BACKENDS = ('coreml', 'onnx', 'executorch')
+DEFAULT_RUN_BACKENDS = ('coreml', 'onnx')
 DEFAULT_OUT = os.path.join('work_dirs', 'latency')
 #: What is converted and timed: the whole classifier with one output (what
 #: the authors' export_coreml.py converts; the default) or the dense
@@ -67,6 +74,8 @@ class BenchmarkConfig:
     threads: Optional[int] = None
     coreml: bool = True
     onnx: bool = True
+    executorch: bool = False
+    executorch_delegate: str = 'xnnpack'
     timing: bool = True
     chart: bool = True
     seed: int = 0
@@ -163,6 +172,7 @@ def environment(threads: int) -> Dict[str, Any]:
         python=platform.python_version(),
         versions={name: _version(name) for name in (
             'torch', 'numpy', 'coremltools', 'onnx', 'onnxruntime',
+            'executorch',
             'mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'mmpretrain',
             'matplotlib')})
 
@@ -170,7 +180,7 @@ def environment(threads: int) -> Dict[str, Any]:
 # --------------------------------------------------------------------------
 # One backbone.
 # --------------------------------------------------------------------------
-_STEPS = ('build', 'export', 'coreml', 'onnx', 'time')
+_STEPS = ('build', 'export', 'coreml', 'onnx', 'executorch', 'time')
 
 
 def _slug(key: str) -> str:
@@ -329,6 +339,12 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 onnx_path = None
         advance()
 
+        step('executorch', 'exporting an ExecuTorch program (.pte)')
+        if cfg.executorch:
+            result['executorch'] = _export_executorch(
+                model, example, reference, folder, spec.label, cfg, progress)
+        advance()
+
         step('time', 'timing' if cfg.timing else 'checking ONNX output')
         if cfg.timing:
             threads = torch.get_num_threads()
@@ -362,6 +378,10 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                     backend='ONNX Runtime CPU, proxy', status='timed',
                     max_abs_diff=timing.pop('max_abs_diff'),
                     load_s=timing.pop('load_s'), timing=timing)
+            pte = result.get('executorch') or {}
+            if pte.get('status') == 'checked':
+                progress.step(f'{spec.label}: timing {pte["backend"]}')
+                _time_executorch(pte, example, reference, threads, cfg)
             if gemm:
                 rate = gemm['flops_per_s']
                 shares = {}
@@ -370,7 +390,9 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                          .get('timing')),
                         ('torch_nchw', torch_rows.get('timing')),
                         ('torch_channels_last',
-                         torch_rows.get('channels_last'))):
+                         torch_rows.get('channels_last')),
+                        ('executorch', (result.get('executorch') or {})
+                         .get('timing'))):
                     if timing:
                         shares[name] = gemm_fraction(
                             flops, timing['median_ms'], rate)
@@ -421,6 +443,50 @@ def build_program(spec: BackboneSpec, program: str,
     if spec.adapt is not None:
         info['adapted'] = spec.adapt(model.eval(), size)
     return model, info
+
+
+def _export_executorch(model: torch.nn.Module, example: torch.Tensor,
+                       reference, folder: str, label: str,
+                       cfg: BenchmarkConfig, progress: Progress
+                       ) -> Dict[str, Any]:
+    """Write ``model_<delegate>.pte`` and, where this runtime runs the
+    delegate, check it against PyTorch; a failure is recorded, naming the
+    network (and the op to blame), and the run goes on."""
+    delegate = cfg.executorch_delegate
+    fp16 = delegate == 'coreml' and cfg.precision == 'fp16'
+    row: Dict[str, Any] = dict(status='failed', delegate=delegate,
+                               backend=backend_label(delegate))
+    try:
+        row.update(export_pte(
+            model, example, os.path.join(folder, f'model_{delegate}.pte'),
+            delegate, name=label, ios_target=cfg.ios_target, fp16=fp16,
+            compute_unit=cfg.compute_unit))
+        row['status'] = 'exported'
+        runs, row['runtime'] = runtime_status(delegate)
+        if runs:
+            row['check'] = check_pte(row['path'], example.numpy(), reference,
+                                     fp16)
+            row['status'] = 'checked'
+    except Exception as exc:  # noqa: BLE001  (reported, run goes on)
+        row['error'] = str(exc) if isinstance(exc, LoweringError) else \
+            f'{label}: ExecuTorch failed: {type(exc).__name__}: {exc}'
+        progress.log(f"  {row['error'].splitlines()[0][:300]}")
+    return row
+
+
+def _time_executorch(pte: Dict[str, Any], example: torch.Tensor, reference,
+                     threads: int, cfg: BenchmarkConfig) -> None:
+    """Time a checked ``.pte`` with the ExecuTorch runtime."""
+    try:
+        timing = time_executorch(pte['path'], example.numpy(), threads,
+                                 cfg.warmup, cfg.runs, reference)
+    except Exception as exc:  # noqa: BLE001  (reported, run goes on)
+        pte['timing_error'] = f'{type(exc).__name__}: {exc}'
+        return
+    pte.update(status='timed', threads=timing.pop('threads'),
+               threads_note=timing.pop('threads_note'),
+               load_s=timing.pop('load_s'),
+               max_abs_diff=timing.pop('max_abs_diff'), timing=timing)
 
 
 def _time_coreml(coreml: Dict[str, Any], example: torch.Tensor,
@@ -578,11 +644,18 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
         raise BackboneError('No backbone to benchmark.')
     for spec in specs:
         spec.check_size(h, w)
-    if cfg.coreml:
+    check_delegate(cfg.executorch_delegate)
+    if cfg.coreml or (cfg.executorch and cfg.executorch_delegate == 'coreml'):
         import_coremltools()  # raises CoreMLToolsMissing with the fix
+    et_line = None
+    if cfg.executorch:
+        import_executorch()  # raises ExecuTorchMissing with the fix
+        et_line = runtime_status(cfg.executorch_delegate)[1]
+    if cfg.coreml:
         runtime, line = coreml_runtime_status()
     else:
-        runtime, line = False, 'Core ML conversion disabled (--no-coreml).'
+        runtime, line = False, ('Core ML conversion not selected (--backend '
+                                'without coreml, or --no-coreml).')
     if cfg.coreml and runtime and not cfg.timing:
         line += ' Timing disabled (--no-timing).'
     notes = macos_notes(cfg)
@@ -595,6 +668,8 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
         progress = Progress(len(specs) * len(_STEPS), enabled=show_progress)
         stack.callback(progress.close)
         progress.log(f'Core ML: {line}')
+        if et_line:
+            progress.log(f'ExecuTorch ({cfg.executorch_delegate}): {et_line}')
         for note in notes:
             progress.log(note)
         device = None
@@ -622,7 +697,8 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
             load_params(cfg.predict_device)))
     run = dict(config=config, environment=environment(threads),
                predictor=predictor,
-               coreml_runtime=runtime, coreml_line=line, macos_notes=notes,
+               coreml_runtime=runtime, coreml_line=line,
+               executorch_line=et_line, macos_notes=notes,
                gemm=gemm, results=results,
                wall_s=time.perf_counter() - started)
     md = report.markdown_report(run)
@@ -647,9 +723,10 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='benchmark_latency.py',
-        description='Export backbones to Core ML (.mlpackage) and ONNX, '
-        'count the Core ML ops, and time them: Core ML on macOS, labelled '
-        'CPU proxies (PyTorch eager, ONNX Runtime) elsewhere.',
+        description='Export backbones to Core ML (.mlpackage), ONNX and '
+        'ExecuTorch (.pte), count the Core ML ops, and time them: Core ML on '
+        'macOS, labelled CPU proxies (PyTorch eager, ONNX Runtime, '
+        'ExecuTorch XNNPACK) elsewhere.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument('backbones', nargs='*', default=list(DEFAULT_BACKBONES),
                    help='iFormer archs (iformer-m, iformer-m:hybrid, '
@@ -737,6 +814,14 @@ def build_parser() -> argparse.ArgumentParser:
                      '--device-team')
     p.add_argument('--threads', type=int, default=None,
                    help='CPU threads for the proxies (default: torch\'s)')
+    p.add_argument('--backend', nargs='+', choices=BACKENDS, default=None,
+                   help='what to export (and time where it runs), besides '
+                   'the PyTorch eager proxy; default: '
+                   + ' '.join(DEFAULT_RUN_BACKENDS))
+    p.add_argument('--executorch-delegate', choices=DELEGATES, default=None,
+                   help='ExecuTorch delegate: xnnpack (CPU, the Android '
+                   'path; default) or coreml (the iOS path: lowers here, '
+                   'runs on macOS/iOS only)')
     p.add_argument('--no-coreml', action='store_true',
                    help='skip Core ML conversion (proxies only)')
     p.add_argument('--no-onnx', action='store_true', help='skip ONNX')
@@ -759,6 +844,18 @@ def protocol_from_args(args: argparse.Namespace) -> macos.TimingProtocol:
         **{k: v for k, v in given.items() if v is not None})
 
 
+def selected_backends(args: argparse.Namespace) -> List[str]:
+    """``--backend`` (or the default pair) less ``--no-coreml`` and
+    ``--no-onnx``."""
+    chosen = list(args.backend or DEFAULT_RUN_BACKENDS)
+    dropped = {'coreml': args.no_coreml, 'onnx': args.no_onnx}
+    chosen = [b for b in chosen if not dropped.get(b)]
+    if args.executorch_delegate and 'executorch' not in chosen:
+        raise ValueError('--executorch-delegate needs --backend ... '
+                         'executorch.')
+    return chosen
+
+
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     res = args.resolution
     if len(res) == 1:
@@ -777,6 +874,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     specs += [resolve_backbone(name) for name in args.backbones]
     if args.peers is not None:
         specs += [resolve_backbone(n) for n in (args.peers or DEFAULT_PEERS)]
+    backends = selected_backends(args)
     return BenchmarkConfig(
         backbones=[], resolution=res, warmup=args.warmup,
         runs=args.runs, out_dir=args.out, compute_unit=args.compute_unit,
@@ -785,10 +883,12 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         placement=not args.no_placement, device=args.device,
         device_team=args.device_team, device_bundle_id=args.device_bundle_id,
         channels_last=not args.no_channels_last,
-        threads=args.threads, coreml=not args.no_coreml,
-        onnx=not args.no_onnx, timing=not args.no_timing,
-        chart=not args.no_chart, seed=args.seed, program=args.program,
-        predict_device=args.predict_device, specs=specs)
+        threads=args.threads, coreml='coreml' in backends,
+        onnx='onnx' in backends, executorch='executorch' in backends,
+        executorch_delegate=args.executorch_delegate or 'xnnpack',
+        timing=not args.no_timing, chart=not args.no_chart, seed=args.seed,
+        program=args.program, predict_device=args.predict_device,
+        specs=specs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -797,7 +897,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         cfg = config_from_args(args)
         run = run_benchmark(cfg, show_progress=not args.quiet)
-    except (BackboneError, CoreMLToolsMissing, ValueError) as exc:
+    except (BackboneError, CoreMLToolsMissing, ExecuTorchMissing,
+            ValueError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 2
     print(run['markdown'])

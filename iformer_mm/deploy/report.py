@@ -110,18 +110,51 @@ def predicted_header(results: List[Dict[str, Any]]) -> str:
                                    else 'iPhone 13')
 
 
+def executorch_header(results: List[Dict[str, Any]], delegate: str) -> str:
+    """The ExecuTorch column's header: what ran, on how many threads (as
+    the runtime reports them)."""
+    timed = [r['executorch'] for r in results
+             if (r.get('executorch') or {}).get('threads')]
+    backend = next((r['executorch']['backend'] for r in results
+                    if r.get('executorch')), f'ExecuTorch {delegate}')
+    threads = f", {timed[0]['threads']} thr" if timed else ''
+    return f'{backend}{threads} ms'
+
+
+def executorch_cell(result: Dict[str, Any]) -> str:
+    pte = result.get('executorch') or {}
+    status = pte.get('status')
+    if status == 'timed':
+        diff, limit = pte['max_abs_diff'], pte['check']['tolerance']
+        flag = '' if diff <= limit else f' (diff {diff:.1e} > {limit:.0e}!)'
+        return _timing_cell(pte['timing']) + flag
+    if status == 'exported':
+        return 'not timed (this runtime cannot run the delegate)'
+    if status == 'checked':
+        return ('not timed: ' + pte['timing_error'][:80]
+                if pte.get('timing_error') else 'not timed (--no-timing)')
+    if status == 'failed':
+        return f"export failed: {pte.get('error', '')[:80]}"
+    return 'skipped'
+
+
 def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
-                  size: str = '512x512') -> str:
+                  size: str = '512x512',
+                  executorch: Optional[str] = None) -> str:
+    """The main table; with ``executorch`` (the delegate) it has an
+    ExecuTorch column after ONNX Runtime's."""
     threads = env.get('threads', '?')
+    et_head = (f' {executorch_header(results, executorch)} |'
+               if executorch else '')
     head = ('| Backbone | Params (M) | GFLOPs | Core ML ms | '
-            f'ONNX Runtime CPU, {threads} thr, proxy ms | '
+            f'ONNX Runtime CPU, {threads} thr, proxy ms |{et_head} '
             f'PyTorch eager CPU NCHW, {threads} thr, proxy ms | '
             'PyTorch eager CPU channels_last, proxy ms | '
             f'{predicted_header(results)} | BN fold (eager) | '
             'share of measured fp32 GEMM rate (ORT / NCHW / NHWC) | '
             'ONNX vs PyTorch max abs diff | '
             f'Published iPhone 13 Core ML ms at {size} (source) |')
-    lines = [head, '|' + '---|' * 12]
+    lines = [head, '|' + '---|' * (13 if executorch else 12)]
     for r in results:
         failure = _failure(r)
         params = f"{r['params_m']:.1f}" if r.get('params_m') else '–'
@@ -134,7 +167,7 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
         paper = _paper_cell(r.get('paper'))
         if failure and not torch_rows:
             lines.append(f"| {r['label']} | {params} | {flops} | {failure} | "
-                         f"– | – | – | – | – | – | – | {paper} |")
+                         + '– | ' * (8 if executorch else 7) + f'{paper} |')
             continue
         core = coreml_cell(r) if not failure else failure
         shares = r.get('gemm_fraction') or {}
@@ -143,6 +176,7 @@ def latency_table(results: List[Dict[str, Any]], env: Dict[str, Any],
         lines.append(
             f"| {r['label']} | {params} | {flops} | {core} | "
             f"{_timing_cell(onnx.get('timing'))} | "
+            + (f'{executorch_cell(r)} | ' if executorch else '') +
             f"{_timing_cell(torch_rows.get('timing'))} | "
             f"{_timing_cell(torch_rows.get('channels_last'))} | "
             f"{predicted_cell((r.get('coreml') or {}).get('predicted'))} | "
@@ -219,6 +253,35 @@ def coreml_timing_lines(results: List[Dict[str, Any]]) -> List[str]:
     return lines
 
 
+def executorch_table(results: List[Dict[str, Any]]) -> str:
+    """Per backbone: the .pte, its size, export and lowering times, the
+    ops left to ExecuTorch's portable kernels and the check against
+    PyTorch."""
+    lines = ['| Backbone | delegate | .pte MiB | torch.export s | '
+             'lowering s | ops outside the delegate | max abs diff vs '
+             'PyTorch (tolerance) | runtime threads |', '|' + '---|' * 8]
+    for r in results:
+        pte = r.get('executorch')
+        if not pte:
+            continue
+        if pte.get('status') == 'failed' and not pte.get('path'):
+            lines.append(f"| {r['label']} | {pte['delegate']} | "
+                         f"{pte.get('error', '')[:160]} | | | | | |")
+            continue
+        check = pte.get('check')
+        diff = ('not run here' if not check else
+                f"{pte.get('max_abs_diff', check['max_abs_diff']):.1e} "
+                f"({check['tolerance']:.0e})")
+        ops = ', '.join(o.split('::')[-1] for o in pte.get('portable_ops', []))
+        threads = (f"{pte['threads']} ({pte['threads_note']})"
+                   if pte.get('threads') else '–')
+        lines.append(
+            f"| {r['label']} | {pte['delegate']} | "
+            f"{pte['size_bytes'] / 2**20:.1f} | {pte['torch_export_s']:.1f} | "
+            f"{pte['lower_s']:.1f} | {ops or 'none'} | {diff} | {threads} |")
+    return '\n'.join(lines)
+
+
 def census_table(results: List[Dict[str, Any]]) -> str:
     lines = ['| Backbone | Core ML ops | reshape | transpose | concat | '
              'split | rearranged MiB | largest transpose KiB | weights (MiB) '
@@ -251,7 +314,9 @@ def environment_line(env: Dict[str, Any]) -> str:
     return (f"{env.get('os')} · {env.get('cpu')} · {env.get('logical_cpus')} "
             f"logical CPUs · {env.get('threads')} threads · torch "
             f"{v.get('torch')} · onnxruntime {v.get('onnxruntime')} · "
-            f"coremltools {v.get('coremltools')}")
+            f"coremltools {v.get('coremltools')}"
+            + (f" · executorch {v['executorch']}" if v.get('executorch')
+               else ''))
 
 
 def markdown_report(run: Dict[str, Any]) -> str:
@@ -264,6 +329,9 @@ def markdown_report(run: Dict[str, Any]) -> str:
         f"# Backbone latency at {h}x{w}, batch 1",
         '',
         f"**Core ML:** {run['coreml_line']}",
+        *([f"**ExecuTorch ({cfg['executorch_delegate']}):** "
+           f"{run['executorch_line']}"] if run.get('executorch_line')
+          else []),
         *[f'- {line}' for line in run.get('macos_notes') or []],
         '',
         f"Machine: {environment_line(env)}. Proxies: warm-up {cfg['warmup']}"
@@ -274,7 +342,9 @@ def markdown_report(run: Dict[str, Any]) -> str:
         + (f", compute units {cfg['compute_unit']}" if run['coreml_runtime']
            else '') + '.',
         '',
-        latency_table(run['results'], env, f'{h}x{w}'),
+        latency_table(run['results'], env, f'{h}x{w}',
+                      cfg['executorch_delegate'] if cfg.get('executorch')
+                      else None),
         '',
         f"Programs: {program_line(run['results'])}.",
         '',
@@ -295,6 +365,13 @@ def markdown_report(run: Dict[str, Any]) -> str:
                   f"{gemm['repeats']}, {gemm['threads']} threads). GFLOPs "
                   'count a multiply-add as 2 (torch FlopCounterMode: '
                   'convolutions and matmuls).', '']
+    if cfg.get('executorch'):
+        parts += ['## ExecuTorch programs (.pte)', '',
+                  executorch_table(run['results']), '',
+                  'Ops outside the delegate run on ExecuTorch\'s portable '
+                  '(reference) kernels. The XNNPACK column times the same '
+                  'kernels an Android phone runs, on this x86 CPU: a proxy, '
+                  'not a phone latency.', '']
     parts += [
         '## Core ML op census (device-independent)',
         '',
@@ -337,9 +414,14 @@ def write_chart(run: Dict[str, Any], path: str) -> Optional[str]:
     if run['coreml_runtime']:
         series.append(('Core ML', lambda r: ((r.get('coreml') or {})
                                              .get('timing'))))
+    series.append(('ONNX Runtime CPU (proxy)',
+                   lambda r: (r.get('onnx') or {}).get('timing')))
+    timed = [r['executorch'] for r in results
+             if (r.get('executorch') or {}).get('timing')]
+    if timed:
+        series.append((timed[0]['backend'], lambda r: (
+            r.get('executorch') or {}).get('timing')))
     series += [
-        ('ONNX Runtime CPU (proxy)',
-         lambda r: (r.get('onnx') or {}).get('timing')),
         ('PyTorch eager CPU, NCHW (proxy)',
          lambda r: (r.get('torch') or {}).get('timing')),
     ]
