@@ -119,15 +119,33 @@ def cmd_fit(args) -> Dict[str, Any]:
 
 
 # ----------------------------------------------------------------- proxies
+#: The CPU proxies: (label, field of measure_proxies' entries).
+PROXIES = (('PyTorch eager CPU', 'torch_ms'), ('ONNX Runtime CPU', 'ort_ms'),
+           ('ExecuTorch XNNPACK CPU', 'et_ms'))
+
+
+def _executorch():
+    """The ExecuTorch export and timing functions, or None (with a line)
+    when the ``executorch`` extra is not installed."""
+    try:
+        from iformer_mm.deploy import executorch as et
+        et.import_executorch()
+    except ImportError as exc:
+        log(f'ExecuTorch proxy skipped: {exc}')
+        return None
+    return et
+
+
 def measure_proxies(networks: List[Dict[str, Any]], threads: int,
                     runs: int) -> Dict[str, Dict[str, float]]:
-    """Median ms of PyTorch eager and ONNX Runtime CPU per network."""
-    import numpy as np
+    """Median ms of PyTorch eager, ONNX Runtime and ExecuTorch (XNNPACK)
+    on the CPU per network, each on the same reference classifier."""
     import torch
     from iformer_mm.deploy.export import TupleOutputs, export_onnx
     from iformer_mm.deploy.latency import time_onnxruntime, time_torch
     from iformer_mm.deploy.predictor.references import build_reference
     torch.set_num_threads(threads)
+    et = _executorch()
     out: Dict[str, Dict[str, float]] = {}
     for i, r in enumerate(networks, 1):
         res = r['resolution']
@@ -136,22 +154,52 @@ def measure_proxies(networks: List[Dict[str, Any]], threads: int,
         x = torch.randn(1, 3, res, res)
         t = time_torch(wrapped, x, warmup=1, runs=runs)['median_ms']
         entry = dict(torch_ms=t)
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
+        with torch.no_grad():
+            ref = [o.numpy() for o in wrapped(x)]
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
                 path = os.path.join(tmp, 'm.onnx')
-                with torch.no_grad():
-                    ref = [o.numpy() for o in wrapped(x)]
                 export_onnx(wrapped, x, path,
                             [f'out{j}' for j in range(len(ref))])
                 entry['ort_ms'] = time_onnxruntime(
                     path, x.numpy(), threads, warmup=1, runs=runs,
                     reference=ref)['median_ms']
-        except Exception as exc:  # noqa: BLE001 - reported, not hidden
-            log(f'  ONNX Runtime failed for {r["network"]}: {exc}')
+            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                log(f'  ONNX Runtime failed for {r["network"]}: {exc}')
+            try:
+                if et is not None:
+                    path = et.export_pte(wrapped, x, os.path.join(
+                        tmp, 'm.pte'), name=r['network'])['path']
+                    timing = et.time_executorch(path, x, threads, 1, runs,
+                                                ref)
+                    entry['et_ms'] = timing['median_ms']
+                    entry['et_threads'] = timing['threads']
+            except Exception as exc:  # noqa: BLE001 - reported, not hidden
+                log(f'  ExecuTorch failed for {r["network"]}: {exc}')
         out[r['network']] = entry
-        log(f'  [{i}/{len(networks)}] {r["network"]}@{res}: torch '
-            f'{t:.1f} ms, ORT {entry.get("ort_ms", float("nan")):.1f} ms')
+        log(f'  [{i}/{len(networks)}] {r["network"]}@{res}: ' + ', '.join(
+            f'{label} {entry[field]:.1f} ms' for label, field in PROXIES
+            if field in entry))
     return out
+
+
+def ranking_line(results: Dict[str, Any]) -> str:
+    """Which method ranks Table 5 best (Spearman), and whether the mobile
+    runtime (ExecuTorch) ranks it better than the other CPU proxies."""
+    rho = {name: v[0]['spearman'] for name, v in results.items()
+           if v[0]['spearman'] is not None}
+    best = max(rho, key=rho.get)
+    line = f'Best ranking of the Table 5 networks: {best} (Spearman {rho[best]:.2f}).'
+    mobile = [n for n in rho if n.startswith('ExecuTorch')]
+    others = [n for n in rho if n.startswith(('PyTorch', 'ONNX'))]
+    if mobile and others:
+        m = mobile[0]
+        worse = [n for n in others if rho[n] >= rho[m]]
+        line += (f' The mobile runtime ({m}, {rho[m]:.2f}) ranks them '
+                 + ('better than every other CPU proxy.' if not worse else
+                    'no better than ' + ', '.join(
+                        f'{n} ({rho[n]:.2f})' for n in worse) + '.'))
+    return line
 
 
 def scaled(pairs: List[Tuple[Dict[str, Any], float]]):
@@ -288,8 +336,7 @@ def cmd_validate(args) -> int:
             f'({args.threads} threads, {args.runs} runs) ...')
         times = measure_proxies([r for r, _ in held], args.threads,
                                 args.runs)
-        for name, field in (('PyTorch eager CPU', 'torch_ms'),
-                            ('ONNX Runtime CPU', 'ort_ms')):
+        for name, field in PROXIES:
             pairs = [(r, times[r['network']][field]) for r, _ in held
                      if field in times[r['network']]]
             if len(pairs) < 3:
@@ -309,6 +356,7 @@ def cmd_validate(args) -> int:
               f'{e["max_abs_pct"]:.0f}% ({e["worst"]}) | {e["spearman"]:.2f} '
               f'| {e["failed_right"]}/{e["failed_total"]} | '
               f'{e["false_failed"]} | {swin} |')
+    print('\n' + ranking_line(results))
     print('\nPer row (ms):')
     header = '  network              published     predicted'
     for key in proxy_rows:
