@@ -203,7 +203,7 @@ def proxy_verdict(params: Dict[str, Any]) -> Optional[str]:
         m = methods[name]
         return (f'{name}: {m["median_abs_pct"]:.0f}% median, '
                 f'{m["max_abs_pct"]:.0f}% max, Spearman '
-                f'{m["spearman"]:.2f}')
+                f'{m["spearman"]:.3f}')
     beaten = {o: _beats(methods[o], methods[PREDICTOR])
               for o in methods if o != PREDICTOR}
     beaten = {o: s for o, s in beaten.items() if s}
