@@ -149,13 +149,14 @@ def test_a_delegate_without_the_executorch_backend_is_refused(capsys,
 @needs_executorch
 @pytest.mark.slow
 def test_tool_exports_a_dense_iformer_to_pte(tmp_path, capsys):
-    """``--backend executorch onnx``: the .pte and the ONNX file, no Core
-    ML package; iFormer's four feature maps match PyTorch."""
+    """``--program dense --backend executorch onnx``: the .pte and the
+    ONNX file, no Core ML package; iFormer's four feature maps match
+    PyTorch."""
     from iformer_mm.deploy.benchmark import main
     out = tmp_path / 'lat'
-    rc = main(['iformer-t', '--size', '64', '--backend', 'executorch',
-               'onnx', '--warmup', '0', '--runs', '1', '--out', str(out),
-               '--quiet', '--no-chart'])
+    rc = main(['iformer-t', '--size', '64', '--program', 'dense',
+               '--backend', 'executorch', 'onnx', '--warmup', '0', '--runs',
+               '1', '--out', str(out), '--quiet', '--no-chart'])
     printed = capsys.readouterr().out
     assert rc == 0
     (row, ) = json.loads((out / 'latency.json').read_text())['results']
