@@ -204,9 +204,13 @@ def make_example(shape, seed: int, input_type: str,
 def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                   coreml_runtime: bool, progress: Progress,
                   gemm: Optional[Dict[str, Any]] = None,
-                  device=None) -> Dict[str, Any]:
+                  device=None,
+                  predictor_params: Optional[Dict[str, Any]] = None
+                  ) -> Dict[str, Any]:
     """Export, convert, census and time one backbone; never raises for a
-    model failure (the failure is recorded and the run goes on)."""
+    model failure (the failure is recorded and the run goes on).
+    ``predictor_params``: the fitted latency model of the run (loaded from
+    ``cfg.predict_device`` when not given)."""
     h, w = cfg.resolution
     shape = (1, 3, h, w)
     folder = os.path.join(cfg.out_dir, _slug(spec.key))
@@ -311,7 +315,8 @@ def benchmark_one(spec: BackboneSpec, cfg: BenchmarkConfig,
                 coreml['predicted'] = predict_for_tool(mlmodel, Program(
                     program['kind'], program['excluded'], (h, w),
                     cfg.precision, cfg.ios_target, cfg.input_type,
-                    len(reference)), cfg.predict_device)
+                    len(reference)), cfg.predict_device or DEFAULT_DEVICE,
+                    predictor_params)
             except Exception as exc:  # noqa: BLE001  (reported, run goes on)
                 coreml['error'] = f'{type(exc).__name__}: {exc}'
                 coreml['traceback'] = traceback.format_exc(limit=6)
@@ -585,20 +590,22 @@ def collect_specs(cfg: BenchmarkConfig) -> List[BackboneSpec]:
     return unique
 
 
-def check_predict_device(cfg: BenchmarkConfig) -> str:
-    """The device whose fitted parameters predict the "predicted" column
-    (``--predict-device``, else the ``--device`` timed, else the paper's
-    iPhone 13); :class:`BackboneError` when it has no fitted parameters."""
+def check_predict_device(cfg: BenchmarkConfig) -> Dict[str, Any]:
+    """The fitted parameters that predict the "predicted" column: those of
+    ``--predict-device``, else of the ``--device`` timed, else of the
+    paper's iPhone 13 (``cfg.predict_device`` is set to it);
+    :class:`BackboneError` when that device has no fitted parameters."""
     from .predictor.model import load_params
     device = cfg.predict_device or cfg.device or DEFAULT_DEVICE
     try:
-        load_params(device)
+        params = load_params(device)
     except (OSError, ValueError) as exc:
         raise BackboneError(
             f'no fitted latency model for {device!r}; fit one with `python benchmarks/latency_predictor.py fit '
             f'--measurements YOUR.csv --device "{device}"`, or pass '
             f'--predict-device "{DEFAULT_DEVICE}".') from exc
-    return device
+    cfg.predict_device = device
+    return params
 
 
 def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
@@ -637,8 +644,7 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
     if cfg.program not in PROGRAMS:
         raise ValueError(f'Unknown program {cfg.program!r}; choose one of '
                          f'{PROGRAMS}.')
-    if cfg.coreml:
-        cfg.predict_device = check_predict_device(cfg)
+    params = check_predict_device(cfg) if cfg.coreml else None
     specs = collect_specs(cfg)
     if not specs:
         raise BackboneError('No backbone to benchmark.')
@@ -683,18 +689,18 @@ def run_benchmark(cfg: BenchmarkConfig, show_progress: bool = True
         started = time.perf_counter()
         for spec in specs:
             results.append(benchmark_one(spec, cfg, runtime, progress,
-                                         gemm=gemm, device=device))
+                                         gemm=gemm, device=device,
+                                         predictor_params=params))
 
     config = {k: v for k, v in asdict(cfg).items() if k != 'specs'}
     config['backbones'] = [s.key for s in specs]
     config['batch'] = 1
     config['protocol'] = cfg.protocol.as_dict()
     predictor = None
-    if cfg.coreml:
+    if params is not None:
         from .predictor import proxy_verdict
-        from .predictor.model import load_params
-        predictor = dict(device=cfg.predict_device, verdict=proxy_verdict(
-            load_params(cfg.predict_device)))
+        predictor = dict(device=cfg.predict_device,
+                         verdict=proxy_verdict(params))
     run = dict(config=config, environment=environment(threads),
                predictor=predictor,
                coreml_runtime=runtime, coreml_line=line,

@@ -145,13 +145,17 @@ def predict_from_spec(spec, device: str = DEFAULT_DEVICE,
 
 
 def predict_for_tool(mlmodel_or_spec, program: Program,
-                     device: str = DEFAULT_DEVICE) -> Dict[str, Any]:
-    """:func:`predict_from_spec` for the latency tool's side column: never
-    raises (a prediction is never a reason for a run to fail); a failure
-    comes back as ``status='unavailable'`` with a short error."""
+                     device: str = DEFAULT_DEVICE,
+                     params: Optional[Dict[str, Any]] = None
+                     ) -> Dict[str, Any]:
+    """:func:`predict_from_spec` for the latency tool's side column (with
+    ``params`` already loaded, once a run): never raises (a prediction is
+    never a reason for a run to fail); a failure comes back as
+    ``status='unavailable'`` with a short error."""
     try:
         return dict(predict_from_spec(program_spec(mlmodel_or_spec), device,
-                                      program=program), status='predicted')
+                                      params=params, program=program),
+                    status='predicted')
     except Exception as exc:  # noqa: BLE001 - reported in the cell
         return dict(status='unavailable',
                     error=f'{type(exc).__name__}: {exc}'[:200])
