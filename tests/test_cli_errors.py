@@ -319,8 +319,9 @@ def _free_port():
     ('dist_test.sh', ['missing_config.py', 'missing.pth', '2'])])
 def test_dist_scripts_run_the_python_of_PYTHON(tmp_path, script, args):
     """With PATH holding no interpreter that has torch, the launcher and
-    both ranks run $PYTHON: each rank reaches the tool and reports the
-    user's mistake in its one line."""
+    the ranks run $PYTHON: a rank reaches the tool and reports the user's
+    mistake in its one line. torchrun stops the other rank as soon as the
+    first one exits, so only one line is certain."""
     pytest.importorskip('mmengine')
     env = dict(os.environ, PATH='/usr/bin:/bin', PORT=str(_free_port()),
                MASTER_ADDR='127.0.0.1', PYTHON=sys.executable)
@@ -330,7 +331,7 @@ def test_dist_scripts_run_the_python_of_PYTHON(tmp_path, script, args):
     out = proc.stdout + proc.stderr
     tool = script.replace('dist_', '').replace('.sh', '.py')
     assert proc.returncode != 0
-    assert out.count(f'{tool}: error:') == 2, out[-3000:]
+    assert out.count(f'{tool}: error:') >= 1, out[-3000:]
     # Without $PYTHON the script cannot use this interpreter.
     del env['PYTHON']
     proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True,
