@@ -402,6 +402,27 @@ def test_atomic_backend_writes_whole_files_or_nothing(tmp_path, monkeypatch):
     assert os.listdir(path.parent) == ['note.txt']  # no temporary left
 
 
+def test_users_own_backend_args_are_kept(tmp_path):
+    """A checkpoint hook given the user's ``backend_args`` writes through
+    that backend (a remote store, say), as mmengine's hook does; only the
+    default local case is made atomic."""
+    from mmengine.fileio import LocalBackend, register_backend
+
+    written = []
+
+    class Recording(LocalBackend):
+        def put(self, obj, filepath):
+            written.append(osp.basename(str(filepath)))
+            super().put(obj, filepath)
+
+    register_backend('iformer_test_recording', Recording, force=True)
+    scripted_runner(tmp_path, [dict(acc=0.1)] * 3,
+                    backend_args=dict(backend='iformer_test_recording')
+                    ).train()
+    assert written == ['iter_2.pth', 'iter_4.pth', 'iter_6.pth']
+    assert sorted(_files(tmp_path)) == written
+
+
 def test_cuda_generator_state_is_saved_and_restored_where_it_fits(
         monkeypatch):
     """On a GPU machine the CUDA generators' states go into the checkpoint

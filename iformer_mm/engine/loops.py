@@ -37,36 +37,17 @@ from torch.utils.data import DataLoader
 from .checkpointing import set_rng_state
 
 
-class _OneShotBatches:
-    """A batch sampler that yields the rest of an iterator over batches."""
-
-    def __init__(self, batches: Iterator, length: int):
-        self._batches = batches
-        self._length = max(0, length)
-
-    def __iter__(self):
-        return self._batches
-
-    def __len__(self):
-        return self._length
-
-
-def _loader_over(loader: DataLoader, batches: Iterator,
-                 length: int) -> DataLoader:
-    """A one-pass DataLoader like ``loader`` that loads ``batches``."""
-    kwargs = dict(
+def _loader_over(loader: DataLoader, batches: Iterator) -> DataLoader:
+    """A one-pass DataLoader like ``loader`` that loads ``batches`` (an
+    iterator over lists of indices: it is only iterated, never sized)."""
+    return DataLoader(
+        loader.dataset, batch_sampler=batches,
         num_workers=loader.num_workers, collate_fn=loader.collate_fn,
         pin_memory=loader.pin_memory, timeout=loader.timeout,
         worker_init_fn=loader.worker_init_fn,
         multiprocessing_context=loader.multiprocessing_context,
-        generator=loader.generator, persistent_workers=False)
-    if loader.num_workers > 0:
-        kwargs['prefetch_factor'] = loader.prefetch_factor
-    if getattr(loader, 'pin_memory_device', ''):
-        kwargs['pin_memory_device'] = loader.pin_memory_device
-    return DataLoader(loader.dataset,
-                      batch_sampler=_OneShotBatches(batches, length),
-                      **kwargs)
+        generator=loader.generator, prefetch_factor=loader.prefetch_factor,
+        persistent_workers=False, pin_memory_device=loader.pin_memory_device)
 
 
 def _set_sampler_epoch(loader: DataLoader, epoch: int) -> None:
@@ -138,7 +119,7 @@ class ResumableEpochBasedTrainLoop(_ResumableMixin, EpochBasedTrainLoop):
             f'{per_epoch - done} to go', logger='current')
         batches = itertools.islice(iter(self.dataloader.batch_sampler), done,
                                    None)
-        data = iter(_loader_over(self.dataloader, batches, per_epoch - done))
+        data = iter(_loader_over(self.dataloader, batches))
         # The interrupted run saved after batch `done`, its iterator
         # already open: restore what it drew from there on.
         self._restore_pending_rng()
@@ -174,11 +155,7 @@ class _ResumedInfiniteIterator:
                 self._epoch += 1
                 _set_sampler_epoch(dataloader, self._epoch)
                 batches = iter(dataloader.batch_sampler)
-        try:
-            length = len(dataloader.batch_sampler) - skip
-        except TypeError:
-            length = 0
-        self._iterator = iter(_loader_over(dataloader, batches, length))
+        self._iterator = iter(_loader_over(dataloader, batches))
 
     def __iter__(self):
         return self
