@@ -83,6 +83,7 @@ GROUPS = {
     'runner': (['iformer_mm/engine/runner.py', 'iformer_mm/engine/cli.py',
                 'iformer_mm/config.py'],
                ['tests/test_configs.py', 'tests/test_cli_upstream.py',
+                'tests/test_cli_errors.py',
                 'tests/test_engine.py::test_mmdets_own_train_script_runs_'
                 'our_config_as_ours',
                 'tests/test_reliability.py::test_train_tool_resume_errors_'

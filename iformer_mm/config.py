@@ -116,32 +116,27 @@ def init_scope(cfg_or_scope, set_default: bool = True) -> str:
     return scope
 
 
-def strip_pretrained(node: Any) -> int:
+def strip_pretrained(node: Any) -> None:
     """Drop every ``init_cfg`` of type ``Pretrained`` (and mmdet/mmseg's
-    ``pretrained=`` shortcut) in a model config, so that nothing is
-    downloaded. Returns how many were dropped."""
-    dropped = 0
+    ``pretrained=`` shortcut) in a model config, in place, so that nothing
+    is downloaded."""
     if isinstance(node, dict):
         init_cfg = node.get('init_cfg', None)
         if isinstance(init_cfg, dict) and init_cfg.get('type') == 'Pretrained':
             node['init_cfg'] = None
-            dropped += 1
         elif isinstance(init_cfg, (list, tuple)):
-            kept = [c for c in init_cfg
-                    if not (isinstance(c, dict)
-                            and c.get('type') == 'Pretrained')]
-            dropped += len(init_cfg) - len(kept)
-            node['init_cfg'] = kept or None
+            node['init_cfg'] = [
+                c for c in init_cfg if not (
+                    isinstance(c, dict) and c.get('type') == 'Pretrained')
+            ] or None
         if isinstance(node.get('pretrained', None), str):
             node['pretrained'] = None
-            dropped += 1
         for key, value in node.items():
             if key != 'init_cfg':
-                dropped += strip_pretrained(value)
+                strip_pretrained(value)
     elif isinstance(node, (list, tuple)):
         for value in node:
-            dropped += strip_pretrained(value)
-    return dropped
+            strip_pretrained(value)
 
 
 def innermost_dataset(ds_cfg: dict) -> dict:

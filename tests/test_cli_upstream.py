@@ -156,3 +156,40 @@ def test_a_path_the_options_cannot_carry_is_refused(tmp_path, ckpt):
                                           '--out-item', 'metrics'])
     with pytest.raises(ConfigError, match='--out'):
         cli.test_argv(args, None, 'mmseg')
+
+
+def test_where_each_codebase_paints_show_dir(tmp_path):
+    """The folder the test tool reports for ``--show-dir``: mmseg under
+    ``vis_data/vis_image``, mmpretrain the folder itself, mmdet the newest
+    run's timestamp folder of the work dir (none from an older run)."""
+    import os
+    import time
+    show = 'shown'
+    assert cli.show_dir_of(str(tmp_path), show, 'mmseg', 0) == \
+        osp.abspath(osp.join(show, 'vis_data', 'vis_image'))
+    assert cli.show_dir_of(str(tmp_path), show, 'mmpretrain', 0) == \
+        osp.abspath(show)
+    old, new = tmp_path / '20260101_000000' / show, \
+        tmp_path / '20260102_000000' / show
+    old.mkdir(parents=True)
+    os.utime(old, (1e9, 1e9))
+    started = time.time()
+    assert cli.show_dir_of(str(tmp_path), show, 'mmdet', started) is None
+    new.mkdir(parents=True)
+    assert cli.show_dir_of(str(tmp_path), show, 'mmdet', started) == str(new)
+
+
+def test_upstream_tools_missing_names_the_package_to_reinstall(
+        tmp_path, monkeypatch):
+    """A codebase installed without its ``.mim/tools`` is a config error
+    that says which package to reinstall, and how."""
+    fake = tmp_path / 'site' / '__init__.py'
+    fake.parent.mkdir()
+    fake.write_text('')
+    spec = importlib.util.spec_from_file_location('site_pkg', fake)
+    monkeypatch.setattr(importlib.util, 'find_spec', lambda name: spec)
+    for scope, (_, package) in SCOPES.items():
+        with pytest.raises(ConfigError) as err:
+            cli.upstream_tool(scope, 'train')
+        msg = str(err.value).replace(str(tmp_path), '<tmp>')
+        assert package in msg and 'tools/install.py' in msg, msg

@@ -387,3 +387,62 @@ def test_the_runner_logs_what_it_changed(tmp_path):
         text = f.read()
     assert '[iformer_mm] CheckpointHook -> SafeCheckpointHook (atomic ' \
         'saves)' in text
+
+
+def test_cpu_adaptation_of_settings_given_on_the_command_line():
+    """``--cfg-options`` values are strings built at run time, not the
+    config file's constants: nccl and AMP given there are adapted too."""
+    import argparse
+
+    from mmengine.config import DictAction
+
+    from iformer_mm.engine import adapt_to_machine
+    parser = argparse.ArgumentParser()
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction)
+    args = parser.parse_args([
+        '--cfg-options', 'env_cfg.dist_cfg.backend=nccl',
+        'optim_wrapper.type=AmpOptimWrapper', 'optim_wrapper.loss_scale=512'])
+    cfg = Config(dict(model=dict(type='X'),
+                      optim_wrapper=dict(optimizer=dict(type='SGD'))))
+    cfg.merge_from_dict(args.cfg_options)
+    notes = adapt_to_machine(cfg, cuda=False)
+    assert cfg.env_cfg.dist_cfg.backend == 'gloo'
+    assert cfg.optim_wrapper.type == 'OptimWrapper'
+    assert 'loss_scale' not in cfg.optim_wrapper and any(
+        'fp32' in n for n in notes)
+
+
+def test_runner_logs_the_config_warnings(tmp_path, capfd):
+    """Whatever tool builds the runner from a config, the warnings of the
+    config check reach its log."""
+    import uuid
+
+    from mmengine.registry import RUNNERS
+
+    from ._tiny import tiny_cfg
+    cfg = Config(tiny_cfg(str(tmp_path / 'work')))
+    cfg.trian_cfg = dict(max_epochs=1)
+    cfg.experiment_name = f'warn_{uuid.uuid4().hex[:8]}'
+    RUNNERS.build(cfg)
+    out = ''.join(capfd.readouterr())
+    assert "'trian_cfg'" in out and "did you mean 'train_cfg'" in out
+
+
+def test_strip_pretrained_drops_only_what_would_download():
+    """Every ``Pretrained`` init (a dict, or an entry of a list) and the
+    ``pretrained=`` shortcut go, at any depth; other inits stay."""
+    from iformer_mm.config import strip_pretrained
+    kaiming = dict(type='Kaiming', layer='Conv2d')
+    model = Config(dict(model=dict(
+        type='X', pretrained='open-mmlab://x',
+        backbone=dict(init_cfg=dict(type='Pretrained', checkpoint='a.pth')),
+        heads=[dict(init_cfg=[dict(type='Pretrained', checkpoint='b.pth'),
+                              kaiming]),
+               dict(init_cfg=[dict(type='Pretrained', checkpoint='c.pth')])],
+        neck=dict(init_cfg=kaiming)))).model  # a model config
+    strip_pretrained(model)
+    assert 'Pretrained' not in str(model.to_dict())
+    assert model.pretrained is None and model.backbone.init_cfg is None
+    assert model.heads[0].init_cfg == [kaiming]
+    assert model.heads[1].init_cfg is None
+    assert model.neck.init_cfg == kaiming
