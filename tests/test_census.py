@@ -106,6 +106,16 @@ def test_recorded_op_counts_keep_the_layouts_identities():
     assert sizes == sorted(sizes)  # deeper archs, more ops
 
 
+def test_recorded_authors_figures_are_an_fp16_census():
+    """The authors' figures are a census of an FP16 program: every
+    rearrangement output is a whole number of 2-byte values, so their sum
+    is even; their network has more ops than ours in their layout (what
+    the slow comparison above checks on a fresh conversion)."""
+    theirs_ops, theirs_bytes = AUTHORS_CENSUS_512['m']
+    assert theirs_bytes > 0 and theirs_bytes % 2 == 0
+    assert theirs_ops >= MEASURED_OPS_512['iformer-m:authors']
+
+
 class _Small(torch.nn.Module):
 
     def __init__(self):
@@ -162,6 +172,36 @@ def test_census_of_a_saved_package_reads_its_weight_file(tmp_path):
     assert {k: v for k, v in c.items() if k != 'weights_file_bytes'} == \
         {k: v for k, v in same.items() if k != 'weights_file_bytes'}
     assert op_census(mlmodel)['total_ops'] == c['total_ops']
+
+
+def test_census_counts_the_ops_of_nested_blocks():
+    """Ops inside a control-flow op's blocks (both branches of a ``cond``)
+    are the program's ops too: counted, and their outputs measured."""
+    from iformer_mm.deploy.census import census_from_spec
+    from iformer_mm.deploy.coreml import import_coremltools
+    ct = import_coremltools()
+    from coremltools.converters.mil import Builder as mb
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 4, 8, 8))],
+                opset_version=ct.target.iOS16)
+    def prog(x):
+        def swapped():
+            return mb.reshape(x=mb.transpose(x=x, perm=[0, 1, 3, 2]),
+                              shape=[1, 4, 64])
+
+        def flat():
+            return mb.reshape(x=x, shape=[1, 4, 64])
+        return mb.cond(pred=mb.greater(x=mb.reduce_sum(x=x), y=0.0),
+                       _true_fn=swapped, _false_fn=flat)
+
+    c = census_from_spec(ct.convert(
+        prog, convert_to='mlprogram', pass_pipeline=ct.PassPipeline.EMPTY,
+        minimum_deployment_target=ct.target.iOS16,
+        skip_model_load=True).get_spec())
+    # reduce_sum, greater, cond; transpose + reshape, reshape in the blocks
+    assert c['total_ops'] == 6
+    assert (c['reshape'], c['transpose'], c['rearrange_ops']) == (2, 1, 3)
+    assert c['rearrange_bytes'] == 3 * 256 * 4  # FP32, 256 values each
 
 
 def test_census_needs_the_main_function_of_an_ml_program():

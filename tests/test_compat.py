@@ -637,6 +637,13 @@ def test_damaged_file_objects_are_named_and_diagnosed(tmp_path):
     assert 'cut.pth' in str(err.value) and 'truncated' in str(err.value)
     with pytest.raises(CheckpointError, match='truncated'):
         safe_load(io.BytesIO(data[:len(data) // 2]))
+    # bytes lost inside (start and end intact): the archive's end points
+    # before its start, as a file on disk and in memory
+    gap = data[:64] + data[164:]
+    cut.write_bytes(gap)
+    for source in (str(cut), io.BytesIO(gap)):
+        with pytest.raises(CheckpointError, match='truncated'):
+            safe_load(source)
 
 
 def _zip_with(members, corrupt=None):
@@ -950,6 +957,34 @@ def test_release_files_may_hold_numpy_values_of_any_common_dtype(tmp_path):
             assert ckpt[key] == value and type(ckpt[key]) is type(value)
     with pytest.raises(UnsafeCheckpointError):
         safe_load(str(path))
+
+
+def test_import_hook_leaves_every_other_import_alone(tmp_path, monkeypatch):
+    """Only coremltools' frontend is loaded through the patching hook: any
+    other module keeps its own loader, so its package data stays readable
+    (pkgutil.get_data asks the loader)."""
+    import importlib.machinery
+    import pkgutil
+    import sys
+
+    from iformer_mm.compat.coreml import install_coremltools_hook
+    monkeypatch.setattr(sys, 'meta_path', list(sys.meta_path))
+    monkeypatch.delitem(sys.modules,
+                        'coremltools.converters.mil.frontend.torch.ops',
+                        raising=False)
+    install_coremltools_hook()  # the frontend is not loaded: the hook waits
+    pkg = tmp_path / 'a_plugin'
+    pkg.mkdir()
+    (pkg / '__init__.py').write_text('')
+    (pkg / 'labels.txt').write_bytes(b'cat\ndog\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        import a_plugin
+        assert type(a_plugin.__spec__.loader) is \
+            importlib.machinery.SourceFileLoader
+        assert pkgutil.get_data('a_plugin', 'labels.txt') == b'cat\ndog\n'
+    finally:
+        sys.modules.pop('a_plugin', None)
 
 
 @pytest.mark.slow

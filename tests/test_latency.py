@@ -154,6 +154,43 @@ def test_validation_catches_wrong_shapes(tmp_path):
         validate_package(path, x.shape, [(1, 4, 16, 16)])
 
 
+@needs_ct
+def test_validation_checks_the_weight_precision(tmp_path):
+    """An FP16 package may keep a little FP32 weight (here 0.3% of it, a
+    small conv left in FP32); one whose FP32 weights are a real share (5%)
+    is not FP16, and is fine when FP32 weights were asked for."""
+    from iformer_mm.deploy.census import validate_package
+    from iformer_mm.deploy.coreml import import_coremltools, save_package
+    ct = import_coremltools()
+    from coremltools.converters.mil import Builder as mb
+
+    def package(fp32_channels):
+        big = np.random.rand(64, 64, 3, 3).astype(np.float16)
+        small = np.random.rand(fp32_channels, 64, 1, 1).astype(np.float32)
+
+        @mb.program(input_specs=[mb.TensorSpec(shape=(1, 64, 8, 8))],
+                    opset_version=ct.target.iOS16)
+        def prog(image):
+            y = mb.conv(x=mb.cast(x=image, dtype='fp16'), weight=big,
+                        pad_type='same')
+            z = mb.conv(x=mb.cast(x=y, dtype='fp32'), weight=small)
+            return mb.identity(x=z, name='out0')
+        ml = ct.convert(prog, convert_to='mlprogram',
+                        pass_pipeline=ct.PassPipeline.EMPTY,
+                        minimum_deployment_target=ct.target.iOS16,
+                        skip_model_load=True)
+        return save_package(ml, str(tmp_path / f'p{fp32_channels}.mlpackage'))
+
+    shape = (1, 64, 8, 8)
+    mostly = validate_package(package(1), shape, [(1, 1, 8, 8)])
+    assert mostly['weight_bytes_by_dtype'] == {'fp16': 64 * 64 * 9 * 2,
+                                               'fp32': 64 * 4}
+    mixed = package(16)
+    with pytest.raises(ValueError, match='FP16'):
+        validate_package(mixed, shape, [(1, 16, 8, 8)])
+    assert validate_package(mixed, shape, [(1, 16, 8, 8)], fp16=False)['ok']
+
+
 # --------------------------------------------------------------------------
 # The tool end to end.
 # --------------------------------------------------------------------------
@@ -375,6 +412,22 @@ def test_config_backbone_is_taken(name, chunks, figures):
     assert model.stages[2].layout.windowed
     assert {(f['iphone13_ms'], f['kind']) for f in spec.paper} == figures
     assert all(tuple(f['size']) == (512, 512) for f in spec.paper)
+
+
+def test_config_backbone_gets_the_figures_of_its_layout(tmp_path):
+    """A config that leaves the layout arguments at IFormer's defaults
+    (global attention, no channel chunks) gets that layout's published
+    figures, and one that sets only attention='hybrid' the hybrid ones."""
+    from iformer_mm.deploy.backbones import resolve_backbone
+    cls = resolve_backbone(os.path.join(ROOT, 'configs', 'iformer_m_in1k.py'))
+    assert cls.family == 'iformer'
+    assert cls.paper and \
+        cls.paper == resolve_backbone('iformer-m:global').paper
+    hybrid = tmp_path / 'hybrid.py'
+    hybrid.write_text("model = dict(backbone=dict(type='IFormer', arch='m', "
+                      "attention='hybrid'))\n")
+    paper = resolve_backbone(str(hybrid)).paper
+    assert paper and paper == resolve_backbone('iformer-m:hybrid').paper
 
 
 # --------------------------------------------------------------------------

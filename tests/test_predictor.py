@@ -677,6 +677,9 @@ def test_parameter_check_reports_both_counts_of_a_reparameterised_net():
                           'M parameters, published 4.0 M (+25.0%, +12.5%')
     why = check_params(5_000_000, 4.0, deployed=5_000_000)
     assert why.startswith('built network has 5.00 M parameters')
+    # counts in millions, to the nearest 10 000 parameters
+    assert '24.01 M parameters' in check_params(24_005_010, 20.0)
+    assert '24.00 M parameters' in check_params(24_004_990, 20.0)
 
 
 @needs_ct
@@ -962,6 +965,28 @@ def test_rank_correlation_needs_three_rows():
     three = M.errors(zip(rows, [1.0, 3.0, 2.0]))
     assert three['spearman'] == pytest.approx(0.5)
     assert three['n'] == 3 and three['worst'] == 'n1'
+
+
+def test_plain_numbers_are_scored_and_never_say_failed():
+    """A baseline's predictions (a proxy's scaled times) are plain numbers:
+    scored like any prediction, and never a "Failed" flag, right or wrong."""
+    rows = [dict(network=f'n{i}', latency_ms=float(i + 1), failed=False)
+            for i in range(3)] + [dict(network='f', latency_ms=None,
+                                       failed=True)]
+    err = M.errors(zip(rows, [1.0, 2.0, 3.0, 9.0]))
+    assert (err['n'], err['max_abs_pct'], err['failed_total']) == (3, 0, 1)
+    assert (err['failed_right'], err['false_failed']) == (0, 0)
+
+
+def test_relative_least_squares_keeps_coefficients_above_the_floor():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
+    y = x @ np.array([2.0, 0.5])
+    assert M.nnls_relative(x, y) == pytest.approx([2.0, 0.5])  # floor 0
+    assert M.nnls_relative(x, y, np.array([0.0, 1.0]))[1] == \
+        pytest.approx(1.0)
+    # a negative truth is clamped to the default floor of 0
+    assert M.nnls_relative(x, x @ np.array([2.0, -0.5]))[1] == \
+        pytest.approx(0.0, abs=1e-12)
 
 
 def test_a_fit_needs_as_many_timed_rows_as_terms():
