@@ -376,8 +376,12 @@ def test_a_stage_without_downsample_keeps_its_width():
                          downsample=False)
 
 
-def test_stage_defaults_to_the_explicit_attention(monkeypatch):
-    """IFormerStage's documented default: no SDPA unless asked for."""
+@pytest.mark.parametrize('layer', ['SHMA', 'SHMABlock', 'IFormerStage',
+                                   'IFormer'])
+def test_every_level_defaults_to_the_explicit_attention(layer, monkeypatch):
+    """The documented default at every level, from SHMA up to the network:
+    no SDPA unless asked for (the explicit form is the authors' own, bit
+    for bit)."""
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -386,13 +390,19 @@ def test_stage_defaults_to_the_explicit_attention(monkeypatch):
         return sdpa(*args, **kwargs)
     monkeypatch.setattr(torch.nn.functional, 'scaled_dot_product_attention',
                         spy)
-    x = torch.randn(1, 16, 6, 6)
+    build = dict(
+        SHMA=lambda **kw: ifm.SHMA(16, 2, **kw),
+        SHMABlock=lambda **kw: ifm.SHMABlock(16, 2, **kw),
+        IFormerStage=lambda **kw: ifm.IFormerStage(
+            16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0., **kw),
+        IFormer=lambda **kw: IFormer('t', out_indices=(3, ), **kw))[layer]
+    x = torch.randn(1, 3, 64, 64) if layer == 'IFormer' else \
+        torch.randn(1, 16, 6, 6)
     with torch.no_grad():
-        ifm.IFormerStage(16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.)(x)
+        build().eval()(x)
         assert calls == []
-        ifm.IFormerStage(16, 16, 3, 1, 2, 2, 2, [0.] * 3, 0.,
-                         fused_attn=True)(x)
-    assert calls == [1]
+        build(fused_attn=True).eval()(x)
+    assert calls
 
 
 def test_layout_reverse_is_matched_by_value_and_follows_the_last_shma():
