@@ -918,3 +918,17 @@ def test_peers_build_in_their_own_scope_whatever_the_current_one():
             spec = resolve_backbone('mmpretrain.MobileOne{"arch": "s0"}')
             assert type(spec.build()).__name__ == 'MobileOne'
             assert DefaultScope.get_current_instance().scope_name == current
+
+
+def test_classifier_program_takes_sizes_as_the_command_line_parses_them():
+    """``--size 320 320`` parses two separate ints: that is a square
+    classifier, built at 320; ``--size 320 256`` is refused with a pointer
+    to the dense program."""
+    from iformer_mm.deploy.backbones import BackboneError, resolve_backbone
+    spec = resolve_backbone('resnet18')
+    height, width = int('320'), int('320')  # two objects, as argparse's
+    model, _ = spec.build_classifier((height, width))
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(1, 3, 320, 320)).shape == (1, 1000)
+    with pytest.raises(BackboneError, match='--program dense'):
+        spec.build_classifier((320, 256))

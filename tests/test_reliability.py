@@ -204,6 +204,31 @@ def test_resume_after_the_dataset_changed_size_restarts_the_epoch(
     assert 'iteration 12 is not in epoch 3 of 7 batches' in out + err
 
 
+@pytest.mark.parametrize('drawn', [(9, 5), (5, 9)])
+def test_resume_of_an_unseeded_run_is_exact(drawn, tmp_path, monkeypatch,
+                                             capfd):
+    """``randomness.seed=None``: mmengine draws a seed for each run, so the
+    resumed run draws another one. The resumed run goes on with the
+    sampler order of the seed the interrupted run drew, and ends where a
+    run seeded with that seed ends; the log says where it resumed."""
+    import mmengine.runner.utils as runner_utils
+    seeds = iter(drawn)
+    monkeypatch.setattr(runner_utils, 'sync_random_seed',
+                        lambda *a, **k: next(seeds))
+    cfg = tiny_cfg(str(tmp_path / 'work'), True)
+    cfg['randomness'] = dict(seed=None, deterministic=True)
+    with pytest.raises(Interrupted):  # iter_6.pth: epoch 2, 1 batch in
+        build(cfg, [InterruptHook(at_iter=7)]).train()
+    resumed = build(cfg, resume=True)
+    resumed.train()
+    seeded = dict(cfg, randomness=dict(seed=drawn[0], deterministic=True))
+    reference = build(dict(seeded, work_dir=str(tmp_path / 'ref')))
+    reference.train()
+    assert_bitwise_equal(final_state(resumed), final_state(reference))
+    out, err = capfd.readouterr()
+    assert 'Resuming epoch 2 after its batch 1' in out + err
+
+
 # --------------------------------------------------------------------------
 # Atomic checkpoint writes
 # --------------------------------------------------------------------------
