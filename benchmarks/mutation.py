@@ -159,7 +159,10 @@ def fresh_clone(work_dir: str) -> str:
 
 def load_equivalents(path: str = EQUIVALENTS):
     """``module | operator | source line (stripped) | reason`` per line
-    (the reason may not contain `` | ``; the source line may)."""
+    (the reason may not contain `` | ``; the source line may). The
+    operator may end in ``@COLUMN`` (0-based, where the mutation starts):
+    then only that mutant of the line is meant, not every one of its kind
+    (a line with several numbers, say)."""
     entries = []
     if not osp.isfile(path):
         return entries
@@ -173,7 +176,9 @@ def load_equivalents(path: str = EQUIVALENTS):
                 raise SystemExit(f'error: {path}: expected "module | '
                                  f'operator | line | reason": {line!r}')
             # the source line may itself hold " | " (a bitwise or)
-            entries.append(dict(module=parts[0], operator=parts[1],
+            operator, _, column = parts[1].partition('@')
+            entries.append(dict(module=parts[0], operator=operator,
+                                column=int(column) if column else None,
                                 line=' | '.join(parts[2:-1]),
                                 reason=parts[-1]))
     return entries
@@ -221,7 +226,8 @@ def _line_of(tree, module, lineno):
 def _is_equivalent(item, text, equivalents):
     for eq in equivalents:
         if eq['module'] == item['module'] and \
-                eq['operator'] == item['operator'] and eq['line'] == text:
+                eq['operator'] == item['operator'] and eq['line'] == text \
+                and eq.get('column') in (None, item['start'][1]):
             return eq['reason']
     return None
 

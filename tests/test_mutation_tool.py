@@ -61,16 +61,25 @@ def test_equivalents_file_format_errors_say_what_is_expected(mutation,
     with pytest.raises(SystemExit, match='expected "module | operator'):
         mutation.load_equivalents(str(bad))
     good = tmp_path / 'ok.txt'
-    good.write_text('m.py | core/AddNot | if x: | why it cannot matter\n')
-    assert mutation.load_equivalents(str(good)) == [dict(
-        module='m.py', operator='core/AddNot', line='if x:',
-        reason='why it cannot matter')]
-    item = dict(module='m.py', operator='core/AddNot')
+    good.write_text('m.py | core/AddNot | if x: | why it cannot matter\n'
+                    'm.py | core/NumberReplacer@9 | f(a[0], b[0]) | one\n')
+    assert mutation.load_equivalents(str(good)) == [
+        dict(module='m.py', operator='core/AddNot', column=None,
+             line='if x:', reason='why it cannot matter'),
+        dict(module='m.py', operator='core/NumberReplacer', column=9,
+             line='f(a[0], b[0])', reason='one')]
+    item = dict(module='m.py', operator='core/AddNot', start=[3, 4])
     entries = mutation.load_equivalents(str(good))
     assert mutation._is_equivalent(item, 'if x:', entries)
     assert mutation._is_equivalent(item, 'if y:', entries) is None
     assert mutation._is_equivalent(dict(item, operator='core/Other'),
                                    'if x:', entries) is None
+    # with a column, only the mutant that starts there
+    number = dict(module='m.py', operator='core/NumberReplacer')
+    assert mutation._is_equivalent(dict(number, start=[3, 9]),
+                                   'f(a[0], b[0])', entries)
+    assert mutation._is_equivalent(dict(number, start=[3, 4]),
+                                   'f(a[0], b[0])', entries) is None
 
 
 def test_work_dir_is_never_one_it_did_not_create(mutation, tmp_path):
