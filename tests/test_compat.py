@@ -773,6 +773,19 @@ def test_loaders_are_not_patched_where_torch_has_no_allow_list(monkeypatch):
     assert cc.patch_mmengine_checkpoint_loaders() is False
 
 
+def test_loader_patch_is_in_place_after_import_and_idempotent():
+    """``import iformer_mm`` applied the patch: calling it again reports
+    it in place and leaves mmengine's loaders as they were."""
+    from mmengine.runner.checkpoint import CheckpointLoader
+
+    from iformer_mm.compat import checkpoint as cc
+    before = dict(CheckpointLoader._schemes)
+    assert cc.patch_mmengine_checkpoint_loaders() is True
+    assert cc.patch_mmengine_checkpoint_loaders() is True
+    assert CheckpointLoader._schemes == before
+    assert CheckpointLoader._schemes[''] is cc.load_from_local
+
+
 # --------------------------------------------------------------------------
 # the cast patch, against a stand-in of coremltools' frontend module
 # --------------------------------------------------------------------------
