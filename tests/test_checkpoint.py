@@ -140,6 +140,27 @@ def test_classifier_checkpoint_of_another_arch_is_refused(tmp_path):
         [k for k in model.state_dict()])
 
 
+def test_classifier_inside_a_wrapper_loads_its_head_too(tmp_path):
+    """The classifier head's weights go wherever the model keeps its
+    ``IFormerClsHead``: in a user's wrapper (a distillation student, say)
+    that is ``student.head.``, and the release file loads whole there."""
+    class Distiller(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = classifier('t')
+
+    path = str(tmp_path / 't.pth')
+    ref = timm_model('t')
+    save_release(ref.state_dict(), path)
+    wrapped = Distiller()
+    report = load_model_checkpoint(wrapped, path)
+    assert report.complete
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(wrapped.student(x, mode='tensor'), ref(x),
+                              atol=1e-5)
+
+
 def test_shape_mismatch_names_key_and_shapes(tmp_path):
     path = str(tmp_path / 'm.pth')
     save_release(timm_model('m').state_dict(), path)
