@@ -215,6 +215,26 @@ def test_out_into_unwritable_directory(capsys, tmp_path, good_ckpt,
     assert_one_line_error(code, err, 'not writable')
 
 
+def test_what_out_may_name_follows_the_codebase(tmp_path):
+    """mmseg's ``--out`` is a folder of prediction images (an existing one
+    is fine), or a file with ``--out-item metrics``; detection and
+    classification write one .pkl file, never into a folder's name."""
+    cli = _cli()
+    folder = tmp_path / 'preds'
+    folder.mkdir()
+    cli.check_out_path(str(folder), 'mmseg', None)
+    cli.check_out_path(str(folder) + '/', 'mmseg', None)
+    cli.check_out_path(str(tmp_path / 'new_folder'), 'mmseg', None)
+    cli.check_out_path(str(tmp_path / 'm.json'), 'mmseg', 'metrics')
+    for scope, item in (('mmseg', 'metrics'), ('mmdet', None),
+                        ('mmpretrain', None)):
+        with pytest.raises(ConfigError, match='directory'):
+            cli.check_out_path(str(folder), scope, item)
+    cli.check_out_path(str(tmp_path / 'p.pkl'), 'mmdet', None)
+    with pytest.raises(ConfigError, match='.pkl'):
+        cli.check_out_path(str(tmp_path / 'p.json'), 'mmdet', None)
+
+
 def test_out_item_without_out(capsys, good_ckpt):
     cli = _cli()
     code, _, err = run_in_process(
