@@ -379,8 +379,9 @@ def test_each_device_gets_its_own_fit(tmp_path):
     for t in terms:
         assert p15['coef'][t] == pytest.approx(p13['coef'][t] * 0.5,
                                                rel=1e-4, abs=1e-7)
-    with pytest.raises(ValueError, match='No measurement rows'):
-        M.fit(rows, feats, terms, device='Pixel 9')
+    for absent in ('Pixel 9', 'iPhone 99'):  # sorting before and after
+        with pytest.raises(ValueError, match='No measurement rows'):
+            M.fit(rows, feats, terms, device=absent)
     path = M.save_params(p15, str(tmp_path / 'p.json'))
     with pytest.raises(ValueError, match='per device'):
         M.load_params('iPhone 13', path=path)
@@ -443,6 +444,19 @@ def test_tool_predicts_what_the_validated_path_predicts(
             stored[scope]['max_abs_pct']
     table = capsys.readouterr().out
     assert f"{stored[scope]['max_abs_pct']:.0f}% max" in table
+
+
+def test_why_a_reference_network_is_not_validated():
+    """Fitted networks (and every iFormer) have no reason; one excluded
+    from the fit gives the reason recorded when its features were built,
+    at one size or several."""
+    from iformer_mm.deploy.predictor import excluded_reason
+    assert excluded_reason('resnet18') is None
+    assert excluded_reason('iformer-m') is None
+    for key in ('mnv4-conv-m', 'fastvit-sa12'):  # one row, two rows
+        why = excluded_reason(key)
+        assert why.startswith('its reference network was excluded')
+        assert 'M parameters, published' in why
 
 
 def test_only_the_validated_path_carries_a_measured_error():
@@ -542,6 +556,13 @@ def test_the_summary_names_a_proxy_that_beats_the_predictor():
     assert 'beats every proxy' in proxy_verdict(
         dict(validation=dict(proxies=methods)))
     assert proxy_verdict(dict(validation={})) is None
+    # a higher Spearman is better: with the lower median error it outranks
+    # a method whose only win is the max error
+    methods = {PREDICTOR: _scores(30, 100, 0.5), 'X': _scores(20, 300, 0.9)}
+    assert rank_methods(methods) == ['X', PREDICTOR]
+    verdict = proxy_verdict(dict(validation=dict(proxies=methods)))
+    assert 'X beats the predictor on' in verdict
+    assert 'Spearman.' in verdict.split('X beats the predictor on')[1]
 
 
 @needs_ct

@@ -84,7 +84,8 @@ def excluded_reason(key: str) -> Optional[str]:
     if any(r['status'] == 'ok' for r in rows):
         return None
     if rows:
-        return 'its reference network was excluded: ' + rows[0]['reason']
+        return 'its reference network was excluded: ' + '; '.join(
+            sorted({r['reason'] for r in rows}))
     return 'not one of the validated reference networks'
 
 

@@ -163,16 +163,6 @@ def check_no_leak(rows: Iterable[Dict[str, Any]]) -> None:
                         ', '.join(bad))
 
 
-def _device_rows(rows: Sequence[Dict[str, Any]], device: str
-                 ) -> List[Dict[str, Any]]:
-    devices = sorted({r.get('device', DEFAULT_DEVICE) for r in rows})
-    chosen = [r for r in rows if r.get('device', DEFAULT_DEVICE) == device]
-    if not chosen:
-        raise ValueError(f'No measurement rows for device {device!r}; the '
-                         f'rows are for {devices}.')
-    return chosen
-
-
 def fit_latency(rows: Sequence[Dict[str, Any]],
                 features: Sequence[Dict[str, Any]], terms: Sequence[str],
                 floors: Optional[Dict[str, float]] = None
@@ -257,7 +247,10 @@ def fit(rows: Sequence[Dict[str, Any]], features: Sequence[Dict[str, Any]],
         floors = DEVICE_FLOORS.get(device, {})
     pairs = [(r, f) for r, f in zip(rows, features)
              if r.get('device', DEFAULT_DEVICE) == device]
-    _device_rows(rows, device)
+    if not pairs:
+        devices = sorted({r.get('device', DEFAULT_DEVICE) for r in rows})
+        raise ValueError(f'No measurement rows for device {device!r}; the '
+                         f'rows are for {devices}.')
     if check_leak:
         check_no_leak(r for r, _ in pairs)
     timed = [(r, f) for r, f in pairs if not r['failed']]
