@@ -322,6 +322,10 @@ def test_cpu_adaptation_counts_syncbn_and_keeps_a_chosen_backend():
     assert '3 SyncBN layer config(s) -> BN (no CUDA)' in notes
     assert [h.norm_cfg.type for h in cfg.model.heads] == ['BN'] * 3
     assert cfg.env_cfg.dist_cfg.backend == 'mpi'
+    ucc = Config(dict(model=dict(type='X'),
+                      env_cfg=dict(dist_cfg=dict(backend='ucc'))))
+    adapt_to_machine(ucc, cuda=False)
+    assert ucc.env_cfg.dist_cfg.backend == 'ucc'
     default = Config(dict(model=dict(type='X')))
     assert adapt_to_machine(default, cuda=False) == []
     assert default.env_cfg.dist_cfg.backend == 'gloo'

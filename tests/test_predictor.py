@@ -106,9 +106,10 @@ def test_load_measurements_rejects_bad_rows(tmp_path):
     path = tmp_path / 'bad.csv'
     with open(D.MEASUREMENTS_PATH) as f:
         text = f.read()
-    path.write_text(text.replace('27.00,Table 5', 'slow,Table 5'))
-    with pytest.raises(ValueError, match=r'line \d+'):
-        D.load_measurements(str(path))
+    for bad in ('slow', '-27.00', '0'):  # not a number, not positive
+        path.write_text(text.replace('27.00,Table 5', f'{bad},Table 5'))
+        with pytest.raises(ValueError, match=r'line \d+'):
+            D.load_measurements(str(path))
     path.write_text(text.replace('network,key', 'net,key'))
     with pytest.raises(ValueError, match='missing columns'):
         D.load_measurements(str(path))
