@@ -417,7 +417,9 @@ def main(argv=None):
     ensure_workdir(args.work_dir)
     venv = ensure_cosmic_ray(args.work_dir)
     head = fresh_clone(args.work_dir)
-    equivalents = load_equivalents()
+    # the list of the commit under test, not of the working copy
+    equivalents = load_equivalents(osp.join(
+        args.work_dir, 'tree', 'benchmarks', 'mutation_equivalents.txt'))
     results = [run_group(name, venv, args.work_dir, args, equivalents)
                for name in args.groups]
     write_report(args.work_dir, results, head, args)
