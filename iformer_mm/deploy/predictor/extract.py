@@ -35,7 +35,7 @@ def _register_alias_op() -> None:
         return
 
     def alias(context, node):
-        x = torch_ops._get_inputs(context, node, expected=1)[0]
+        (x, ) = torch_ops._get_inputs(context, node, expected=1)
         context.add(mb.identity(x=x, name=node.name))
 
     register_torch_op(alias)
