@@ -4,6 +4,7 @@ timm (a test-only dependency) ships an independent implementation of the
 iFormer classifier; the same random weights must give the same logits.
 """
 import argparse
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -268,6 +269,28 @@ def test_url_checkpoints_are_cached_and_download_errors_explained(
     assert 'Could not download http://example.com/missing.pth (HTTP Error ' \
         '404' in msg and 'checkpoint=/path/missing.pth' in msg
     assert not (tmp_path / 'hub' / 'checkpoints' / 'missing.pth').exists()
+
+
+@pytest.mark.parametrize('terminal', [True, False])
+def test_download_progress_bar_only_on_a_terminal(tmp_path, monkeypatch,
+                                                  terminal):
+    """A progress bar where the user's stdin is a terminal, none in a
+    batch job's log (the terminal is simulated)."""
+    import shutil
+    from iformer_mm.models.checkpoint import download_checkpoint
+    src = tmp_path / 'src.pth'
+    torch.save({'w': torch.ones(1)}, str(src))
+    shown = []
+
+    def download(url, dst, progress=True):
+        shown.append(progress)
+        shutil.copy(src, dst)
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    monkeypatch.setattr(os, 'isatty', lambda fd: terminal and fd == 0)
+    download_checkpoint('https://example.com/a.pth', str(tmp_path / 'hub'))
+    download_checkpoint('https://example.com/b.pth', str(tmp_path / 'hub'),
+                        progress=False)
+    assert shown == [terminal, False]
 
 
 def test_mixed_naming_is_refused():
